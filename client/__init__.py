@@ -1,0 +1,1 @@
+"""Clients: the pygame window, keymaps and the websocket client. Only this package imports pygame."""

@@ -1,0 +1,53 @@
+"""The `worldsim` command. Each subcommand lives in `worldsim.commands.<name>` and provides
+`register(subparsers)`, which adds its parser and sets `func`; heavy imports happen inside
+`func`, so `worldsim --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from worldsim import __version__
+from worldsim.errors import WorldsimError
+
+# In the order `worldsim --help` lists them.
+COMMANDS = ("collect", "info")
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    # One readable line per warning, not Python's two-line source excerpt.
+    print(f"worldsim: warning: {message}", file=file or sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worldsim",
+        description="An interactive world-model engine: collect games, train tokenizers and "
+                    "world models, and play them.")
+    parser.add_argument("--version", action="version", version=f"worldsim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"worldsim.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warning_line
+    try:
+        return int(args.func(args) or 0)
+    except WorldsimError as e:
+        print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"worldsim {args.command}: interrupted; finished work is kept, run again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `worldsim` CLI, one module each (see worldsim.cli)."""

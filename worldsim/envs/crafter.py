@@ -1,0 +1,101 @@
+"""Crafter adapter (the default game) and an exploration policy a world model can learn from.
+
+At 72x72 Crafter draws a 9x9 grid of 8-pixel tiles (7 rows of world, 2 of inventory), which
+lines up with an 8x downsampling image tokenizer: one token per tile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from worldsim.envs.base import ActionSpace
+
+CRAFTER_ACTIONS = (
+    "noop", "move_left", "move_right", "move_up", "move_down", "do", "sleep",
+    "place_stone", "place_table", "place_furnace", "place_plant",
+    "make_wood_pickaxe", "make_stone_pickaxe", "make_iron_pickaxe",
+    "make_wood_sword", "make_stone_sword", "make_iron_sword",
+)
+CRAFTER_SPACE = ActionSpace(name="crafter", kind="discrete", names=CRAFTER_ACTIONS)
+# Crafter's world ticks once per step; 10 steps per second plays like its own GUI.
+CRAFTER_FPS = 10
+
+_MOVES = (1, 2, 3, 4)  # move_left, move_right, move_up, move_down
+_PLACE_OR_CRAFT = tuple(range(7, 17))
+_BORING = {"grass", "sand", "path"}  # facing these, `do` does nothing worth showing
+
+
+class CrafterEnv:
+    """`reset() -> frame`, `step(action) -> (frame, done, info)`; info has `daylight` in [0, 1]."""
+
+    action_space = CRAFTER_SPACE
+    fps = CRAFTER_FPS
+
+    def __init__(self, size: int = 72, seed: int = 0, length: int = 10000):
+        import crafter  # a runtime dependency, imported here to keep `import worldsim` light
+
+        if size % 9:
+            raise ValueError(f"--size must be a multiple of 9 (Crafter draws 9x9 tiles), got {size}")
+        self.frame_size = (size, size)
+        self._env = crafter.Env(size=(size, size), seed=seed, length=length, reward=False)
+
+    def reset(self) -> np.ndarray:
+        return self._env.reset()
+
+    def step(self, action: Any) -> tuple[np.ndarray, bool, dict[str, Any]]:
+        a = int(action)
+        if not 0 <= a < len(CRAFTER_ACTIONS):
+            raise ValueError(f"crafter action must be in [0, {len(CRAFTER_ACTIONS)}), got {action!r}")
+        frame, _reward, done, info = self._env.step(a)
+        return frame, bool(done), {"daylight": self.daylight,
+                                   "achievements": info.get("achievements", {})}
+
+    @property
+    def daylight(self) -> float:
+        """1.0 at noon; below 0.5 Crafter paints per-pixel noise over the view (night)."""
+        return float(self._env._world.daylight)
+
+    def facing(self) -> tuple[str | None, bool]:
+        """(material in front of the player, whether a creature stands there)."""
+        player = self._env._player
+        target = (player.pos[0] + player.facing[0], player.pos[1] + player.facing[1])
+        world = self._env._world
+        if not (0 <= target[0] < world.area[0] and 0 <= target[1] < world.area[1]):
+            return None, False
+        material, obj = world[target]
+        return material, obj is not None
+
+
+class ExplorerPolicy:
+    """Walks in runs, works what it faces, now and then places or crafts.
+
+    Uniform random actions mostly jitter in place; a world model learns camera motion and
+    interaction far better from runs of the same move (the view scrolls tile by tile) and from
+    `do` aimed at trees, stone, water and creatures.
+    """
+
+    def __init__(self, seed: int, min_run: int = 2, max_run: int = 8,
+                 p_do: float = 0.7, p_place: float = 0.04, p_noop: float = 0.03):
+        self.rng = np.random.default_rng(seed)
+        self.min_run, self.max_run = min_run, max_run
+        self.p_do, self.p_place, self.p_noop = p_do, p_place, p_noop
+        self._move = int(self.rng.choice(_MOVES))
+        self._left = 0
+
+    def __call__(self, env: CrafterEnv) -> int:
+        rng = self.rng
+        material, creature = env.facing()
+        if (creature or (material is not None and material not in _BORING)) and rng.random() < self.p_do:
+            return 5  # do: chop, mine, drink, hit
+        r = rng.random()
+        if r < self.p_place:
+            return int(rng.choice(_PLACE_OR_CRAFT))
+        if r < self.p_place + self.p_noop:
+            return 0
+        if self._left <= 0:
+            self._move = int(rng.choice(_MOVES))
+            self._left = int(rng.integers(self.min_run, self.max_run + 1))
+        self._left -= 1
+        return self._move
