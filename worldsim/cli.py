@@ -13,7 +13,7 @@ from worldsim import __version__
 from worldsim.errors import WorldsimError
 
 # In the order `worldsim --help` lists them.
-COMMANDS = ("collect", "info")
+COMMANDS = ("collect", "train-tokenizer", "info")
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"worldsim.commands.{name}").register(sub)
+        importlib.import_module(f"worldsim.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

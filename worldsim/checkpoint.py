@@ -1,0 +1,59 @@
+"""Training checkpoints as single safetensors files: model weights, optimizer state and a JSON
+header in one atomic write. Nothing is pickled, so resuming never executes code from a file.
+
+Tensor names: `model.<param>` for weights, `optim.<param index>.<key>` for optimizer state.
+The safetensors metadata holds `state` (JSON): step, optimizer param_groups, anything else the
+trainer keeps (RNG seeds, best validation loss, the run's arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from worldsim.fileio import atomic_open
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    header = dict(state)
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for idx, s in sd["state"].items():
+            for key, value in s.items():
+                t = value if torch.is_tensor(value) else torch.tensor(value)
+                tensors[f"optim.{idx}.{key}"] = t.detach().contiguous().cpu()
+        header["optim_param_groups"] = sd["param_groups"]
+    with atomic_open(path, "wb") as f:
+        f.write(save(tensors, metadata={"state": json.dumps(header)}))
+
+
+def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore model (and optimizer) in place; returns the saved state dict."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        state = json.loads((f.metadata() or {}).get("state", "{}"))
+    tensors = load_file(str(path))
+    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(model_sd)
+    if optimizer is not None and "optim_param_groups" in state:
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                per_param.setdefault(int(idx), {})[key] = v
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["optim_param_groups"]})
+    return state
+
+
+def checkpoint_exists(path: str | os.PathLike) -> bool:
+    return Path(path).is_file()
