@@ -162,8 +162,7 @@ def train_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter",
     if state_path.exists():
         st = load_checkpoint(state_path, model, opt)
         step, elapsed = int(st["step"]), float(st.get("seconds", 0.0))
-        if progress:
-            print(f"resuming from step {step} ({state_path})")
+        print(f"resuming from step {step} ({state_path})")
     bundle.update_config(out, image_tokenizer=cfg.to_dict(), env=store.info.env,
                          frame_size=list(store.info.frame_size),
                          tokenizer_training={**asdict(s), "data": str(data), "preset": preset,

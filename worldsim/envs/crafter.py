@@ -40,6 +40,7 @@ class CrafterEnv:
             raise ValueError(f"--size must be a multiple of 9 (Crafter draws 9x9 tiles), got {size}")
         self.frame_size = (size, size)
         self._env = crafter.Env(size=(size, size), seed=seed, length=length, reward=False)
+        self._env._world.__class__ = _deterministic_world_class()
 
     def reset(self) -> np.ndarray:
         return self._env.reset()
@@ -66,6 +67,27 @@ class CrafterEnv:
             return None, False
         material, obj = world[target]
         return material, obj is not None
+
+
+def _deterministic_world_class() -> type:
+    """Crafter's World keeps each chunk's objects in a set, iterated in memory-address order
+    when creatures spawn and despawn, so the same seed and actions can give different episodes.
+    This subclass lists them in the order they were added, which makes a seed reproducible."""
+    global _DeterministicWorld
+    if _DeterministicWorld is None:
+        from crafter import engine
+
+        class DeterministicWorld(engine.World):
+            @property
+            def chunks(self):
+                return {key: sorted(objs, key=lambda o: self._obj_map[tuple(o.pos)])
+                        for key, objs in self._chunks.items()}
+
+        _DeterministicWorld = DeterministicWorld
+    return _DeterministicWorld
+
+
+_DeterministicWorld: type | None = None
 
 
 class ExplorerPolicy:
