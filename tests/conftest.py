@@ -19,3 +19,16 @@ def crafter_store(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(crafter_store, tmp_path_factory):
+    """A tiny image tokenizer bundle and the crafter store tokenized with it: (bundle, shards)."""
+    from worldsim.tokens import tokenize_store
+    from worldsim.train_tokenizer import TokenizerTrainSettings, train_tokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    s = TokenizerTrainSettings(steps=3, batch=8, eval_frames=16, checkpoint_seconds=1e9)
+    train_tokenizer(crafter_store, root / "tok", preset="tiny", settings=s, progress=False)
+    tokenize_store(crafter_store, root / "tok", root / "shards", progress=False)
+    return root / "tok", root / "shards"

@@ -36,14 +36,14 @@ class ImageTokenizerConfig:
     height: int = 72
     width: int = 72
     patch: int = 8  # downsampling factor: one token per patch x patch pixels
-    channels: int = 256  # width of the conv trunk at the token grid
+    channels: int = 128  # width of the conv trunk at the token grid
     enc_blocks: int = 2
     dec_blocks: int = 4
     codebook_size: int = 1024
     code_dim: int = 32  # the factorised lookup space
     ema_decay: float = 0.99
     commitment: float = 0.25
-    dead_threshold: float = 0.05  # EMA uses per batch under which a code is restarted
+    dead_threshold: float = 0.25  # EMA uses per batch under which a code is restarted
 
     def __post_init__(self) -> None:
         if self.height % self.patch or self.width % self.patch:

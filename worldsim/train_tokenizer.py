@@ -34,9 +34,9 @@ NIGHT = 0.5  # Crafter paints per-pixel noise when daylight falls below this
 
 @dataclass
 class TokenizerTrainSettings:
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 1e-3
+    steps: int = 10000
+    batch: int = 32
+    lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.0
     val_fraction: float = 0.05

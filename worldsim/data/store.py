@@ -222,20 +222,8 @@ class EpisodeStore:
 
     def split(self, val_fraction: float = 0.05, ids: Iterable[str] | None = None
               ) -> tuple[list[str], list[str]]:
-        """Deterministic train/validation split by episode.
-
-        An episode's side depends only on its id (a CRC of the id), so the split is the same
-        on every machine and an episode keeps its side as the store grows. At least one
-        episode goes to validation when there are two or more."""
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        ids = self.episode_ids() if ids is None else list(ids)
-        score = {i: zlib.crc32(i.encode()) / 2**32 for i in ids}
-        val = [i for i in ids if score[i] < val_fraction]
-        if not val and val_fraction > 0 and len(ids) >= 2:
-            val = [min(ids, key=lambda i: score[i])]
-        vs = set(val)
-        return [i for i in ids if i not in vs], val
+        """Deterministic train/validation split of this store's episodes (see `split_ids`)."""
+        return split_ids(self.episode_ids() if ids is None else list(ids), val_fraction)
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_shapes(self, eid: str, frames: np.ndarray, actions: np.ndarray,
@@ -269,3 +257,20 @@ class EpisodeStore:
             return int(shape[0])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise CorruptEpisode(f"{path}: {type(e).__name__}: {e}") from e
+
+
+def split_ids(ids: Iterable[str], val_fraction: float = 0.05) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by episode id.
+
+    An episode's side depends only on its id (a CRC of the id), so the split is the same on
+    every machine and an episode keeps its side as the store grows. At least one episode goes
+    to validation when there are two or more."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ids = list(ids)
+    score = {i: zlib.crc32(i.encode()) / 2**32 for i in ids}
+    val = [i for i in ids if score[i] < val_fraction]
+    if not val and val_fraction > 0 and len(ids) >= 2:
+        val = [min(ids, key=lambda i: score[i])]
+    vs = set(val)
+    return [i for i in ids if i not in vs], val

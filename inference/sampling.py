@@ -1,0 +1,51 @@
+"""Sampling from logits: temperature (dividing logits), top-k, top-p, seeded generators.
+
+`temperature == 0` is greedy (argmax). Probabilities returned are those of the tempered,
+filtered distribution, which decoders use as confidences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+
+
+GREEDY = SamplingSettings(temperature=0.0)
+
+
+def filtered_logits(logits_MV: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
+    x = logits_MV.float() / max(s.temperature, 1e-6)  # temperature divides logits
+    if s.top_k and s.top_k < x.shape[-1]:
+        kth = x.topk(s.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_x, order = x.sort(dim=-1, descending=True)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_x.softmax(-1) > s.top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return x
+
+
+def sample(logits_MV: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (tokens (M,), probability of each chosen token (M,))."""
+    if s.temperature == 0:
+        probs = logits_MV.float().softmax(-1)
+        conf, tok = probs.max(-1)
+        return tok, conf
+    probs = filtered_logits(logits_MV, s).softmax(-1)
+    tok = torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
+    return tok, probs.gather(-1, tok[..., None])[..., 0]

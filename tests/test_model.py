@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from worldsim.model import PRESETS, ModelConfig, WorldModel, preset_config
+from worldsim.objectives import (Objective, ar_inputs, block_diffusion_inputs,
+                                 block_diffusion_mask, interleave)
+
+
+def tiny(objective="ar", **kw):
+    torch.manual_seed(0)
+    return WorldModel(preset_config("tiny", objective=objective, **kw)).eval()
+
+
+def random_window(cfg, b=2, f=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, cfg.codebook_size, (b, f, cfg.tokens_per_frame), generator=g)
+    actions = cfg.codebook_size + torch.randint(0, cfg.action_ids, (b, f, cfg.action_tokens), generator=g)
+    return frames, actions
+
+
+def bd_logits(model, frames, actions, seed=0):
+    x = block_diffusion_inputs(model.cfg, frames, actions, torch.Generator().manual_seed(seed))
+    logits = model(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
+    return x, logits
+
+
+def test_block_mask_no_leakage_from_later_frames():
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    frames, actions = random_window(cfg)
+    x, logits = bd_logits(model, frames, actions)
+    b_frame = 2  # change frames 3.. and actions 2.. (action 2 is chosen after seeing frame 2)
+    frames2, actions2 = frames.clone(), actions.clone()
+    frames2[:, b_frame + 1:] = torch.randint(0, cfg.codebook_size, frames2[:, b_frame + 1:].shape)
+    actions2[:, b_frame:] = cfg.codebook_size + (actions2[:, b_frame:] - cfg.codebook_size + 1) % cfg.action_ids
+    x2, logits2 = bd_logits(model, frames2, actions2)
+    n, L = cfg.tokens_per_frame, cfg.block_len
+    noisy_b = slice((b_frame - 1) * n, b_frame * n)  # noisy frame b (noisy frames start at 1)
+    assert torch.equal(x["tokens"][:, noisy_b] == cfg.mask_id, x2["tokens"][:, noisy_b] == cfg.mask_id)
+    torch.testing.assert_close(logits[:, noisy_b], logits2[:, noisy_b])
+    nt = (cfg.frames - 1) * n
+    clean_upto_b_img = slice(nt, nt + b_frame * L + n)  # clean blocks < b, and frame b's tokens
+    torch.testing.assert_close(logits[:, clean_upto_b_img][:, :b_frame * L],
+                               logits2[:, clean_upto_b_img][:, :b_frame * L])
+    # ...while something after b did change.
+    assert not torch.allclose(logits[:, nt + (b_frame + 1) * L:], logits2[:, nt + (b_frame + 1) * L:])
+
+
+def test_noisy_frame_sees_its_own_action_only_through_the_clean_block():
+    m = block_diffusion_mask(4, 3, 5)
+    # Noisy frame 1 (rows 0..2) sees clean block 0 (frame 0 + action 0) and not clean block 1.
+    nt = 3 * 3
+    assert m[0, nt:nt + 5].all() and not m[0, nt + 5:].any()
+    assert m[0, :3].all() and not m[0, 3:nt].any()
+
+
+def test_clean_half_equals_block_causal_forward():
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    frames, actions = random_window(cfg)
+    x, logits = bd_logits(model, frames, actions)
+    nt = (cfg.frames - 1) * cfg.tokens_per_frame
+    clean = interleave(frames, actions)
+    blk = torch.arange(clean.shape[1]) // cfg.block_len
+    mask = blk[None, :] <= blk[:, None]
+    ref = model(clean, torch.arange(clean.shape[1]).expand(2, -1), mask=mask,
+                prev_BT=torch.full_like(clean, cfg.codebook_size))
+    torch.testing.assert_close(logits[:, nt:], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_ar_is_causal():
+    model = tiny("ar")
+    frames, actions = random_window(model.cfg)
+    x = ar_inputs(model.cfg, frames, actions)
+    full = model(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
+    cut = 30
+    part = model(x["tokens"][:, :cut], x["positions"][:, :cut], prev_BT=x["prev"][:, :cut], causal=True)
+    torch.testing.assert_close(full[:, :cut], part, atol=1e-5, rtol=1e-4)
+
+
+def test_ar_targets_are_image_tokens_of_later_frames():
+    cfg = preset_config("tiny")
+    frames, actions = random_window(cfg)
+    x = ar_inputs(cfg, frames, actions)
+    t = x["targets"][x["loss_mask"]]
+    assert (t < cfg.codebook_size).all()
+    assert x["loss_mask"][0].sum() == (cfg.frames - 1) * cfg.tokens_per_frame
+
+
+@pytest.mark.parametrize("objective,limit", [("ar", 0.05), ("block_diffusion", 0.3)])
+def test_overfits_one_short_episode(objective, limit):
+    """Stated limits: AR below 0.05 nats, block diffusion below 0.3 within 300 steps (seconds)."""
+    model = tiny(objective).train()
+    frames, actions = random_window(model.cfg, b=1, seed=1)  # one 4-frame episode
+    obj = Objective(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(300):
+        loss, _ = obj(frames.expand(4, -1, -1), actions.expand(4, -1, -1), g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 3.0
+    assert sum(losses[-20:]) / 20 < limit
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_builds_and_runs_one_step(preset):
+    cfg = preset_config(preset, frames=2)
+    if preset == "mineworld-300m":
+        assert 315e6 < cfg.num_params() < 325e6  # "about 321M"
+    model = WorldModel(cfg)
+    assert model.num_params() == cfg.num_params()
+    frames, actions = random_window(cfg, b=1, f=2)
+    loss, n = Objective(model)(frames, actions)
+    loss.backward()
+    assert torch.isfinite(loss) and n > 0
+
+
+def test_config_round_trip_and_unknown_keys():
+    cfg = preset_config("crafter", objective="block_diffusion")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**cfg.to_dict(), "flash": True})
+    with pytest.raises(ValueError, match="objective"):
+        preset_config("tiny", objective="gan")

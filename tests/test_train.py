@@ -1,0 +1,85 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from worldsim.bundle import read_config
+from worldsim.train import STATE_FILE, TrainSettings, load_world_model, train
+from worldsim.inference.plain import rollout, unmask_schedule
+from worldsim.inference.sampling import GREEDY
+
+
+def _args(tiny_tokens, out, *extra):
+    tok, shards = tiny_tokens
+    return ["train", "--shards", str(shards), "--tokenizer", str(tok), "--out", str(out),
+            "--preset", "tiny", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("objective", ["ar", "block_diffusion"])
+def test_train_writes_a_loadable_bundle(tiny_tokens, tmp_path, objective):
+    tok, shards = tiny_tokens
+    s = TrainSettings(steps=4, batch=2, val_every=2, val_batches=1, warmup=2)
+    r = train(shards, tok, tmp_path / "wm", objective=objective, preset="tiny", settings=s,
+              progress=False)
+    assert r["steps"] == 4 and r["val_loss"] > 0
+    cfg = read_config(tmp_path / "wm")
+    for key in ("image_tokenizer", "action_tokenizer", "model", "env", "action_space"):
+        assert key in cfg
+    assert cfg["model"]["objective"] == objective and cfg["model"]["tokens_per_frame"] == 81
+    model = load_world_model(tmp_path / "wm")
+    log = [json.loads(line) for line in (tmp_path / "wm" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [4] or log[-1]["step"] == 4
+    # A dreamed rollout from the bundle has the right shape and only image codes.
+    ctx = torch.zeros(1, 1, 81, dtype=torch.long)
+    acts = torch.full((1, 1, 1), 64 + 3)
+    out = rollout(model, ctx, acts, torch.full((1, 2, 1), 64 + 1), GREEDY, steps=4)
+    assert out.shape == (1, 3, 81) and int(out.max()) < 64
+
+
+def test_unmask_schedule():
+    assert unmask_schedule(81, 81) == list(range(80, -1, -1))  # K = N: one token per step
+    sch = unmask_schedule(81, 8)
+    assert sch[-1] == 0 and all(a > b for a, b in zip([81] + sch, sch))
+
+
+def test_killed_training_resumes_at_its_step(tiny_tokens, tmp_path):
+    out = tmp_path / "wm"
+    base = [sys.executable, "-m", "worldsim", *_args(tiny_tokens, out, "--batch", "2",
+                                                      "--checkpoint-seconds", "0", "--val-every", "1000")]
+    proc = subprocess.Popen(base + ["--steps", "100000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 90
+    while time.time() < deadline and not (out / STATE_FILE).exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from safetensors import safe_open
+
+    with safe_open(str(out / STATE_FILE), "pt") as f:
+        killed_at = json.loads(f.metadata()["state"])["step"]
+    assert killed_at > 0
+    r = subprocess.run(base + ["--steps", str(killed_at + 2)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from step {killed_at}" in r.stdout
+    assert read_config(out)["model_metrics"]["steps"] == killed_at + 2
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps[-1] == killed_at + 2
+
+
+def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29517", "-m", "worldsim",
+           *_args(tiny_tokens, out, "--steps", "3", "--batch", "2", "--val-every", "1000")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = read_config(out)["model_metrics"]
+    assert m["world_size"] == 2 and m["steps"] == 3
+    assert m["replicas_identical"] is True
+    assert len(m["replica_checksums"]) == 2
+    assert r.stdout.count("trained ar") == 1  # only rank 0 reports

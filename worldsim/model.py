@@ -1,0 +1,251 @@
+"""The world model: a LLaMA-style decoder over interleaved frame and action tokens. Layers only;
+sampling lives in `worldsim.inference`.
+
+Sequence layout (DESIGN.md): frame t is a block `[N image tokens][A action tokens]` of length
+L = N + A; image codes take ids [0, K), action ids follow, MASK (block diffusion) is last.
+A token's rotary position is `frame * L + slot`.
+
+Blocks: RMSNorm pre-norm, grouped-query attention through `scaled_dot_product_attention` with
+rotary positions, SwiGLU MLP, no biases, an untied output head.
+
+Two optional inputs, both off for MineWorld-shaped models so their checkpoints load unchanged:
+- `slot_embed`: a learned embedding of the token's slot in its block (`position % L`), which
+  gives the model the 2-D place of an image token that 1-D rotary positions only imply;
+- `prev_embed`: an embedding of the previous frame's token at the slot being predicted (id K
+  means "none"). Most of a frame repeats the last one, so this gives every prediction a direct
+  view of what was there.
+
+`forward(tokens_BT, positions_BT, cache=None, mask=None, prev_BT=None) -> logits_BTV`.
+The cache, when given, is an object with `update(layer, k_BHTD, v_BHTD) -> (k_all, v_all)`
+that stores the new keys and values and returns everything the queries may attend to; `mask`
+is then a boolean (B or 1, 1, T, T_all) with True where attention is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OBJECTIVES = ("ar", "block_diffusion")
+
+
+@dataclass
+class ModelConfig:
+    codebook_size: int = 1024  # K: image ids are [0, K)
+    action_ids: int = 17  # action ids are [K, K + action_ids)
+    tokens_per_frame: int = 81  # N
+    action_tokens: int = 1  # A
+    grid: tuple[int, int] = (9, 9)  # rows x cols of a frame's tokens, rows * cols == N
+    frames: int = 8  # frames per training window; the context the model was trained on
+    dim: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    ffn_dim: int = 768
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    objective: str = "ar"  # "ar" | "block_diffusion"
+    slot_embed: bool = False
+    prev_embed: bool = False
+    vocab_size: int = 0  # 0: K + action_ids + 1 (MASK); set explicitly for imported checkpoints
+
+    def __post_init__(self) -> None:
+        self.grid = tuple(self.grid)  # JSON gives lists
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.grid[0] * self.grid[1] != self.tokens_per_frame:
+            raise ValueError(f"grid {self.grid} does not hold {self.tokens_per_frame} tokens")
+        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError("dim must divide by n_heads and n_heads by n_kv_heads")
+        if self.vocab_size == 0:
+            self.vocab_size = self.codebook_size + self.action_ids + 1
+        if self.vocab_size < self.codebook_size + self.action_ids + 1:
+            raise ValueError("vocab_size must hold the image codes, the action ids and MASK")
+
+    @property
+    def block_len(self) -> int:  # L
+        return self.tokens_per_frame + self.action_tokens
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def num_params(self) -> int:
+        d, h = self.dim, self.head_dim
+        attn = d * (self.n_heads * h) * 2 + d * (self.n_kv_heads * h) * 2
+        mlp = 3 * d * self.ffn_dim
+        per_layer = attn + mlp + 2 * d
+        extra = (self.block_len * d if self.slot_embed else 0) + \
+                ((self.codebook_size + 1) * d if self.prev_embed else 0)
+        return 2 * self.vocab_size * d + self.n_layers * per_layer + d + extra
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: milliseconds per step.
+    "tiny": dict(codebook_size=64, action_ids=17, tokens_per_frame=16, action_tokens=1,
+                 grid=(4, 4), frames=4, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                 slot_embed=True, prev_embed=True),
+    # The default Crafter model: 72x72 frames, 9x9 tokens of a 1024-code tokenizer, 1 action token.
+    "crafter": dict(codebook_size=1024, action_ids=17, tokens_per_frame=81, action_tokens=1,
+                    grid=(9, 9), frames=8, dim=256, n_layers=6, n_heads=4, n_kv_heads=4,
+                    ffn_dim=768, slot_embed=True, prev_embed=True),
+    # MineWorld's 300M shape: 224x384 frames as 14x24 tokens of an 8192-code tokenizer, 11 action
+    # tokens, 16 frames of 347 tokens; 1-D rotary positions only.
+    "mineworld-300m": dict(codebook_size=8192, action_ids=68, tokens_per_frame=336,
+                           action_tokens=11, grid=(14, 24), frames=16, dim=1024, n_layers=20,
+                           n_heads=16, n_kv_heads=4, ffn_dim=4096, vocab_size=8262),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_cos_sin(positions_BT: torch.Tensor, head_dim: int, theta: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions, computed in float32."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions_BT.device,
+                                        dtype=torch.float32) / head_dim))
+    ang = positions_BT.float()[..., None] * inv  # (B, T, D/2)
+    return ang.cos()[:, None], ang.sin()[:, None]
+
+
+def apply_rope(x_BHTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) by the position's angle (LLaMA's interleaved layout)."""
+    x = x_BHTD.float().unflatten(-1, (-1, 2))
+    x0, x1 = x[..., 0], x[..., 1]
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x_BHTD)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.hd, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * self.hd, cfg.dim, bias=False)
+
+    def forward(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Any, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        b, t, _ = x_BTC.shape
+        q = self.wq(x_BTC).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, D)
+        k = self.wk(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.wv(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, Hkv, T_all, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           enable_gqa=self.n_kv != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache, mask, causal):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, mask, causal)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.slot_emb = nn.Embedding(cfg.block_len, cfg.dim) if cfg.slot_embed else None
+        self.prev_emb = nn.Embedding(cfg.codebook_size + 1, cfg.dim) if cfg.prev_embed else None
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith("wo.weight") or name.endswith("w2.weight"):
+                # GPT-2's scaled init of residual projections keeps the stream's variance flat.
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def hidden(self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor, cache: Any = None,
+               mask: torch.Tensor | None = None, prev_BT: torch.Tensor | None = None,
+               causal: bool = False) -> torch.Tensor:
+        """Final hidden states (B, T, C). `causal=True` with no mask is plain causal attention."""
+        h = self.tok_emb(tokens_BT)
+        if self.slot_emb is not None:
+            h = h + self.slot_emb(positions_BT % self.cfg.block_len)
+        if self.prev_emb is not None and prev_BT is not None:
+            h = h + self.prev_emb(prev_BT)
+        cos, sin = rope_cos_sin(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
+        for layer in self.layers:
+            h = layer(h, cos, sin, cache, mask, causal)
+        return self.norm(h)
+
+    def head(self, h: torch.Tensor, image_only: bool = False) -> torch.Tensor:
+        """Logits over the vocabulary, or over the K image codes only (what is ever sampled)."""
+        if image_only:
+            return F.linear(h, self.lm_head.weight[: self.cfg.codebook_size])
+        return self.lm_head(h)
+
+    def forward(self, tokens_BT: torch.Tensor, positions_BT: torch.Tensor, cache: Any = None,
+                mask: torch.Tensor | None = None, prev_BT: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        return self.head(self.hidden(tokens_BT, positions_BT, cache, mask, prev_BT, causal))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,126 @@
+"""Training objectives over windows of F frames: `ar` (next token) and `block_diffusion`.
+
+Both take frame tokens (B, F, N) and action tokens (B, F, A) and return a scalar loss. The first
+frame of a window is context only: no loss is taken on it, since at play the engine always
+starts from real frames.
+
+`ar`: the interleaved sequence [f0 a0 f1 a1 ...] under a causal mask; cross-entropy on image
+tokens of frames 1..F-1. Actions are inputs, never targets.
+
+`block_diffusion` (BD3-LM's vectorised form): the input is [x_noisy ; x_clean].
+- x_noisy holds the image tokens of frames 1..F-1, each frame masked at its own ratio drawn
+  from a cosine schedule, at the same positions as in x_clean;
+- noisy frame b attends to itself (both ways) and to clean blocks before b; action b-1 sits in
+  clean block b-1, so frame b sees the action that led to it;
+- clean block b (frame b and action b) attends to clean blocks up to and including b;
+- the loss covers masked image tokens only.
+At play this is exactly what the KV cache holds: finished clean blocks, then one noisy frame.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from worldsim.model import ModelConfig, WorldModel
+
+
+def interleave(frames_BFN: torch.Tensor, actions_BFA: torch.Tensor) -> torch.Tensor:
+    """(B, F, N) + (B, F, A) -> (B, F*L): [f0 a0 f1 a1 ...]."""
+    return torch.cat([frames_BFN, actions_BFA], dim=2).flatten(1)
+
+
+def prev_frame_tokens(frames_BFN: torch.Tensor, none_id: int) -> torch.Tensor:
+    """(B, F, N): frame b-1's token at each slot of frame b; `none_id` for frame 0."""
+    first = torch.full_like(frames_BFN[:, :1], none_id)
+    return torch.cat([first, frames_BFN[:, :-1]], dim=1)
+
+
+def ar_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+    b, f, n = frames_BFN.shape
+    K = cfg.codebook_size
+    seq = interleave(frames_BFN, actions_BFA)  # (B, S)
+    s = seq.shape[1]
+    # The prev-frame hint belongs to the token being predicted, so it is shifted like targets.
+    hints = interleave(prev_frame_tokens(frames_BFN, K), torch.full_like(actions_BFA, K))
+    slot = torch.arange(s, device=seq.device) % cfg.block_len
+    frame = torch.arange(s, device=seq.device) // cfg.block_len
+    is_loss = (slot < n) & (frame >= 1)  # targets that are image tokens of frames >= 1
+    return {"tokens": seq[:, :-1], "positions": torch.arange(s - 1, device=seq.device).expand(b, -1),
+            "prev": hints[:, 1:], "targets": seq[:, 1:], "loss_mask": is_loss[1:].expand(b, -1)}
+
+
+@lru_cache(maxsize=8)
+def block_diffusion_mask(frames: int, n: int, block_len: int, device: str = "cpu") -> torch.Tensor:
+    """Boolean (T, T), True = may attend, for [noisy frames 1..F-1 ; clean blocks 0..F-1]."""
+    nn_ = (frames - 1) * n
+    t = nn_ + frames * block_len
+    q_frame = torch.cat([torch.arange(1, frames).repeat_interleave(n),
+                         torch.arange(frames).repeat_interleave(block_len)])
+    q_noisy = torch.cat([torch.ones(nn_, dtype=torch.bool), torch.zeros(t - nn_, dtype=torch.bool)])
+    qf, kf = q_frame[:, None], q_frame[None, :]
+    qn, kn = q_noisy[:, None], q_noisy[None, :]
+    noisy_rows = qn & ((kn & (kf == qf)) | (~kn & (kf < qf)))
+    clean_rows = ~qn & ~kn & (kf <= qf)
+    return (noisy_rows | clean_rows).to(device)
+
+
+def mask_ratios(shape: tuple[int, ...], generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """Cosine schedule (MaskGIT): ratio = cos(pi/2 * u), u ~ U(0, 1)."""
+    u = torch.rand(shape, generator=generator).to(device)
+    return torch.cos(math.pi / 2 * u)
+
+
+def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
+                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    b, f, n = frames_BFN.shape
+    K, L, dev = cfg.codebook_size, cfg.block_len, frames_BFN.device
+    clean = interleave(frames_BFN, actions_BFA)  # (B, F*L)
+    target = frames_BFN[:, 1:]  # (B, F-1, N)
+    m = (mask_ratios((b, f - 1), generator, dev) * n).ceil().clamp(1, n)  # tokens to mask
+    scores = torch.rand((b, f - 1, n), generator=generator).to(dev)
+    rank = scores.argsort(-1).argsort(-1)
+    masked = rank < m[..., None]  # (B, F-1, N)
+    noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
+    pos_clean = torch.arange(f * L, device=dev)
+    pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
+    hints_noisy = prev_frame_tokens(frames_BFN, K)[:, 1:].flatten(1)
+    hints_clean = torch.full_like(clean, K)
+    nt = (f - 1) * n
+    return {"tokens": torch.cat([noisy.flatten(1), clean], 1),
+            "positions": torch.cat([pos_noisy, pos_clean]).expand(b, -1),
+            "prev": torch.cat([hints_noisy, hints_clean], 1),
+            "targets": torch.cat([target.flatten(1), clean], 1),
+            "loss_mask": torch.cat([masked.flatten(1), torch.zeros_like(clean, dtype=torch.bool)], 1),
+            "mask": block_diffusion_mask(f, n, L, str(dev)),
+            "num_noisy": torch.tensor(nt)}
+
+
+class Objective(nn.Module):
+    """Wraps the model so that forward returns the loss (what DistributedDataParallel wraps)."""
+
+    def __init__(self, model: WorldModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (mean loss, number of loss tokens)."""
+        cfg = self.model.cfg
+        if cfg.objective == "ar":
+            x = ar_inputs(cfg, frames_BFN, actions_BFA)
+            h = self.model.hidden(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
+        else:
+            x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, generator)
+            h = self.model.hidden(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
+        sel = x["loss_mask"]
+        # Only the positions with a loss go through the output head: the clean half of a block-
+        # diffusion input and the action positions never need logits.
+        logits = self.model.head(h[sel], image_only=True).float()
+        return F.cross_entropy(logits, x["targets"][sel]), sel.sum()

@@ -1,0 +1,187 @@
+"""Token shards: an episode store turned into image and action tokens that training memory-maps.
+
+Layout of a shards folder:
+
+    SHARDS/index.json            {"format": "worldsim.tokens", "version": 1, "tokens_per_frame": N,
+                                  "action_tokens": A, "codebook_size": K, "grid": [rows, cols],
+                                  "action_tokenizer": {...}, "env", "episodes": [{"id", "frames",
+                                  "frame_offset", "action_offset"}, ...], "frames", "steps"}
+    SHARDS/frames.npy            uint16 [sum(T_e + 1), N]   every episode's frame tokens, in order
+    SHARDS/actions.npy           uint16 [sum(T_e), A]       every episode's action tokens (ids
+                                                            already offset past the K image codes)
+    SHARDS/parts/<id>.npz        per-episode results while tokenizing; packed into the two
+                                 arrays above at the end (kept, so adding episodes resumes)
+
+`TokenShards` memory-maps the two arrays and draws random windows of F consecutive frames
+with their F actions, with vectorised indexing (no per-token Python loops).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim.data.store import CorruptEpisode, EpisodeStore
+from worldsim.errors import WorldsimError
+from worldsim.fileio import atomic_open, atomic_save_npz, atomic_write_json
+from worldsim.tokenizers.action import action_tokenizer_from_config, make_action_tokenizer
+
+FORMAT = "worldsim.tokens"
+VERSION = 1
+
+
+def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Path,
+                   batch: int = 256, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Encode every episode of a store into token shards (resumable; corrupt episodes skipped)."""
+    import warnings
+
+    from worldsim.data.store import CorruptEpisodeWarning
+    from worldsim.train_tokenizer import load_image_tokenizer
+
+    store = EpisodeStore(data)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    image_tok = load_image_tokenizer(tokenizer_bundle, dev)
+    cfg = image_tok.cfg
+    if (cfg.height, cfg.width) != tuple(store.info.frame_size):
+        raise WorldsimError(f"the tokenizer takes {cfg.height}x{cfg.width} frames but {data} holds "
+                            f"{store.info.frame_size[0]}x{store.info.frame_size[1]}")
+    if cfg.codebook_size > 65536:
+        raise WorldsimError("codebooks over 65536 codes do not fit uint16 shards")
+    action_tok = make_action_tokenizer(store.info.action_space, offset=cfg.codebook_size)
+    out = Path(out)
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "version": VERSION, "tokens_per_frame": cfg.tokens_per_frame,
+              "action_tokens": action_tok.tokens_per_action, "codebook_size": cfg.codebook_size,
+              "grid": list(cfg.grid), "action_tokenizer": action_tok.to_config(),
+              "env": store.info.env, "action_space": store.info.action_space.to_dict(),
+              "frame_size": list(store.info.frame_size), "fps": store.info.fps,
+              "tokenizer": str(tokenizer_bundle), "data": str(data)}
+    old_index = out / "index.json"
+    if old_index.exists():
+        old = json.loads(old_index.read_text())
+        same = {k: old.get(k) for k in ("tokens_per_frame", "codebook_size", "action_tokenizer")}
+        if same != {k: header[k] for k in same}:
+            raise WorldsimError(f"{out} holds shards from another tokenizer; choose another --out")
+
+    ids = store.episode_ids()
+    todo = [i for i in ids if not _part_ok(parts / f"{i}.npz")]
+    t0 = time.perf_counter()
+    n_frames = 0
+    bar = tqdm(todo, desc="tokenize", unit="ep", disable=not progress or not todo)
+    for eid in bar:
+        try:
+            ep = store.load(eid)
+        except CorruptEpisode as e:
+            warnings.warn(f"skipping corrupt episode {e}", CorruptEpisodeWarning, stacklevel=2)
+            continue
+        codes = [image_tok.encode(ep.frames[i:i + batch]).cpu() for i in range(0, len(ep.frames), batch)]
+        frames_TN = torch.cat(codes).numpy().astype(np.uint16)
+        actions_TA = action_tok.encode_array(ep.actions).astype(np.uint16)
+        atomic_save_npz(parts / f"{eid}.npz", compress=False, frames=frames_TN, actions=actions_TA)
+        n_frames += len(frames_TN)
+        bar.set_postfix(fps=f"{n_frames / (time.perf_counter() - t0):.0f}")
+    index = _pack(out, ids, header)
+    return {"episodes": len(index["episodes"]), "tokenized": len(todo), "frames": index["frames"],
+            "new_frames": n_frames, "seconds": time.perf_counter() - t0}
+
+
+def _part_ok(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with np.load(path) as z:
+            return {"frames", "actions"} <= set(z.files)
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+def _pack(out: Path, ids: list[str], header: dict[str, Any]) -> dict[str, Any]:
+    """Concatenate per-episode parts into frames.npy / actions.npy and write index.json."""
+    episodes, frames, actions = [], [], []
+    f_off = a_off = 0
+    for eid in ids:
+        p = out / "parts" / f"{eid}.npz"
+        if not _part_ok(p):
+            continue
+        with np.load(p) as z:
+            f, a = z["frames"], z["actions"]
+        episodes.append({"id": eid, "frames": len(f), "frame_offset": f_off, "action_offset": a_off})
+        frames.append(f)
+        actions.append(a)
+        f_off += len(f)
+        a_off += len(a)
+    if not episodes:
+        raise WorldsimError("no episode could be tokenized")
+    for name, arrs in (("frames.npy", frames), ("actions.npy", actions)):
+        with atomic_open(out / name, "wb") as fh:
+            np.save(fh, np.concatenate(arrs))
+    index = {**header, "episodes": episodes, "frames": f_off, "steps": a_off}
+    atomic_write_json(out / "index.json", index)
+    return index
+
+
+class TokenShards:
+    """Memory-mapped token shards with random windows of F frames.
+
+    A window is F consecutive frames of one episode plus the F actions taken at them (so the
+    window never includes an episode's last frame, whose action does not exist)."""
+
+    def __init__(self, folder: str | Path, ids: list[str] | None = None):
+        folder = Path(folder)
+        index_path = folder / "index.json"
+        if not index_path.is_file():
+            raise WorldsimError(f"{folder} holds no token shards (no index.json); make them with "
+                                "`worldsim tokenize`")
+        self.index = json.loads(index_path.read_text())
+        if self.index.get("format") != FORMAT:
+            raise WorldsimError(f"{index_path} is not a worldsim token index")
+        self.frames = np.load(folder / "frames.npy", mmap_mode="r")  # (sum T+1, N) uint16
+        self.actions = np.load(folder / "actions.npy", mmap_mode="r")  # (sum T, A) uint16
+        self.N = int(self.index["tokens_per_frame"])
+        self.A = int(self.index["action_tokens"])
+        self.K = int(self.index["codebook_size"])
+        keep = set(ids) if ids is not None else None
+        self.episodes = [e for e in self.index["episodes"] if keep is None or e["id"] in keep]
+
+    @property
+    def action_tokenizer(self):
+        return action_tokenizer_from_config(self.index["action_tokenizer"])
+
+    @property
+    def episode_ids(self) -> list[str]:
+        return [e["id"] for e in self.episodes]
+
+    def window_starts(self, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global frame and action indices of every valid window start: (S,), (S,)."""
+        f_starts, a_starts = [], []
+        for e in self.episodes:
+            n = e["frames"] - 1 - frames + 1  # windows use frames[s:s+F] and actions[s:s+F]
+            if n > 0:
+                f_starts.append(e["frame_offset"] + np.arange(n))
+                a_starts.append(e["action_offset"] + np.arange(n))
+        if not f_starts:
+            raise WorldsimError(f"no episode is long enough for windows of {frames} frames")
+        return np.concatenate(f_starts), np.concatenate(a_starts)
+
+    def gather(self, f_starts: np.ndarray, a_starts: np.ndarray, frames: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Windows at the given starts: frame tokens (B, F, N) and action tokens (B, F, A), int64."""
+        off = np.arange(frames)
+        f = self.frames[f_starts[:, None] + off]  # fancy indexing on the memmap: one copy
+        a = self.actions[a_starts[:, None] + off]
+        return torch.from_numpy(f.astype(np.int64)), torch.from_numpy(a.astype(np.int64))
+
+    def episode(self, episode_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """One episode's frame tokens (T+1, N) and action tokens (T, A)."""
+        for e in self.episodes:
+            if e["id"] == episode_id:
+                fo, ao, n = e["frame_offset"], e["action_offset"], e["frames"]
+                return np.asarray(self.frames[fo:fo + n]), np.asarray(self.actions[ao:ao + n - 1])
+        raise KeyError(episode_id)
