@@ -9,12 +9,11 @@ context is the last `cfg.frames - 1` frames, so context plus the new frame fit t
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from worldsim.model import WorldModel
 from worldsim.objectives import ar_inputs, interleave, prev_frame_tokens
+from worldsim.inference.decode_block_diffusion import masked_after
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -44,19 +43,6 @@ def ar_next_frame(model: WorldModel, frames_BCN: torch.Tensor, actions_BCA: torc
     return frames[:, c]
 
 
-def unmask_schedule(n: int, steps: int) -> list[int]:
-    """Tokens still masked after each step, cosine schedule: ends at 0, strictly decreasing."""
-    left = [math.floor(n * math.cos(math.pi / 2 * (k + 1) / steps)) for k in range(steps)]
-    out, prev = [], n
-    for k, m in enumerate(left):
-        m = min(m, prev - 1)  # at least one token per step
-        m = max(m, steps - k - 1 if n >= steps else 0)  # leave one per remaining step if we can
-        out.append(max(m, 0))
-        prev = out[-1]
-    out[-1] = 0
-    return out
-
-
 @torch.no_grad()
 def block_diffusion_next_frame(model: WorldModel, frames_BCN: torch.Tensor,
                                actions_BCA: torch.Tensor, sampling: SamplingSettings,
@@ -76,7 +62,7 @@ def block_diffusion_next_frame(model: WorldModel, frames_BCN: torch.Tensor,
     prev_noisy = prev_frame_tokens(torch.cat([frames_BCN, frames_BCN[:, -1:]], 1), cfg.codebook_size)[:, -1]
     prev = torch.cat([torch.full_like(clean, cfg.codebook_size), prev_noisy], 1)
     frame = torch.full((b, n), cfg.mask_id, dtype=torch.long, device=dev)
-    for k, left in enumerate(unmask_schedule(n, steps)):
+    for k, left in enumerate(masked_after(n, steps)):
         tokens = torch.cat([clean, frame], 1)
         logits = model(tokens, positions, mask=mask, prev_BT=prev)[:, c * L:, : cfg.codebook_size]
         tok, conf = sample(logits, sampling, generator)  # (B, N)

@@ -9,7 +9,8 @@ import torch
 
 from worldsim.bundle import read_config
 from worldsim.train import STATE_FILE, TrainSettings, load_world_model, train
-from worldsim.inference.plain import rollout, unmask_schedule
+from worldsim.inference.decode_block_diffusion import masked_after
+from worldsim.inference.plain import rollout
 from worldsim.inference.sampling import GREEDY
 
 
@@ -40,9 +41,9 @@ def test_train_writes_a_loadable_bundle(tiny_tokens, tmp_path, objective):
     assert out.shape == (1, 3, 81) and int(out.max()) < 64
 
 
-def test_unmask_schedule():
-    assert unmask_schedule(81, 81) == list(range(80, -1, -1))  # K = N: one token per step
-    sch = unmask_schedule(81, 8)
+def test_masked_after():
+    assert masked_after(81, 81) == list(range(80, -1, -1))  # K = N: one token per step
+    sch = masked_after(81, 8)
     assert sch[-1] == 0 and all(a > b for a, b in zip([81] + sch, sch))
 
 

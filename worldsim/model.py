@@ -16,9 +16,9 @@ Two optional inputs, both off for MineWorld-shaped models so their checkpoints l
   view of what was there.
 
 `forward(tokens_BT, positions_BT, cache=None, mask=None, prev_BT=None) -> logits_BTV`.
-The cache, when given, is an object with `update(layer, k_BHTD, v_BHTD) -> (k_all, v_all)`
-that stores the new keys and values and returns everything the queries may attend to; `mask`
-is then a boolean (B or 1, 1, T, T_all) with True where attention is allowed.
+Without a cache, `mask` is a boolean (T, T) or (B, 1, T, T), True where attention is allowed
+(or pass `causal=True`). With a cache (`worldsim.inference.cache.KVCache`, prepared by the
+decoder for this forward), the cache rotates keys, stores the new ones and supplies the mask.
 """
 
 from __future__ import annotations
@@ -169,9 +169,14 @@ class Attention(nn.Module):
         q = self.wq(x_BTC).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.wv(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, Hkv, T_all, D)
+        if cache is None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        else:
+            # The cache stores keys unrotated and rotates them (old and new) by their current
+            # window-relative positions; it also builds the mask over [cached ; new] tokens.
+            q = apply_rope(q, *cache.rope_new())
+            k, v, mask = cache.update(self.layer, k, v)  # (B, Hkv, S + T, D), mask (B, 1, T, S + T)
+            causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            enable_gqa=self.n_kv != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
@@ -231,7 +236,9 @@ class WorldModel(nn.Module):
             h = h + self.slot_emb(positions_BT % self.cfg.block_len)
         if self.prev_emb is not None and prev_BT is not None:
             h = h + self.prev_emb(prev_BT)
-        cos, sin = rope_cos_sin(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
+        cos = sin = None
+        if cache is None:
+            cos, sin = rope_cos_sin(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
             h = layer(h, cos, sin, cache, mask, causal)
         return self.norm(h)

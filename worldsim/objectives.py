@@ -8,6 +8,7 @@ starts from real frames.
 tokens of frames 1..F-1. Actions are inputs, never targets.
 
 `block_diffusion` (BD3-LM's vectorised form): the input is [x_noisy ; x_clean].
+- x_clean holds blocks 0..F-2 (no noisy frame attends to the last block, so it is left out);
 - x_noisy holds the image tokens of frames 1..F-1, each frame masked at its own ratio drawn
   from a cosine schedule, at the same positions as in x_clean;
 - noisy frame b attends to itself (both ways) and to clean blocks before b; action b-1 sits in
@@ -57,11 +58,11 @@ def ar_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Ten
 
 @lru_cache(maxsize=8)
 def block_diffusion_mask(frames: int, n: int, block_len: int, device: str = "cpu") -> torch.Tensor:
-    """Boolean (T, T), True = may attend, for [noisy frames 1..F-1 ; clean blocks 0..F-1]."""
+    """Boolean (T, T), True = may attend, for [noisy frames 1..F-1 ; clean blocks 0..F-2]."""
     nn_ = (frames - 1) * n
-    t = nn_ + frames * block_len
+    t = nn_ + (frames - 1) * block_len
     q_frame = torch.cat([torch.arange(1, frames).repeat_interleave(n),
-                         torch.arange(frames).repeat_interleave(block_len)])
+                         torch.arange(frames - 1).repeat_interleave(block_len)])
     q_noisy = torch.cat([torch.ones(nn_, dtype=torch.bool), torch.zeros(t - nn_, dtype=torch.bool)])
     qf, kf = q_frame[:, None], q_frame[None, :]
     qn, kn = q_noisy[:, None], q_noisy[None, :]
@@ -81,14 +82,14 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
                            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     b, f, n = frames_BFN.shape
     K, L, dev = cfg.codebook_size, cfg.block_len, frames_BFN.device
-    clean = interleave(frames_BFN, actions_BFA)  # (B, F*L)
+    clean = interleave(frames_BFN[:, :-1], actions_BFA[:, :-1])  # (B, (F-1)*L)
     target = frames_BFN[:, 1:]  # (B, F-1, N)
     m = (mask_ratios((b, f - 1), generator, dev) * n).ceil().clamp(1, n)  # tokens to mask
     scores = torch.rand((b, f - 1, n), generator=generator).to(dev)
     rank = scores.argsort(-1).argsort(-1)
     masked = rank < m[..., None]  # (B, F-1, N)
     noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
-    pos_clean = torch.arange(f * L, device=dev)
+    pos_clean = torch.arange((f - 1) * L, device=dev)
     pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
     hints_noisy = prev_frame_tokens(frames_BFN, K)[:, 1:].flatten(1)
     hints_clean = torch.full_like(clean, K)

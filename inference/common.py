@@ -1,0 +1,100 @@
+"""What the decoders share: per-frame stats, prefill, and the inputs of autoregressive passes.
+
+Cache invariant between frames (every decoder keeps it): the cache holds every finished block
+before the newest frame. For autoregressive models the newest frame's tokens are in the cache
+except its last one; for block diffusion none of them are (the fused pass writes the whole
+block). Either way the newest frame's tokens and the action taken at it are what the next
+`decode` call writes first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from worldsim.model import WorldModel
+from worldsim.objectives import ar_inputs, interleave
+from worldsim.inference.cache import KVCache
+
+
+@dataclass
+class FrameStats:
+    passes: int = 0  # model forward passes for this frame
+    model_ms: float = 0.0
+    sample_ms: float = 0.0
+    decode_ms: float = 0.0  # image decode, filled in by the engine
+    tokens_per_pass: list[int] = field(default_factory=list)
+
+    @property
+    def total_ms(self) -> float:
+        return self.model_ms + self.sample_ms + self.decode_ms
+
+
+class Timer:
+    """Wall time of a block, synchronising CUDA so that queued kernels are counted."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self) -> "Timer":
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.ms = (time.perf_counter() - self.t0) * 1000
+
+
+def block_causal(n_blocks: int, block_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    blk = torch.arange(n_blocks * block_len, device=device) // block_len
+    return blk[None, :] <= blk[:, None]
+
+
+def prev_hint_for(positions_BT: torch.Tensor, last_frame_BN: torch.Tensor, n: int, L: int,
+                  none_id: int) -> torch.Tensor:
+    """The prev-frame hint of autoregressive inputs: the last frame's token at the slot of the
+    *next* position (the one this input predicts), or `none_id` when that is an action slot."""
+    nxt = (positions_BT + 1) % L
+    hint = last_frame_BN.gather(1, nxt.clamp(max=n - 1))
+    return torch.where(nxt < n, hint, torch.full_like(hint, none_id))
+
+
+@torch.no_grad()
+def prefill(model: WorldModel, cache: KVCache, rows: list[int], frames_BCN: torch.Tensor,
+            actions_BCA: torch.Tensor) -> int:
+    """Write context frames 0..C-1 with the actions taken at frames 0..C-2 into fresh cache rows.
+
+    Block diffusion: blocks 0..C-2 (frame + action), block-causal. Autoregressive: the same plus
+    frame C-1's tokens but its last, causal. Returns the number of forward passes (0 or 1)."""
+    cfg = model.cfg
+    L, N, dev = cfg.block_len, cfg.tokens_per_frame, frames_BCN.device
+    cache.reset(rows)
+    keep = min(frames_BCN.shape[1], cache.blocks)  # older context would be evicted anyway
+    frames_BCN = frames_BCN[:, frames_BCN.shape[1] - keep:]
+    actions_BCA = actions_BCA[:, actions_BCA.shape[1] - (keep - 1):] if keep > 1 else actions_BCA[:, :0]
+    b, c, _ = frames_BCN.shape
+    if cfg.objective == "block_diffusion":
+        if c == 1:
+            return 0
+        tokens = interleave(frames_BCN[:, :-1], actions_BCA)  # (B, (C-1)*L)
+        for _ in range(c - 1):
+            cache.new_block(rows)
+        mask = block_causal(c - 1, L, dev)
+        prev = torch.full_like(tokens, cfg.codebook_size)
+    else:
+        dummy = actions_BCA.new_zeros(b, 1, cfg.action_tokens)  # never read: it lies past the cut
+        x = ar_inputs(cfg, frames_BCN, torch.cat([actions_BCA, dummy], 1))
+        t = (c - 1) * L + N - 1  # everything before the last frame's last token
+        tokens, prev = x["tokens"][:, :t], x["prev"][:, :t]
+        for _ in range(c):
+            cache.new_block(rows)
+        mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+    positions = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
+    cache.prepare(rows, positions, torch.ones_like(tokens, dtype=torch.bool), mask[None])
+    model(tokens, positions, cache=cache, prev_BT=prev)
+    return 1

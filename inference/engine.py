@@ -1,0 +1,206 @@
+"""The engine: sessions that turn player actions into frames, stepped together as one batch.
+
+    engine = Engine.from_bundle("assets/crafter", decoder=DecoderSettings("block_diffusion", steps=4))
+    session = engine.open(context_frames, context_actions)   # prefill
+    frame, stats = session.step(action)                       # one dreamed frame, uint8 (H, W, 3)
+    frames = engine.step({s1: a1, s2: a2})                    # many sessions, one batch
+
+Each session owns one row of a shared, preallocated KV cache; sessions may open and close at
+any frame, and `Engine.step` runs whichever sessions it is given as one batch. A step includes
+the image decode; `FrameStats` splits its time into model passes, sampling and image decode.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from worldsim.model import WorldModel
+from worldsim.tokenizers.action import ActionTokenizer
+from worldsim.tokenizers.image import ImageTokenizer
+from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal
+from worldsim.inference.cache import KVCache
+from worldsim.inference.common import FrameStats, Timer, prefill
+from worldsim.inference.sampling import SamplingSettings
+
+# The decoding strategies, by name; each module states its algorithm and cost.
+DECODERS: dict[str, Callable[..., tuple[torch.Tensor, FrameStats]]] = {
+    "ar": decode_ar.decode,  # N passes per frame, exact
+    "diagonal": decode_diagonal.decode,  # (rows-1)*w + cols passes, training-free
+    "block_diffusion": decode_block_diffusion.decode,  # K passes, needs a block-diffusion model
+}
+
+
+def valid_decoders(objective: str) -> list[str]:
+    return ["block_diffusion"] if objective == "block_diffusion" else ["ar", "diagonal"]
+
+
+@dataclass
+class DecoderSettings:
+    name: str = "auto"  # auto: block_diffusion for block-diffusion models, diagonal for AR ones
+    steps: int = 4  # block_diffusion: passes per frame
+    threshold: float | None = None  # block_diffusion: unmask every token above this confidence
+    window: int = 2  # diagonal: how far a row runs ahead of the next
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def resolve(self, objective: str) -> "DecoderSettings":
+        name = self.name
+        if name == "auto":
+            name = "block_diffusion" if objective == "block_diffusion" else "diagonal"
+        if name not in DECODERS:
+            raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
+        if name not in valid_decoders(objective):
+            raise ValueError(f"decoder {name!r} does not fit a model trained with {objective!r}; "
+                             f"use {' or '.join(valid_decoders(objective))}")
+        if self.steps < 1 or self.window < 1:
+            raise ValueError("steps and window must be at least 1")
+        return DecoderSettings(name, self.steps, self.threshold, self.window, self.sampling)
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.name == "block_diffusion":
+            return {"steps": self.steps, "threshold": self.threshold}
+        if self.name == "diagonal":
+            return {"window": self.window}
+        return {}
+
+
+class Engine:
+    def __init__(self, model: WorldModel, image_tokenizer: ImageTokenizer | None,
+                 action_tokenizer: ActionTokenizer, decoder: DecoderSettings | None = None,
+                 max_sessions: int = 16, sink: int = 0, seed: int = 0):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.image_tokenizer = image_tokenizer
+        self.action_tokenizer = action_tokenizer
+        self.decoder = (decoder or DecoderSettings()).resolve(self.cfg.objective)
+        self.device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        # Frames a dreamed frame may see, as in training: F-1 finished blocks, plus the block
+        # being written for next-token models.
+        blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
+        self.cache = KVCache(self.cfg, max_sessions, max(blocks, sink + 1), sink, self.device, dtype)
+        self.free_rows = list(range(max_sessions))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._ids = itertools.count()
+
+    @classmethod
+    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "Engine":
+        from worldsim import bundle
+        from worldsim.tokenizers.action import action_tokenizer_from_config
+        from worldsim.train import load_world_model
+        from worldsim.train_tokenizer import load_image_tokenizer
+
+        cfg = bundle.read_config(folder)
+        return cls(load_world_model(folder, device), load_image_tokenizer(folder, device),
+                   action_tokenizer_from_config(cfg["action_tokenizer"]), **kwargs)
+
+    # -- sessions ------------------------------------------------------------------------------
+    def open(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
+             seed: int | None = None) -> "Session":
+        """A session from context frames (uint8 (C, H, W, 3), or image tokens (C, N)) and the
+        C-1 actions taken at all but the last of them. The first `step` gives the action at
+        the last context frame."""
+        if not self.free_rows:
+            raise RuntimeError(f"all {self.cache.batch} session slots are in use")
+        session = Session(self, self.free_rows.pop(0), next(self._ids), seed)
+        try:
+            session.reset(context, actions)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def _frame_tokens(self, context: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(context)
+        if t.dtype == torch.uint8 and t.ndim == 4:
+            if self.image_tokenizer is None:
+                raise ValueError("this engine has no image tokenizer; pass image tokens")
+            return self.image_tokenizer.encode(t).to(self.device)
+        if t.ndim == 2 and t.shape[1] == self.cfg.tokens_per_frame:
+            return t.to(self.device, torch.long)
+        raise ValueError(f"context must be uint8 frames (C, H, W, 3) or tokens (C, "
+                         f"{self.cfg.tokens_per_frame}), got {t.dtype} {tuple(t.shape)}")
+
+    def _action_tokens(self, actions: list[Any] | torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Actions in the env's action space (or already tokens (T, A)) -> tokens (T, A)."""
+        if isinstance(actions, torch.Tensor) and actions.ndim == 2:
+            return actions.to(self.device, torch.long)
+        rows = [self.action_tokenizer.encode(a) for a in actions]
+        if not rows:
+            return torch.zeros(0, self.cfg.action_tokens, dtype=torch.long, device=self.device)
+        return torch.as_tensor(np.stack(rows), device=self.device)
+
+    @torch.no_grad()
+    def step(self, inputs: Mapping["Session", Any], decode_images: bool = True
+             ) -> dict["Session", tuple[np.ndarray | None, FrameStats]]:
+        """Advance every given session by one frame, as one batch."""
+        sessions = sorted(inputs, key=lambda s: s.row)
+        for s in sessions:
+            if s.closed:
+                raise RuntimeError(f"session {s.id} is closed")
+        rows = [s.row for s in sessions]
+        last = torch.cat([s.last_frame for s in sessions])  # (B, N)
+        acts = torch.cat([self._action_tokens([inputs[s]]) for s in sessions])  # (B, A)
+        gen = sessions[0].generator if len(sessions) == 1 else self.generator
+        d = self.decoder
+        frame, stats = DECODERS[d.name](self.model, self.cache, rows, last, acts, d.sampling, gen,
+                                        **d.kwargs())
+        images = None
+        if decode_images and self.image_tokenizer is not None:
+            timer = Timer(self.device)
+            with timer:
+                images = self.image_tokenizer.decode(frame).cpu().numpy()
+            stats.decode_ms = timer.ms
+        out = {}
+        for i, s in enumerate(sessions):
+            s.last_frame = frame[i:i + 1]
+            s.frames += 1
+            out[s] = (images[i] if images is not None else None, stats)
+        return out
+
+
+class Session:
+    """One player's dream: `reset(context, actions)`, then `step(action) -> (frame, stats)`."""
+
+    def __init__(self, engine: Engine, row: int, sid: int, seed: int | None):
+        self.engine, self.row, self.id = engine, row, sid
+        self.generator = torch.Generator(device=engine.device)
+        self.seed = seed
+        self.last_frame = torch.zeros(1, engine.cfg.tokens_per_frame, dtype=torch.long)
+        self.frames = 0
+        self.closed = False
+
+    @torch.no_grad()
+    def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor) -> None:
+        e = self.engine
+        frames = e._frame_tokens(context)  # (C, N)
+        acts = e._action_tokens(actions)  # (C-1, A)
+        if frames.shape[0] < 1 or acts.shape[0] != frames.shape[0] - 1:
+            raise ValueError(f"need C >= 1 context frames and C-1 actions, got {frames.shape[0]} "
+                             f"frames and {acts.shape[0]} actions")
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed)
+        prefill(e.model, e.cache, [self.row], frames[None], acts[None])
+        self.last_frame = frames[-1:]
+        self.frames = 0
+
+    def step(self, action: Any) -> tuple[np.ndarray | None, FrameStats]:
+        return self.engine.step({self: action})[self]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.engine.cache.reset([self.row])
+            self.engine.free_rows.append(self.row)
+            self.engine.free_rows.sort()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,223 @@
+import numpy as np
+import pytest
+import torch
+
+from worldsim.envs.crafter import CRAFTER_SPACE
+from worldsim.model import WorldModel, preset_config
+from worldsim.objectives import ar_inputs, block_diffusion_inputs, interleave
+from worldsim.tokenizers.action import make_action_tokenizer
+from worldsim.inference.cache import KVCache
+from worldsim.inference.common import prefill
+from worldsim.inference.decode_diagonal import passes_per_frame
+from worldsim.inference.engine import DecoderSettings, Engine
+from worldsim.inference.sampling import GREEDY, SamplingSettings
+
+
+def tiny(objective, **kw):
+    torch.manual_seed(0)
+    return WorldModel(preset_config("tiny", objective=objective, **kw)).eval()
+
+
+def engine(model, decoder, **kw):
+    act = make_action_tokenizer(CRAFTER_SPACE, offset=model.cfg.codebook_size)
+    return Engine(model, None, act, decoder, **kw)
+
+
+def context(cfg, c=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, cfg.codebook_size, (c, cfg.tokens_per_frame), generator=g)
+    actions = [int(a) for a in torch.randint(0, 17, (c - 1,), generator=g)]
+    return frames, actions
+
+
+def dream(eng, frames, actions, plan, seed=None):
+    s = eng.open(frames, actions, seed=seed)
+    out = [s.step(a)[0] for a in plan]
+    return s, out
+
+
+def test_cache_parity_ar():
+    """A full causal forward equals prefill plus token-by-token decode with the cache."""
+    model = tiny("ar")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(1)
+    f = torch.randint(0, cfg.codebook_size, (2, 3, cfg.tokens_per_frame), generator=g)
+    a = cfg.codebook_size + torch.randint(0, cfg.action_ids, (2, 3, 1), generator=g)
+    x = ar_inputs(cfg, f, a)
+    full = model(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
+    cache = KVCache(cfg, 2, blocks=4)
+    for _ in range(3):
+        cache.new_block([0, 1])
+    split = 20
+    pos = x["positions"][:, :split]
+    cache.prepare([0, 1], pos, torch.ones(2, split, dtype=torch.bool),
+                  torch.ones(split, split, dtype=torch.bool).tril()[None])
+    out = [model(x["tokens"][:, :split], pos, cache=cache, prev_BT=x["prev"][:, :split])]
+    for t in range(split, x["tokens"].shape[1]):
+        p = x["positions"][:, t:t + 1]
+        cache.prepare([0, 1], p, torch.ones(2, 1, dtype=torch.bool), torch.ones(1, 1, 1, dtype=torch.bool))
+        out.append(model(x["tokens"][:, t:t + 1], p, cache=cache, prev_BT=x["prev"][:, t:t + 1]))
+    torch.testing.assert_close(torch.cat(out, 1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_parity_block_diffusion():
+    """The noisy frame's logits from the training forward equal prefill + a cached pass."""
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(2)
+    F_, N, L = cfg.frames, cfg.tokens_per_frame, cfg.block_len
+    f = torch.randint(0, cfg.codebook_size, (1, F_, N), generator=g)
+    a = cfg.codebook_size + torch.randint(0, cfg.action_ids, (1, F_, 1), generator=g)
+    x = block_diffusion_inputs(cfg, f, a, torch.Generator().manual_seed(3))
+    full = model(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
+    last = slice((F_ - 2) * N, (F_ - 1) * N)  # noisy frame F-1
+    cache = KVCache(cfg, 1, blocks=F_ - 1)
+    prefill(model, cache, [0], f[:, :F_ - 1], a[:, :F_ - 2])  # blocks 0..F-3
+    # The fused pass: clean block F-2 and noisy frame F-1 together.
+    cache.new_block([0])
+    clean = interleave(f[:, F_ - 2:F_ - 1], a[:, F_ - 2:F_ - 1])
+    tokens = torch.cat([clean, x["tokens"][:, last]], 1)
+    positions = torch.cat([torch.arange((F_ - 2) * L, (F_ - 1) * L), x["positions"][0, last]])[None]
+    m = torch.ones(L + N, L + N, dtype=torch.bool)
+    m[:L, L:] = False
+    cache.prepare([0], positions, torch.tensor([[True] * L + [False] * N]), m[None])
+    prev = torch.cat([torch.full_like(clean, cfg.codebook_size), x["prev"][:, last]], 1)
+    out = model(tokens, positions, cache=cache, prev_BT=prev)
+    torch.testing.assert_close(out[:, L:], full[:, last], atol=1e-4, rtol=1e-4)
+
+
+def test_diagonal_with_full_window_equals_ar():
+    model = tiny("ar")
+    frames, actions = context(model.cfg)
+    plan = [1, 2, 5, 3]
+    cols = model.cfg.grid[1]
+    e1 = engine(model, DecoderSettings("ar", sampling=GREEDY))
+    e2 = engine(model, DecoderSettings("diagonal", window=cols, sampling=GREEDY))
+    s1, s2 = e1.open(frames, actions), e2.open(frames, actions)
+    for a in plan:
+        s1.step(a)
+        s2.step(a)
+        assert torch.equal(s1.last_frame, s2.last_frame)
+
+
+def test_diagonal_pass_count_and_narrow_window_runs():
+    model = tiny("ar")
+    frames, actions = context(model.cfg)
+    e = engine(model, DecoderSettings("diagonal", window=2, sampling=GREEDY))
+    s = e.open(frames, actions)
+    _, stats = s.step(1)
+    r, c = model.cfg.grid
+    assert stats.passes == passes_per_frame(r, c, 2) == (r - 1) * 2 + c
+    assert int(s.last_frame.max()) < model.cfg.codebook_size
+
+
+def test_block_diffusion_k_equals_n_unmasks_one_token_per_pass(monkeypatch):
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    masked_counts = []
+    hidden = model.hidden
+
+    def spy(tokens, *args, **kw):
+        masked_counts.append(int((tokens[0, -cfg.tokens_per_frame:] == cfg.mask_id).sum()))
+        return hidden(tokens, *args, **kw)
+
+    monkeypatch.setattr(model, "hidden", spy)
+    frames, actions = context(cfg)
+    s = engine(model, DecoderSettings("block_diffusion", steps=cfg.tokens_per_frame,
+                                      sampling=SamplingSettings(temperature=1.0))).open(frames, actions)
+    masked_counts.clear()
+    _, stats = s.step(3)
+    n = cfg.tokens_per_frame
+    assert stats.passes == n
+    assert masked_counts == list(range(n, 0, -1))  # one fewer mask every pass
+    assert not bool((s.last_frame == cfg.mask_id).any())
+
+
+def test_threshold_takes_fewer_passes():
+    model = tiny("block_diffusion")
+    frames, actions = context(model.cfg)
+    s = engine(model, DecoderSettings("block_diffusion", steps=8, threshold=0.0,
+                                      sampling=GREEDY)).open(frames, actions)
+    _, stats = s.step(1)
+    assert stats.passes == 1  # every token clears a zero threshold at once
+
+
+@pytest.mark.parametrize("objective,decoder", [("ar", "ar"), ("ar", "diagonal"),
+                                               ("block_diffusion", "block_diffusion")])
+def test_seeded_rollout_repeats(objective, decoder):
+    model = tiny(objective)
+    frames, actions = context(model.cfg)
+    plan = [1, 4, 4, 2, 5]
+    settings = DecoderSettings(decoder, sampling=SamplingSettings(temperature=1.0, top_k=20, top_p=0.9))
+    runs = []
+    for _ in range(2):
+        e = engine(model, settings)
+        s = e.open(frames, actions, seed=7)
+        runs.append([s.step(a) and s.last_frame.clone() for a in plan])
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+    e = engine(model, settings)
+    s = e.open(frames, actions, seed=8)
+    other = [s.step(a) and s.last_frame.clone() for a in plan]
+    assert any(not torch.equal(x, y) for x, y in zip(runs[0], other))
+
+
+def test_long_session_bounded_memory_and_positions():
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    frames, actions = context(cfg)
+    e = engine(model, DecoderSettings("block_diffusion", steps=1, sampling=GREEDY), max_sessions=1)
+    nbytes = e.cache.nbytes
+    s = e.open(frames, actions)
+    rng = np.random.default_rng(0)
+    for i in range(10_000):
+        s.step(int(rng.integers(0, 17)))
+        if i % 997 == 0:
+            pos = e.cache.slot_positions([0])
+            assert int(pos.max()) < e.cache.blocks * cfg.block_len
+    assert e.cache.nbytes == nbytes and e.cache.k.shape[3] == e.cache.slots
+    assert int(e.cache.frames_seen[0]) >= 10_000
+    assert torch.isfinite(e.cache.k).all() and torch.isfinite(e.cache.v).all()
+    assert int(s.last_frame.max()) < cfg.codebook_size
+
+
+@pytest.mark.parametrize("objective,decoder", [("ar", "diagonal"), ("block_diffusion", "block_diffusion")])
+def test_sessions_joining_and_leaving_match_solo_runs(objective, decoder):
+    model = tiny(objective)
+    settings = DecoderSettings(decoder, sampling=GREEDY)
+    ctx = [context(model.cfg, c=2 + i, seed=i) for i in range(3)]
+    plans = [[1, 2, 3, 4, 1, 2], [4, 4, 1, 5], [2, 2, 3]]
+
+    def solo(i):
+        s = engine(model, settings).open(*ctx[i])
+        return [s.step(a) and s.last_frame.clone() for a in plans[i]]
+
+    alone = [solo(i) for i in range(3)]
+    e = engine(model, settings, max_sessions=3)
+    got = {0: [], 1: [], 2: []}
+    sess = {0: e.open(*ctx[0])}
+    for t in range(6):
+        if t == 1:
+            sess[1] = e.open(*ctx[1])  # joins a running batch
+        if t == 2:
+            sess[2] = e.open(*ctx[2])
+        live = {s: plans[i][len(got[i])] for i, s in sess.items()
+                if not s.closed and len(got[i]) < len(plans[i])}
+        e.step(live)
+        for i, s in sess.items():
+            if s in live:
+                got[i].append(s.last_frame.clone())
+            if len(got[i]) == len(plans[i]):
+                s.close()  # leaves; its row is free for the next session
+    for i in range(3):
+        assert len(got[i]) == len(plans[i])
+        for x, y in zip(alone[i], got[i]):
+            assert torch.equal(x, y)
+    assert sorted(e.free_rows) == [0, 1, 2]
+
+
+def test_bad_decoder_for_objective():
+    with pytest.raises(ValueError, match="does not fit"):
+        engine(tiny("ar"), DecoderSettings("block_diffusion"))
+    with pytest.raises(ValueError, match="unknown decoder"):
+        engine(tiny("ar"), DecoderSettings("beam"))

@@ -1,0 +1,74 @@
+"""Rollout quality against ground truth: dream from real context frames with the recorded
+actions, decode, and compare with the real frames, beside the copy-last-frame baseline.
+
+This is the plain (cache-free) evaluation used while training; `worldsim eval` and
+`worldsim bench` build on the engine's fast decoders.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldsim.data.store import EpisodeStore
+from worldsim.errors import WorldsimError
+from worldsim.inference.plain import rollout
+from worldsim.inference.sampling import SamplingSettings
+from worldsim.tokenizers.action import action_tokenizer_from_config
+from worldsim.tokenizers.image import psnr
+from worldsim.train import load_world_model
+from worldsim.train_tokenizer import load_image_tokenizer
+from worldsim import bundle
+
+
+@torch.no_grad()
+def rollout_psnr(bundle_dir: str | Path, data: str | Path, episodes: int = 8, steps: int = 15,
+                 context: int = 1, decode_steps: int = 8, temperature: float = 0.0,
+                 val_fraction: float = 0.05, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Mean PSNR per dreamed step over held-out episodes; model vs copy-last-frame vs the
+    tokenizer's own reconstruction (the ceiling a model with this tokenizer can reach)."""
+    cfg = bundle.read_config(bundle_dir)
+    image_tok = load_image_tokenizer(bundle_dir, device)
+    model = load_world_model(bundle_dir, device)
+    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    store = EpisodeStore(data)
+    _, val_ids = store.split(val_fraction)
+    rng = np.random.default_rng(seed)
+    real, acts = [], []
+    for ep in store.iter_episodes(val_ids):
+        if ep.num_steps < context + steps:
+            continue
+        t0 = int(rng.integers(0, ep.num_steps - (context + steps) + 1))
+        real.append(ep.frames[t0:t0 + context + steps])  # (C+S, H, W, 3)
+        acts.append(action_tok.encode_array(ep.actions[t0:t0 + context + steps - 1]))
+        if len(real) == episodes:
+            break
+    if not real:
+        raise WorldsimError(f"no held-out episode in {data} has {context + steps} frames")
+    real_BTHWC = torch.from_numpy(np.stack(real))
+    acts_BTA = torch.from_numpy(np.stack(acts)).long().to(device)
+    b = real_BTHWC.shape[0]
+    ctx_tokens = image_tok.encode(real_BTHWC[:, :context].flatten(0, 1)).view(b, context, -1)
+    g = torch.Generator(device=device).manual_seed(seed)
+    t_start = time.perf_counter()
+    dreamed = rollout(model, ctx_tokens, acts_BTA[:, :context], acts_BTA[:, context:],
+                      SamplingSettings(temperature=temperature), decode_steps, g)  # (B, S, N)
+    seconds = time.perf_counter() - t_start
+    frames = image_tok.decode(dreamed.flatten(0, 1)).cpu().view(b, steps, *real_BTHWC.shape[2:])
+    truth = real_BTHWC[:, context:]
+    recon = image_tok.decode(image_tok.encode(truth.flatten(0, 1))).cpu().view_as(truth)
+    last = real_BTHWC[:, context - 1:context].expand_as(truth)
+
+    def per_step(x: torch.Tensor) -> list[float]:
+        return psnr(x.flatten(0, 1), truth.flatten(0, 1)).view(b, steps).mean(0).tolist()
+
+    model_s, copy_s, recon_s = per_step(frames), per_step(last), per_step(recon)
+    return {"episodes": b, "steps": steps, "context": context, "objective": model.cfg.objective,
+            "psnr": float(np.mean(model_s)), "psnr_first3": float(np.mean(model_s[:3])),
+            "copy_last_psnr": float(np.mean(copy_s)), "copy_last_first3": float(np.mean(copy_s[:3])),
+            "tokenizer_psnr": float(np.mean(recon_s)), "per_step": model_s,
+            "copy_last_per_step": copy_s, "seconds": seconds, "frames": frames, "truth": truth}
