@@ -123,9 +123,15 @@ class KVCache:
             raise RuntimeError("a persisted token's block was not started (call new_block first)")
         phys = (phys_blk * self.L + slot.cpu()).to(dev)
         full = rows == list(range(self.batch))
+        keep = persist_BT.to(dev)
+        # Index lists for the writes, made once here rather than per layer (and, on a GPU,
+        # without a device sync inside the forward).
+        write = None
+        if bool(persist_BT.any()):
+            write = (row_t.to(dev)[:, None].expand_as(keep)[keep], phys[keep], keep)
         self._plan = {"rows": slice(None) if full else row_t.to(dev), "mask": mask,
                       "cos_c": cos_c, "sin_c": sin_c, "cos_n": cos_n, "sin_n": sin_n,
-                      "persist": persist_BT.to(dev), "phys": phys, "row_t": row_t.to(dev)}
+                      "write": write}
 
     def rope_new(self) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for the new tokens' queries (the model rotates queries with these)."""
@@ -141,10 +147,8 @@ class KVCache:
         k_old = apply_rope(self.k[layer][rows], p["cos_c"], p["sin_c"])  # read before writing
         v_old = self.v[layer][rows]
         k_new = apply_rope(k_BHTD, p["cos_n"], p["sin_n"])
-        keep = p["persist"]
-        if bool(keep.any()):
-            b_idx = p["row_t"][:, None].expand_as(keep)[keep]
-            s_idx = p["phys"][keep]
+        if p["write"] is not None:
+            b_idx, s_idx, keep = p["write"]
             self.k[layer][b_idx, :, s_idx] = k_BHTD.transpose(1, 2)[keep].to(self.k.dtype)
             self.v[layer][b_idx, :, s_idx] = v_BHTD.transpose(1, 2)[keep].to(self.v.dtype)
             if layer == self.cfg.n_layers - 1:

@@ -14,7 +14,7 @@ from worldsim import __version__
 from worldsim.errors import WorldsimError
 
 # In the order `worldsim --help` lists them.
-COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "info")
+COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "bench", "info")
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,0 +1,83 @@
+"""Checks that need a CUDA GPU (run by hand on a machine that has one; CI has none).
+
+    python benchmarks/cuda_check.py
+
+1. Every decoder gives the same greedy frames on CUDA as on the CPU (fp32, tiny model).
+2. Both objectives train on CUDA under bf16 autocast and the loss falls.
+3. The image tokenizer encodes and decodes on CUDA.
+Prints one line per check and exits non-zero if any fails.
+"""
+
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+from worldsim.envs.crafter import CRAFTER_SPACE
+from worldsim.model import WorldModel, preset_config
+from worldsim.objectives import Objective
+from worldsim.tokenizers.action import make_action_tokenizer
+from worldsim.tokenizers.image import PRESETS, ImageTokenizer
+from worldsim.inference.engine import DecoderSettings, Engine
+from worldsim.inference.sampling import GREEDY
+
+
+def dream(model, decoder, device, ctx, plan):
+    act = make_action_tokenizer(CRAFTER_SPACE, offset=model.cfg.codebook_size)
+    e = Engine(model.to(device), None, act, DecoderSettings(decoder, sampling=GREEDY))
+    s = e.open(ctx.to(device), [1])
+    out = []
+    for a in plan:
+        s.step(a)
+        out.append(s.last_frame.cpu())
+    return torch.cat(out)
+
+
+def main() -> int:
+    assert torch.cuda.is_available(), "no CUDA device"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    failures = 0
+    for objective, decoders in (("ar", ["ar", "diagonal"]), ("block_diffusion", ["block_diffusion"])):
+        torch.manual_seed(0)
+        model = WorldModel(preset_config("tiny", objective=objective)).eval()
+        ctx = torch.randint(0, model.cfg.codebook_size, (2, model.cfg.tokens_per_frame))
+        for d in decoders:
+            cpu = dream(model, d, "cpu", ctx, [1, 2, 3, 4])
+            gpu = dream(model, d, "cuda", ctx, [1, 2, 3, 4])
+            same = (cpu == gpu).float().mean().item()
+            ok = same > 0.95  # greedy argmax may flip on near-ties between devices
+            failures += not ok
+            print(f"{'ok' if ok else 'FAIL'}  {d}: CUDA and CPU greedy frames agree on {same:.1%} of tokens")
+    for objective in ("ar", "block_diffusion"):
+        torch.manual_seed(0)
+        model = WorldModel(preset_config("tiny", objective=objective)).cuda().train()
+        obj = Objective(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, fused=True)
+        f = torch.randint(0, 64, (1, 4, 16), device="cuda").expand(8, -1, -1)
+        a = 64 + torch.randint(0, 17, (1, 4, 1), device="cuda").expand(8, -1, -1)
+        losses = []
+        for _ in range(60):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, _ = obj(f, a)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        ok = losses[-1] < losses[0] * 0.5
+        failures += not ok
+        print(f"{'ok' if ok else 'FAIL'}  train {objective} on CUDA bf16: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    tok = ImageTokenizer(PRESETS["crafter"]).cuda().eval()
+    frames = np.random.default_rng(0).integers(0, 256, (8, 72, 72, 3), dtype=np.uint8)
+    codes = tok.encode(frames)
+    out = tok.decode(codes)
+    ok = codes.shape == (8, 81) and out.shape == (8, 72, 72, 3) and out.is_cuda
+    failures += not ok
+    print(f"{'ok' if ok else 'FAIL'}  image tokenizer on CUDA: codes {tuple(codes.shape)}, frames {tuple(out.shape)}")
+    print(f"{failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`worldsim bench`: every decoder on the same model and inputs, side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = """\
+Time every decoder valid for a model on the same context and actions: forward passes per frame,
+ms per frame (median, p95), frames/s, the ratio to `ar`, aggregate frames/s with several
+sessions in one batch, peak memory and, with --data, PSNR of the rollout against the real
+frames beside the copy-last-frame baseline.
+
+  worldsim bench --bundle runs/wm --data data/crafter
+  worldsim bench --preset crafter --frames 64
+  worldsim bench --preset mineworld-300m --frames 4 --ar-frames 1 --sessions 1
+
+Presets are randomly initialised: speed at a fixed number of passes does not depend on weights."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="compare decoders: passes, ms/frame, frames/s, PSNR, memory",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="a trained bundle")
+    src.add_argument("--preset", help="a randomly initialised model preset: tiny | crafter | mineworld-300m")
+    p.add_argument("--data", help="episode store for real context, actions and ground truth (with --bundle)")
+    p.add_argument("--decoders", default="all",
+                   help="comma list of ar, diagonal, block_diffusion (default: all that apply)")
+    p.add_argument("--frames", type=int, default=64, help="frames per decoder (default: 64)")
+    p.add_argument("--ar-frames", type=int, default=0, help="frames for ar, which is slow (default: --frames)")
+    p.add_argument("--sessions", default="1,4,16", help="batch sizes for aggregate frames/s (default: 1,4,16)")
+    p.add_argument("--session-frames", type=int, default=8, help="frames per batched run (default: 8)")
+    p.add_argument("--context", type=int, default=1, help="context frames (default: 1)")
+    p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame, K (default: 4)")
+    p.add_argument("--threshold", type=float, default=None, help="block-diffusion confidence threshold")
+    p.add_argument("--window", type=int, default=2, help="diagonal window w (default: 2)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from worldsim.bench import BenchInputs, bench, format_table
+    from worldsim.errors import WorldsimError
+    from worldsim.inference.engine import DecoderSettings, valid_decoders
+    from worldsim.inference.sampling import SamplingSettings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model, image_tok, action_tok, inputs = _load(args, dev)
+    model = model.to(dev, dtype)
+    if image_tok is not None:
+        image_tok = image_tok.to(dev)
+    objective = model.cfg.objective
+    names = ["ar", "diagonal", "block_diffusion"] if args.preset else \
+        (["ar"] + valid_decoders(objective) if objective == "block_diffusion" else valid_decoders(objective))
+    if args.decoders != "all":
+        names = [n.strip() for n in args.decoders.split(",")]
+        for n in names:
+            if n not in ("ar", "diagonal", "block_diffusion"):
+                raise WorldsimError(f"unknown decoder {n!r}")
+    sampling = SamplingSettings(temperature=args.temperature)
+    decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
+                                sampling=sampling) for n in names]
+    try:
+        sessions = [int(x) for x in args.sessions.split(",") if x]
+    except ValueError:
+        raise WorldsimError(f"--sessions must be a comma list of integers, got {args.sessions!r}") from None
+    print(f"bench on {dev} ({torch.get_num_threads()} threads): {', '.join(names)}")
+    result = bench(model, image_tok, action_tok, inputs, decoders, args.frames,
+                   args.ar_frames or args.frames, sessions, args.session_frames)
+    result["source"] = args.bundle or f"preset {args.preset} (random weights)"
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    best = max(result["rows"], key=lambda r: r["fps"])
+    print(f"fastest: {best['decoder']} at {best['fps']:.2f} frames/s "
+          f"({best['passes_per_frame']:.0f} passes/frame)")
+    return 0
+
+
+def _load(args, dev):
+    import numpy as np
+    import torch
+
+    from worldsim.bench import BenchInputs
+    from worldsim.errors import WorldsimError
+
+    g = torch.Generator().manual_seed(0)
+    if args.preset:
+        from worldsim.envs.crafter import CRAFTER_SPACE
+        from worldsim.envs.minerl_space import MINERL_SPACE
+        from worldsim.model import WorldModel, preset_config
+        from worldsim.tokenizers.action import make_action_tokenizer
+        from worldsim.tokenizers.image import PRESETS, ImageTokenizer
+
+        try:
+            cfg = preset_config(args.preset)
+        except ValueError as e:
+            raise WorldsimError(str(e)) from None
+        torch.manual_seed(0)
+        with torch.device(dev):
+            model = WorldModel(cfg).eval()
+        image_tok = ImageTokenizer(PRESETS["crafter"]).eval() if args.preset == "crafter" else None
+        minerl = cfg.action_tokens == 11
+        action_tok = make_action_tokenizer(MINERL_SPACE if minerl else CRAFTER_SPACE, offset=cfg.codebook_size)
+        ctx = torch.randint(0, cfg.codebook_size, (args.context, cfg.tokens_per_frame), generator=g)
+        rng = np.random.default_rng(0)
+        if minerl:
+            def act():
+                a = MINERL_SPACE.noop()
+                a["forward"] = int(rng.random() < 0.5)
+                a["camera"] = [float(rng.normal(0, 5)), float(rng.normal(0, 5))]
+                return a
+        else:
+            def act():
+                return int(rng.integers(0, 17))
+        return model, image_tok, action_tok, BenchInputs(ctx, [act() for _ in range(args.context - 1)],
+                                                         [act() for _ in range(64)])
+    from worldsim import bundle
+    from worldsim.data.store import EpisodeStore
+    from worldsim.tokenizers.action import action_tokenizer_from_config
+    from worldsim.train import load_world_model
+    from worldsim.train_tokenizer import load_image_tokenizer
+
+    cfg = bundle.read_config(args.bundle)
+    model = load_world_model(args.bundle, dev)
+    image_tok = load_image_tokenizer(args.bundle, dev)
+    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    if args.data:
+        store = EpisodeStore(args.data)
+        _, val = store.split(0.05)
+        need = args.context + max(args.frames, args.ar_frames) + 1
+        ep = next((e for e in store.iter_episodes(val) if len(e.frames) >= need), None)
+        if ep is None:
+            ep = max(store.iter_episodes(val), key=lambda e: len(e.frames), default=None)
+        if ep is None:
+            raise WorldsimError(f"no readable held-out episode in {args.data}")
+        space = store.info.action_space
+        acts = [space.from_array(ep.actions, t) for t in range(ep.num_steps)]
+        c = args.context
+        with torch.no_grad():
+            ctx = image_tok.encode(ep.frames[:c]).cpu()
+        return model, image_tok, action_tok, BenchInputs(ctx, acts[:c - 1], acts[c - 1:],
+                                                         truth=ep.frames[c:], last_real=ep.frames[c - 1])
+    ctx = torch.randint(0, model.cfg.codebook_size, (args.context, model.cfg.tokens_per_frame), generator=g)
+    space_actions = list(range(model.cfg.action_ids)) if cfg["action_space"]["kind"] == "discrete" else None
+    if space_actions is None:
+        raise WorldsimError("benchmarking a dict-action bundle needs --data")
+    rng = np.random.default_rng(0)
+    return model, image_tok, action_tok, BenchInputs(ctx, [int(rng.integers(0, 17)) for _ in range(args.context - 1)],
+                                                     [int(rng.integers(0, len(space_actions))) for _ in range(64)])
