@@ -6,10 +6,15 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/worldsim-gpu}
 mkdir -p "$OUT"
 pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+if ! python -c "import worldsim.inference.engine" 2>/dev/null; then
+    # No installable build backend there: map the package folders by hand in this copy.
+    for d in tokenizers inference client; do ln -sfn "../$d" "worldsim/$d"; done
+    export PYTHONPATH=$PWD
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-worldsim info | grep -E "torch|cuda"
+python -m worldsim info | grep -E "torch|cuda"
 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
-worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \
+python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \
     --sessions 1,4,16 --session-frames 4 --json "$OUT/bench_mineworld.json" 2>&1 | tee "$OUT/bench_mineworld.txt"
-worldsim bench --preset crafter --device cuda --dtype bf16 --frames 64 --ar-frames 16 \
+python -m worldsim bench --preset crafter --device cuda --dtype bf16 --frames 64 --ar-frames 16 \
     --sessions 1,4,16 --json "$OUT/bench_crafter.json" 2>&1 | tee "$OUT/bench_crafter.txt"
