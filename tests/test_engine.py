@@ -221,3 +221,22 @@ def test_bad_decoder_for_objective():
         engine(tiny("ar"), DecoderSettings("block_diffusion"))
     with pytest.raises(ValueError, match="unknown decoder"):
         engine(tiny("ar"), DecoderSettings("beam"))
+
+
+def test_rotated_keys_match_their_window_positions_after_rolling():
+    from worldsim.model import apply_rope, rope_cos_sin
+
+    model = tiny("block_diffusion")
+    frames, actions = context(model.cfg)
+    e = engine(model, DecoderSettings("block_diffusion", steps=2, sampling=GREEDY), max_sessions=2)
+    s = e.open(frames, actions)
+    for a in range(3 * e.cache.blocks):  # the window rolls many times
+        s.step(a % 17)
+    c = e.cache
+    pos = c.slot_positions([s.row])  # (1, S_blocks)
+    filled = c.filled[s.row, :c.block_slots]
+    assert int(pos[0, filled].min()) == 0 and int(pos[0, filled].max()) < c.block_slots
+    cos, sin = rope_cos_sin(pos.clamp_min(0), model.cfg.head_dim, model.cfg.rope_theta)
+    want = apply_rope(c.k[:, s.row:s.row + 1, :, :c.block_slots], cos[None], sin[None])
+    got = c.k_rot[:, s.row:s.row + 1, :, :c.block_slots]
+    torch.testing.assert_close(got[..., filled, :], want[..., filled, :])
