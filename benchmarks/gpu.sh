@@ -15,6 +15,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -m worldsim info | grep -E "torch|cuda"
 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \
-    --sessions 1,4,16 --session-frames 4 --json "$OUT/bench_mineworld.json" 2>&1 | tee "$OUT/bench_mineworld.txt"
+    --sessions 1,4,16 --ar-sessions 1 --session-frames 4 --json "$OUT/bench_mineworld.json" 2>&1 | tee "$OUT/bench_mineworld.txt"
 python -m worldsim bench --preset crafter --device cuda --dtype bf16 --frames 64 --ar-frames 16 \
-    --sessions 1,4,16 --json "$OUT/bench_crafter.json" 2>&1 | tee "$OUT/bench_crafter.txt"
+    --sessions 1,4,16 --ar-sessions 1,4 --json "$OUT/bench_crafter.json" 2>&1 | tee "$OUT/bench_crafter.txt"

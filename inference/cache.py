@@ -151,7 +151,10 @@ class KVCache:
         full = rows == list(range(self.batch))
         rows_d = row_t.to(dev)
         self.filled[rows_d[:, None].expand(R, T)[persist.to(dev)], slot_d[persist.to(dev)]] = True
-        self._plan = {"rows": slice(None) if full else rows_d, "mask": mask[:, None],
+        # An additive mask, made once here: SDPA would otherwise convert a boolean mask in
+        # every layer.
+        bias = torch.zeros(mask.shape, dtype=self.k.dtype, device=dev).masked_fill_(~mask, float("-inf"))
+        self._plan = {"rows": slice(None) if full else rows_d, "mask": bias[:, None],
                       "cos": cos, "sin": sin, "b_idx": rows_d[:, None].expand(R, T).reshape(-1),
                       "s_idx": slot_d.reshape(-1)}
 

@@ -111,7 +111,8 @@ def run_sessions(model: WorldModel, image_tok: ImageTokenizer | None, action_tok
 
 def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, inputs: BenchInputs,
           decoders: list[DecoderSettings], frames: int, ar_frames: int, sessions: list[int],
-          session_frames: int, progress: bool = True) -> dict[str, Any]:
+          session_frames: int, progress: bool = True, ar_sessions: list[int] | None = None
+          ) -> dict[str, Any]:
     device = next(model.parameters()).device
     rows = []
     for d in decoders:
@@ -124,7 +125,7 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
         r["speed_only"] = objective != model.cfg.objective  # weights not trained for this decoder
         r["settings"] = {"steps": d.steps, "window": d.window, "threshold": d.threshold}
         r["sessions_fps"] = {}
-        for b in sessions:
+        for b in (ar_sessions if d.name == "ar" and ar_sessions is not None else sessions):
             if b > 1:
                 if progress:
                     print(f"  {d.name}: {b} sessions ...", flush=True)
@@ -158,7 +159,7 @@ def format_table(result: dict[str, Any]) -> str:
             name += " *"
         row = [name, f"{r['passes_per_frame']:.1f}", f"{r['ms_median']:.1f}", f"{r['ms_p95']:.1f}",
                f"{r['fps']:.2f}", f"{r['vs_ar']:.1f}" if r["vs_ar"] else "-"]
-        row += [f"{r['sessions_fps'].get(b, float('nan')):.2f}" for b in sessions]
+        row += [f"{r['sessions_fps'][b]:.2f}" if b in r["sessions_fps"] else "-" for b in sessions]
         if has_psnr:
             row += [f"{r['psnr']:.2f}", f"{r['copy_last_psnr']:.2f}", f"{r['psnr_first3']:.2f}",
                     f"{r['copy_last_first3']:.2f}"] if "psnr" in r and not r["speed_only"] else ["-"] * 4

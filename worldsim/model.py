@@ -236,6 +236,12 @@ class WorldModel(nn.Module):
             h = h + self.slot_emb(positions_BT % self.cfg.block_len)
         if self.prev_emb is not None and prev_BT is not None:
             h = h + self.prev_emb(prev_BT)
+        if mask is not None and mask.dtype == torch.bool:
+            # Convert once per forward, in the dtype attention will run in; SDPA would
+            # otherwise convert a boolean mask in every layer.
+            dt = (torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
+                  else h.dtype)
+            mask = torch.zeros(mask.shape, dtype=dt, device=h.device).masked_fill_(~mask, float("-inf"))
         cos = sin = None
         if cache is None:
             cos, sin = rope_cos_sin(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)

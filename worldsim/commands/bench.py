@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=64, help="frames per decoder (default: 64)")
     p.add_argument("--ar-frames", type=int, default=0, help="frames for ar, which is slow (default: --frames)")
     p.add_argument("--sessions", default="1,4,16", help="batch sizes for aggregate frames/s (default: 1,4,16)")
+    p.add_argument("--ar-sessions", default=None,
+                   help="batch sizes for ar, which is slow (default: --sessions)")
     p.add_argument("--session-frames", type=int, default=8, help="frames per batched run (default: 8)")
     p.add_argument("--context", type=int, default=1, help="context frames (default: 1)")
     p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame, K (default: 4)")
@@ -74,11 +76,13 @@ def run(args: argparse.Namespace) -> int:
                                 sampling=sampling) for n in names]
     try:
         sessions = [int(x) for x in args.sessions.split(",") if x]
+        ar_sessions = [int(x) for x in args.ar_sessions.split(",") if x] if args.ar_sessions else None
     except ValueError:
-        raise WorldsimError(f"--sessions must be a comma list of integers, got {args.sessions!r}") from None
+        raise WorldsimError("--sessions and --ar-sessions must be comma lists of integers") from None
     print(f"bench on {dev} ({torch.get_num_threads()} threads): {', '.join(names)}")
     result = bench(model, image_tok, action_tok, inputs, decoders, args.frames,
-                   args.ar_frames or args.frames, sessions, args.session_frames)
+                   args.ar_frames or args.frames, sessions, args.session_frames,
+                   ar_sessions=ar_sessions)
     result["source"] = args.bundle or f"preset {args.preset} (random weights)"
     print(format_table(result))
     if args.json:
