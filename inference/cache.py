@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from worldsim.model import ModelConfig, apply_rope, rope_cos_sin
+from worldsim.model import ModelConfig, apply_rope, rope_freqs
 
 
 class KVCache:
@@ -111,11 +111,11 @@ class KVCache:
     def _rerotate(self, rows: list[int]) -> None:
         """Recompute the rotated keys of these rows from the unrotated ones (positions moved)."""
         pos = self.slot_positions(rows).clamp_min(0).to(self.device)  # (R, S_blocks)
-        cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (R, 1, S, D/2)
+        freqs = rope_freqs(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (R, 1, S, D/2)
         idx = torch.as_tensor(rows, device=self.device)
         s = self.block_slots
         k = self.k[:, idx, :, :s]  # (layers, R, H, S, D)
-        self.k_rot[:, idx, :, :s] = apply_rope(k, cos[None], sin[None])
+        self.k_rot[:, idx, :, :s] = apply_rope(k, freqs[None])
 
     # -- one forward -------------------------------------------------------------------------
     def prepare(self, rows: list[int], positions_BT: torch.Tensor, persist_BT: torch.Tensor,
@@ -147,7 +147,7 @@ class KVCache:
         slot_d = slot.to(dev)
         new_mask = new_mask_BTT.to(dev).expand(R, T, T)
         mask.scatter_(2, slot_d[:, None, :].expand(R, T, T), new_mask)
-        cos, sin = rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+        freqs = rope_freqs(pos, cfg.head_dim, cfg.rope_theta)
         full = rows == list(range(self.batch))
         rows_d = row_t.to(dev)
         self.filled[rows_d[:, None].expand(R, T)[persist.to(dev)], slot_d[persist.to(dev)]] = True
@@ -155,13 +155,13 @@ class KVCache:
         # every layer.
         bias = torch.zeros(mask.shape, dtype=self.k.dtype, device=dev).masked_fill_(~mask, float("-inf"))
         self._plan = {"rows": slice(None) if full else rows_d, "mask": bias[:, None],
-                      "cos": cos, "sin": sin, "b_idx": rows_d[:, None].expand(R, T).reshape(-1),
+                      "freqs": freqs, "b_idx": rows_d[:, None].expand(R, T).reshape(-1),
                       "s_idx": slot_d.reshape(-1)}
 
-    def rope_new(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for the new tokens (the model rotates its queries with these)."""
+    def rope_new(self) -> torch.Tensor:
+        """Rotations for the new tokens (the model rotates its queries with these)."""
         assert self._plan is not None, "call prepare() before the forward"
-        return self._plan["cos"], self._plan["sin"]
+        return self._plan["freqs"]
 
     def update(self, layer: int, k_BHTD: torch.Tensor, v_BHTD: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,7 +169,7 @@ class KVCache:
         p = self._plan
         assert p is not None, "call prepare() before the forward"
         b_idx, s_idx = p["b_idx"], p["s_idx"]
-        k_rot = apply_rope(k_BHTD, p["cos"], p["sin"])
+        k_rot = apply_rope(k_BHTD, p["freqs"])
         flat = lambda t: t.transpose(1, 2).flatten(0, 1).to(self.k.dtype)  # (B*T, H, D)
         self.k[layer][b_idx, :, s_idx] = flat(k_BHTD)
         self.k_rot[layer][b_idx, :, s_idx] = flat(k_rot)

@@ -224,7 +224,7 @@ def test_bad_decoder_for_objective():
 
 
 def test_rotated_keys_match_their_window_positions_after_rolling():
-    from worldsim.model import apply_rope, rope_cos_sin
+    from worldsim.model import apply_rope, rope_freqs
 
     model = tiny("block_diffusion")
     frames, actions = context(model.cfg)
@@ -236,7 +236,7 @@ def test_rotated_keys_match_their_window_positions_after_rolling():
     pos = c.slot_positions([s.row])  # (1, S_blocks)
     filled = c.filled[s.row, :c.block_slots]
     assert int(pos[0, filled].min()) == 0 and int(pos[0, filled].max()) < c.block_slots
-    cos, sin = rope_cos_sin(pos.clamp_min(0), model.cfg.head_dim, model.cfg.rope_theta)
-    want = apply_rope(c.k[:, s.row:s.row + 1, :, :c.block_slots], cos[None], sin[None])
+    freqs = rope_freqs(pos.clamp_min(0), model.cfg.head_dim, model.cfg.rope_theta)
+    want = apply_rope(c.k[:, s.row:s.row + 1, :, :c.block_slots], freqs[None])
     got = c.k_rot[:, s.row:s.row + 1, :, :c.block_slots]
     torch.testing.assert_close(got[..., filled, :], want[..., filled, :])

@@ -128,3 +128,24 @@ def test_config_round_trip_and_unknown_keys():
         ModelConfig.from_dict({**cfg.to_dict(), "flash": True})
     with pytest.raises(ValueError, match="objective"):
         preset_config("tiny", objective="gan")
+
+
+def test_rope_rotates_pairs_and_depends_on_relative_position():
+    from worldsim.model import apply_rope, rope_freqs
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 3, 8)
+    pos = torch.tensor([[0, 5, 1000]])
+    out = apply_rope(x, rope_freqs(pos, 8, 10000.0))
+    inv = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
+    ang = pos[0, :, None].float() * inv  # (T, 4)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    ref = torch.stack([x0 * ang.cos() - x1 * ang.sin(), x0 * ang.sin() + x1 * ang.cos()], -1).flatten(-2)
+    torch.testing.assert_close(out, ref)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(pq, pk):
+        fq, fk = rope_freqs(torch.tensor([[pq]]), 8, 1e4), rope_freqs(torch.tensor([[pk]]), 8, 1e4)
+        return (apply_rope(q, fq) * apply_rope(k, fk)).sum()
+
+    torch.testing.assert_close(score(7, 3), score(107, 103), atol=1e-4, rtol=1e-4)

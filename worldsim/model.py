@@ -132,25 +132,22 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
 
 
-def rope_cos_sin(positions_BT: torch.Tensor, head_dim: int, theta: float
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (B, 1, T, head_dim/2) for integer positions, computed in float32."""
+def rope_freqs(positions_BT: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """Unit complex rotations e^(i * pos * theta^(-2j/D)), (B, 1, T, head_dim/2), in float32."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions_BT.device,
                                         dtype=torch.float32) / head_dim))
     ang = positions_BT.float()[..., None] * inv  # (B, T, D/2)
-    return ang.cos()[:, None], ang.sin()[:, None]
+    return torch.polar(torch.ones_like(ang), ang)[:, None]
 
 
-def apply_rope(x_BHTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) by the position's angle (LLaMA's interleaved layout)."""
-    x = x_BHTD.float().unflatten(-1, (-1, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).type_as(x_BHTD)
+def apply_rope(x_BHTD: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) by the position's angle (LLaMA's interleaved layout), as one
+    complex multiplication (few kernels: this runs for every layer of every decoding pass)."""
+    xc = torch.view_as_complex(x_BHTD.float().unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(xc * freqs).flatten(-2).type_as(x_BHTD)
 
 
 class Attention(nn.Module):
@@ -163,18 +160,18 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.hd, cfg.dim, bias=False)
 
-    def forward(self, x_BTC: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Any, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    def forward(self, x_BTC: torch.Tensor, freqs: torch.Tensor | None, cache: Any,
+                mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         b, t, _ = x_BTC.shape
         q = self.wq(x_BTC).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.wv(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)
         if cache is None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, freqs), apply_rope(k, freqs)
         else:
             # The cache stores keys unrotated and rotates them (old and new) by their current
             # window-relative positions; it also builds the mask over [cached ; new] tokens.
-            q = apply_rope(q, *cache.rope_new())
+            q = apply_rope(q, cache.rope_new())
             k, v, mask = cache.update(self.layer, k, v)  # (B, Hkv, S + T, D), mask (B, 1, T, S + T)
             causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
@@ -201,8 +198,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache, mask, causal):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, mask, causal)
+    def forward(self, x, freqs, cache, mask, causal):
+        x = x + self.attn(self.attn_norm(x), freqs, cache, mask, causal)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -242,11 +239,11 @@ class WorldModel(nn.Module):
             dt = (torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type)
                   else h.dtype)
             mask = torch.zeros(mask.shape, dtype=dt, device=h.device).masked_fill_(~mask, float("-inf"))
-        cos = sin = None
+        freqs = None
         if cache is None:
-            cos, sin = rope_cos_sin(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
+            freqs = rope_freqs(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, mask, causal)
+            h = layer(h, freqs, cache, mask, causal)
         return self.norm(h)
 
     def head(self, h: torch.Tensor, image_only: bool = False) -> torch.Tensor:
