@@ -1,4 +1,4 @@
-"""Where a decoding frame's time goes on a GPU: ms/frame per attention variant and the top ops.
+"""Where a block-diffusion frame's time goes on a GPU: ms/frame and the top ops by CUDA time.
 
     python benchmarks/profile_pass.py [--preset mineworld-300m] [--frames 16]
 """
@@ -29,34 +29,27 @@ def main() -> None:
     space = MINERL_SPACE if cfg.action_tokens == 11 else CRAFTER_SPACE
     act = make_action_tokenizer(space, offset=cfg.codebook_size)
     a = space.noop()
-    for expand in (False, True):
-        for m in model.modules():
-            if hasattr(m, "expand_kv"):
-                m.expand_kv = expand
-        e = Engine(model, None, act, DecoderSettings("block_diffusion", steps=args.steps, sampling=GREEDY),
-                   max_sessions=1)
-        s = e.open(torch.randint(0, cfg.codebook_size, (2, cfg.tokens_per_frame)), [a])
-        for _ in range(4):
-            s.step(a)
-        ts = []
-        for _ in range(args.frames):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            s.step(a)
-            torch.cuda.synchronize()
-            ts.append((time.perf_counter() - t0) * 1000)
-        ts.sort()
-        print(f"expand_kv={expand}: {ts[len(ts) // 2]:.1f} ms/frame median, {1000 / ts[len(ts) // 2]:.1f} fps")
-        if not expand:
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                    torch.profiler.ProfilerActivity.CUDA]) as prof:
-                s.step(a)
-                torch.cuda.synchronize()
-            ka = prof.key_averages()
-            print("ops per frame:", sum(k.count for k in ka))
-            print(ka.table(sort_by="cuda_time_total", row_limit=12))
-        s.close()
-
+    e = Engine(model, None, act, DecoderSettings("block_diffusion", steps=args.steps, sampling=GREEDY),
+               max_sessions=1)
+    s = e.open(torch.randint(0, cfg.codebook_size, (2, cfg.tokens_per_frame)), [a])
+    for _ in range(4):  # warm-up
+        s.step(a)
+    ts = []
+    for _ in range(args.frames):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        s.step(a)
+        torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1000)
+    ts.sort()
+    print(f"{ts[len(ts) // 2]:.1f} ms/frame median, {1000 / ts[len(ts) // 2]:.1f} fps")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        s.step(a)
+        torch.cuda.synchronize()
+    ka = prof.key_averages()
+    print("ops per frame:", sum(k.count for k in ka))
+    print(ka.table(sort_by="cuda_time_total", row_limit=12))
 
 if __name__ == "__main__":
     main()

@@ -159,7 +159,6 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.hd, cfg.dim, bias=False)
-        self.expand_kv = False  # see forward: an option for backends without a fused GQA kernel
 
     def forward(self, x_BTC: torch.Tensor, freqs: torch.Tensor | None, cache: Any,
                 mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -175,15 +174,8 @@ class Attention(nn.Module):
             q = apply_rope(q, cache.rope_new())
             k, v, mask = cache.update(self.layer, k, v)  # (B, Hkv, S + T, D), mask (B, 1, T, S + T)
             causal = False
-        gqa = self.n_kv != self.n_heads
-        if gqa and self.expand_kv:
-            # Repeat the shared key/value heads so that SDPA can pick a fused kernel where its
-            # grouped-query path falls back to the unfused one.
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            gqa = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           enable_gqa=gqa)
+                                           enable_gqa=self.n_kv != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
