@@ -1,0 +1,38 @@
+import json
+
+from worldsim.cli import main
+
+
+def test_bench_tiny_preset_reports_every_decoder(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--frames", "3", "--sessions", "1,2", "--ar-sessions", "1",
+                 "--session-frames", "1", "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    rows = {row["decoder"]: row for row in r["rows"]}
+    assert set(rows) == {"ar", "diagonal", "block_diffusion"}
+    assert rows["ar"]["passes_per_frame"] == 16  # N on the tiny 4x4 grid
+    assert rows["diagonal"]["passes_per_frame"] == (4 - 1) * 2 + 4
+    assert rows["block_diffusion"]["passes_per_frame"] == 4
+    assert rows["ar"]["vs_ar"] == 1.0
+    assert set(rows["diagonal"]["sessions_fps"]) == {"1", "2"} and set(rows["ar"]["sessions_fps"]) == {"1"}
+    for row in r["rows"]:
+        assert row["ms_median"] > 0 and row["ms_p95"] >= row["ms_median"] and row["frames"] == 3
+    assert "passes/frame" in text and "fastest:" in text
+
+
+def test_bench_with_bundle_and_data_reports_psnr(crafter_store, tiny_tokens, tmp_path, capsys):
+    from worldsim.train import TrainSettings, train
+
+    tok, shards = tiny_tokens
+    train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny",
+          settings=TrainSettings(steps=2, batch=2, val_every=1000, val_batches=1, warmup=1), progress=False)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--bundle", str(tmp_path / "wm"), "--data", str(crafter_store), "--frames", "4",
+                 "--sessions", "1", "--threads", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    rows = {row["decoder"]: row for row in r["rows"]}
+    assert set(rows) == {"ar", "block_diffusion"} and rows["ar"]["speed_only"]
+    bd = rows["block_diffusion"]
+    assert not bd["speed_only"] and bd["image_decode"] and bd["decode_ms"] > 0
+    assert 0 < bd["psnr"] < 100 and 0 < bd["copy_last_psnr"]
