@@ -22,13 +22,15 @@ dead-code restarts. Why this one:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from worldsim.config import strict_from_dict
 
 
 @dataclass
@@ -62,11 +64,7 @@ class ImageTokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ImageTokenizerConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown image tokenizer config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "image tokenizer")
 
 
 PRESETS: dict[str, ImageTokenizerConfig] = {

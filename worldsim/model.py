@@ -24,12 +24,14 @@ decoder for this forward), the cache rotates keys, stores the new ones and suppl
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from worldsim.config import strict_from_dict
 
 OBJECTIVES = ("ar", "block_diffusion")
 
@@ -86,11 +88,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+        return strict_from_dict(cls, d, "model")
 
     def num_params(self) -> int:
         d, h = self.dim, self.head_dim
