@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return "n/a" if v is None else f"{v:.2f} dB"
 
     print(f"tokenizer: held-out PSNR {db(m['psnr_day'])} day ({m['day_frames']} frames), "
-          f"{db(m['psnr_night'])} night ({m['night_frames']}), SSIM {m['ssim']:.4f}, "
+          f"{db(m['psnr_night'])} night ({m['night_frames']}) [pooled MSE: {db(m['psnr_day_pooled'])} "
+          f"day, {db(m['psnr_night_pooled'])} night], SSIM {m['ssim']:.4f}, "
           f"codes used {m['codes_used']} ({m['code_usage']:.0%}), perplexity {m['perplexity']:.0f}, "
           f"encode+decode {m['fps_batch1']:.0f} frames/s at batch 1, {m['fps_batch64']:.0f} at 64, "
           f"{m['steps']} steps in {m['train_seconds'] / 60:.1f} min -> {args.out}")
