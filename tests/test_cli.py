@@ -31,3 +31,10 @@ def test_info_runs(capsys):
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "worldsim", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("worldsim ")
+
+
+def test_info_preset_prints_parameter_count(capsys):
+    assert main(["info", "--preset", "mineworld-300m"]) == 0
+    out = capsys.readouterr().out
+    assert "321.0M parameters" in out and "hidden 1024" in out and "16 frames of 347 tokens" in out
+    assert main(["info", "--preset", "nope"]) == 2

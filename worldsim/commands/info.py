@@ -12,7 +12,10 @@ import platform
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show versions, devices, threads and optional integrations",
                        description="Show versions, compute devices, thread counts and which "
-                                   "optional integrations (MineRL, ffmpeg, ...) are available.")
+                                   "optional integrations (MineRL, ffmpeg, ...) are available; "
+                                   "with --preset, the shape and parameter count of a model preset.")
+    p.add_argument("--preset", default=None,
+                   help="also describe a model preset: tiny | crafter | mineworld-300m")
     p.set_defaults(func=run)
 
 
@@ -60,6 +63,19 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("mp4 (ffmpeg)", ffmpeg))
     rows.append(("minerl", _version("minerl") if _available("minerl")
                  else "no (needs MineRL 1.0 and Java 8; see minerl.readthedocs.io)"))
+    if args.preset:
+        from worldsim.errors import WorldsimError
+        from worldsim.model import preset_config
+
+        try:
+            cfg = preset_config(args.preset)
+        except ValueError as e:
+            raise WorldsimError(str(e)) from None
+        rows.append((f"preset {args.preset}",
+                     f"{cfg.num_params() / 1e6:.1f}M parameters ({cfg.num_params():,}): hidden {cfg.dim}, "
+                     f"FFN {cfg.ffn_dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, {cfg.n_kv_heads} KV "
+                     f"heads of dim {cfg.head_dim}, vocab {cfg.vocab_size}, {cfg.frames} frames of "
+                     f"{cfg.block_len} tokens ({cfg.grid[0]}x{cfg.grid[1]} image + {cfg.action_tokens} action)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
