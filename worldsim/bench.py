@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from worldsim.model import WorldModel
-from worldsim.tokenizers.image import ImageTokenizer, psnr
+from worldsim.evaluate import pooled_psnr_per_step
+from worldsim.tokenizers.image import ImageTokenizer
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import SamplingSettings
 
@@ -81,13 +82,13 @@ def run_decoder(model: WorldModel, image_tok: ImageTokenizer | None, action_tok:
     out["fps"] = 1000 / out["ms_median"]
     if inputs.truth is not None and image_tok is not None:
         n = min(len(inputs.truth), len(images))
-        dreamed = torch.from_numpy(np.stack(images[:n]))
-        truth = torch.from_numpy(inputs.truth[:n])
-        out["psnr"] = float(psnr(dreamed, truth).mean())
-        last = torch.from_numpy(inputs.last_real)[None].expand_as(truth)
-        out["copy_last_psnr"] = float(psnr(last, truth).mean())
-        out["psnr_first3"] = float(psnr(dreamed[:3], truth[:3]).mean())
-        out["copy_last_first3"] = float(psnr(last[:3], truth[:3]).mean())
+        # One rollout: the error is pooled over its frames (see pooled_psnr_per_step).
+        dreamed = torch.from_numpy(np.stack(images[:n]))[:, None]  # (S, 1, H, W, 3)
+        truth = torch.from_numpy(inputs.truth[:n])[:, None]
+        last = torch.from_numpy(inputs.last_real)[None, None].expand_as(truth)
+        out["psnr"], out["psnr_first3"] = (pooled_psnr_per_step(dreamed[:k], truth[:k])[0] for k in (n, 3))
+        out["copy_last_psnr"], out["copy_last_first3"] = (pooled_psnr_per_step(last[:k], truth[:k])[0]
+                                                          for k in (n, 3))
     return out
 
 

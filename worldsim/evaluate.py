@@ -19,7 +19,6 @@ from worldsim.errors import WorldsimError
 from worldsim.inference.plain import rollout
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
-from worldsim.tokenizers.image import psnr
 from worldsim.train import load_world_model
 from worldsim.train_tokenizer import load_image_tokenizer
 from worldsim import bundle
@@ -63,12 +62,19 @@ def rollout_psnr(bundle_dir: str | Path, data: str | Path, episodes: int = 8, st
     recon = image_tok.decode(image_tok.encode(truth.flatten(0, 1))).cpu().view_as(truth)
     last = real_BTHWC[:, context - 1:context].expand_as(truth)
 
-    def per_step(x: torch.Tensor) -> list[float]:
-        return psnr(x.flatten(0, 1), truth.flatten(0, 1)).view(b, steps).mean(0).tolist()
-
-    model_s, copy_s, recon_s = per_step(frames), per_step(last), per_step(recon)
+    model_s, copy_s, recon_s = (pooled_psnr_per_step(x, truth) for x in (frames, last, recon))
     return {"episodes": b, "steps": steps, "context": context, "objective": model.cfg.objective,
             "psnr": float(np.mean(model_s)), "psnr_first3": float(np.mean(model_s[:3])),
             "copy_last_psnr": float(np.mean(copy_s)), "copy_last_first3": float(np.mean(copy_s[:3])),
             "tokenizer_psnr": float(np.mean(recon_s)), "per_step": model_s,
             "copy_last_per_step": copy_s, "seconds": seconds, "frames": frames, "truth": truth}
+
+
+def pooled_psnr_per_step(x_BSHWC: torch.Tensor, truth_BSHWC: torch.Tensor) -> list[float]:
+    """PSNR at each rollout step from the squared error pooled over episodes.
+
+    Pooling the error (rather than averaging per-frame PSNR) keeps one exactly repeated frame,
+    whose PSNR is infinite, from swamping the mean: a player standing still makes copy-last
+    exact, and Crafter players often stand still."""
+    mse_BS = (x_BSHWC.float() - truth_BSHWC.float()).pow(2).flatten(2).mean(2)
+    return (10 * torch.log10(255.0**2 / mse_BS.mean(0).clamp_min(1e-10))).tolist()
