@@ -138,14 +138,17 @@ class Engine:
     @torch.no_grad()
     def step(self, inputs: Mapping["Session", Any], decode_images: bool = True
              ) -> dict["Session", tuple[np.ndarray | None, FrameStats]]:
-        """Advance every given session by one frame, as one batch."""
+        """Advance every given session by one frame, as one batch. Each input is an action in
+        the env's action space, or its action tokens as a tensor (A,)."""
         sessions = sorted(inputs, key=lambda s: s.row)
         for s in sessions:
             if s.closed:
                 raise RuntimeError(f"session {s.id} is closed")
         rows = [s.row for s in sessions]
         last = torch.cat([s.last_frame for s in sessions])  # (B, N)
-        acts = torch.cat([self._action_tokens([inputs[s]]) for s in sessions])  # (B, A)
+        acts = torch.cat([inputs[s].to(self.device, torch.long).view(1, -1)  # already tokens
+                          if isinstance(inputs[s], torch.Tensor) else self._action_tokens([inputs[s]])
+                          for s in sessions])  # (B, A)
         gen = sessions[0].generator if len(sessions) == 1 else self.generator
         d = self.decoder
         frame, stats = DECODERS[d.name](self.model, self.cache, rows, last, acts, d.sampling, gen,

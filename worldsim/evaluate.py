@@ -1,8 +1,8 @@
 """Rollout quality against ground truth: dream from real context frames with the recorded
 actions, decode, and compare with the real frames, beside the copy-last-frame baseline.
 
-This is the plain (cache-free) evaluation used while training; `worldsim eval` and
-`worldsim bench` build on the engine's fast decoders.
+Rollouts run on the engine (KV cache, all episodes as one batch); the cache-free loops in
+`worldsim.inference.plain` give the same frames and serve as the reference in tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from worldsim.data.store import EpisodeStore
 from worldsim.errors import WorldsimError
-from worldsim.inference.plain import rollout
+from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
 from worldsim.train import load_world_model
@@ -52,12 +52,20 @@ def rollout_psnr(bundle_dir: str | Path, data: str | Path, episodes: int = 8, st
     acts_BTA = torch.from_numpy(np.stack(acts)).long().to(device)
     b = real_BTHWC.shape[0]
     ctx_tokens = image_tok.encode(real_BTHWC[:, :context].flatten(0, 1)).view(b, context, -1)
-    g = torch.Generator(device=device).manual_seed(seed)
+    # The engine's cached decoders; `ar` for next-token models (exact), block diffusion in
+    # `decode_steps` passes.
+    name = "block_diffusion" if model.cfg.objective == "block_diffusion" else "ar"
+    engine = Engine(model, image_tok, action_tok, DecoderSettings(
+        name, steps=decode_steps, sampling=SamplingSettings(temperature=temperature)),
+        max_sessions=b, seed=seed)
+    sessions = [engine.open(ctx_tokens[i], acts_BTA[i, :context - 1], seed=seed + i) for i in range(b)]
     t_start = time.perf_counter()
-    dreamed = rollout(model, ctx_tokens, acts_BTA[:, :context], acts_BTA[:, context:],
-                      SamplingSettings(temperature=temperature), decode_steps, g)  # (B, S, N)
+    images = []
+    for t in range(steps):
+        out = engine.step({s: acts_BTA[i, context - 1 + t] for i, s in enumerate(sessions)})
+        images.append(np.stack([out[s][0] for s in sessions]))
     seconds = time.perf_counter() - t_start
-    frames = image_tok.decode(dreamed.flatten(0, 1)).cpu().view(b, steps, *real_BTHWC.shape[2:])
+    frames = torch.from_numpy(np.stack(images, 1))  # (B, S, H, W, 3)
     truth = real_BTHWC[:, context:]
     recon = image_tok.decode(image_tok.encode(truth.flatten(0, 1))).cpu().view_as(truth)
     last = real_BTHWC[:, context - 1:context].expand_as(truth)
