@@ -85,7 +85,7 @@ class Engine:
         blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
         self.cache = KVCache(self.cfg, max_sessions, max(blocks, sink + 1), sink, self.device, dtype)
         self.free_rows = list(range(max_sessions))
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.seed_source = torch.Generator().manual_seed(seed)  # seeds unseeded sessions
         self._ids = itertools.count()
 
     @classmethod
@@ -149,7 +149,7 @@ class Engine:
         acts = torch.cat([inputs[s].to(self.device, torch.long).view(1, -1)  # already tokens
                           if isinstance(inputs[s], torch.Tensor) else self._action_tokens([inputs[s]])
                           for s in sessions])  # (B, A)
-        gen = sessions[0].generator if len(sessions) == 1 else self.generator
+        gen = [s.generator for s in sessions]  # each session draws from its own generator
         d = self.decoder
         frame, stats = DECODERS[d.name](self.model, self.cache, rows, last, acts, d.sampling, gen,
                                         **d.kwargs())
@@ -186,8 +186,11 @@ class Session:
         if frames.shape[0] < 1 or acts.shape[0] != frames.shape[0] - 1:
             raise ValueError(f"need C >= 1 context frames and C-1 actions, got {frames.shape[0]} "
                              f"frames and {acts.shape[0]} actions")
-        if self.seed is not None:
-            self.generator.manual_seed(self.seed)
+        # An unseeded session takes a seed from the engine's generator, so that sessions
+        # differ from each other and a seeded engine is reproducible.
+        seed = self.seed if self.seed is not None else int(
+            torch.randint(0, 2**62, (1,), generator=e.seed_source))
+        self.generator.manual_seed(seed)
         prefill(e.model, e.cache, [self.row], frames[None], acts[None])
         self.last_frame = frames[-1:]
         self.frames = 0

@@ -39,13 +39,21 @@ def filtered_logits(logits_MV: torch.Tensor, s: SamplingSettings) -> torch.Tenso
     return x
 
 
-def sample(logits_MV: torch.Tensor, s: SamplingSettings, generator: torch.Generator | None = None
+def sample(logits_MV: torch.Tensor, s: SamplingSettings,
+           generator: torch.Generator | list[torch.Generator] | None = None
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (tokens (M,), probability of each chosen token (M,))."""
+    """Returns (tokens (...,), probability of each chosen token (...,)) for logits (..., V).
+
+    `generator` may be a list with one generator per row of the leading dimension (one per
+    session), so that what a session draws does not depend on the batch it is stepped in."""
     if s.temperature == 0:
         probs = logits_MV.float().softmax(-1)
         conf, tok = probs.max(-1)
         return tok, conf
     probs = filtered_logits(logits_MV, s).softmax(-1)
-    tok = torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
+    if isinstance(generator, (list, tuple)):
+        tok = torch.stack([torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=g).view(p.shape[:-1])
+                           for p, g in zip(probs, generator)])
+    else:
+        tok = torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
     return tok, probs.gather(-1, tok[..., None])[..., 0]

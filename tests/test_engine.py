@@ -181,26 +181,30 @@ def test_long_session_bounded_memory_and_positions():
     assert int(s.last_frame.max()) < cfg.codebook_size
 
 
-@pytest.mark.parametrize("objective,decoder", [("ar", "diagonal"), ("block_diffusion", "block_diffusion")])
-def test_sessions_joining_and_leaving_match_solo_runs(objective, decoder):
+@pytest.mark.parametrize("objective,decoder,sampling", [
+    ("ar", "diagonal", GREEDY), ("block_diffusion", "block_diffusion", GREEDY),
+    ("ar", "ar", SamplingSettings(temperature=1.0)),
+    ("block_diffusion", "block_diffusion", SamplingSettings(temperature=1.0, top_k=16))])
+def test_sessions_joining_and_leaving_match_solo_runs(objective, decoder, sampling):
+    """Greedy, and with sampling too: each session draws from its own seeded generator."""
     model = tiny(objective)
-    settings = DecoderSettings(decoder, sampling=GREEDY)
+    settings = DecoderSettings(decoder, sampling=sampling)
     ctx = [context(model.cfg, c=2 + i, seed=i) for i in range(3)]
     plans = [[1, 2, 3, 4, 1, 2], [4, 4, 1, 5], [2, 2, 3]]
 
     def solo(i):
-        s = engine(model, settings).open(*ctx[i])
+        s = engine(model, settings).open(*ctx[i], seed=10 + i)
         return [s.step(a) and s.last_frame.clone() for a in plans[i]]
 
     alone = [solo(i) for i in range(3)]
     e = engine(model, settings, max_sessions=3)
     got = {0: [], 1: [], 2: []}
-    sess = {0: e.open(*ctx[0])}
+    sess = {0: e.open(*ctx[0], seed=10)}
     for t in range(6):
         if t == 1:
-            sess[1] = e.open(*ctx[1])  # joins a running batch
+            sess[1] = e.open(*ctx[1], seed=11)  # joins a running batch
         if t == 2:
-            sess[2] = e.open(*ctx[2])
+            sess[2] = e.open(*ctx[2], seed=12)
         live = {s: plans[i][len(got[i])] for i, s in sess.items()
                 if not s.closed and len(got[i]) < len(plans[i])}
         e.step(live)
@@ -240,3 +244,20 @@ def test_rotated_keys_match_their_window_positions_after_rolling():
     want = apply_rope(c.k[:, s.row:s.row + 1, :, :c.block_slots], freqs[None])
     got = c.k_rot[:, s.row:s.row + 1, :, :c.block_slots]
     torch.testing.assert_close(got[..., filled, :], want[..., filled, :])
+
+
+def test_unseeded_sessions_differ_but_a_seeded_engine_repeats():
+    model = tiny("block_diffusion")
+    frames, actions = context(model.cfg)
+    settings = DecoderSettings("block_diffusion", sampling=SamplingSettings(temperature=1.0))
+
+    def run(engine_seed):
+        e = engine(model, settings, max_sessions=2, seed=engine_seed)
+        a, b = e.open(frames, actions), e.open(frames, actions)
+        e.step({a: 1, b: 1})
+        return a.last_frame.clone(), b.last_frame.clone()
+
+    a1, b1 = run(0)
+    a2, b2 = run(0)
+    assert not torch.equal(a1, b1)  # two sessions do not share their draws
+    assert torch.equal(a1, a2) and torch.equal(b1, b2)
