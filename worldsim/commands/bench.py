@@ -159,9 +159,15 @@ def _load(args, dev):
         return model, image_tok, action_tok, BenchInputs(ctx, acts[:c - 1], acts[c - 1:],
                                                          truth=ep.frames[c:], last_real=ep.frames[c - 1])
     ctx = torch.randint(0, model.cfg.codebook_size, (args.context, model.cfg.tokens_per_frame), generator=g)
-    space_actions = list(range(model.cfg.action_ids)) if cfg["action_space"]["kind"] == "discrete" else None
-    if space_actions is None:
-        raise WorldsimError("benchmarking a dict-action bundle needs --data")
+    from worldsim.envs.base import ActionSpace
+
+    space = ActionSpace.from_dict(cfg["action_space"])
+    if space.kind != "discrete":
+        raise WorldsimError("benchmarking a bundle with dict actions needs --data (recorded actions)")
     rng = np.random.default_rng(0)
-    return model, image_tok, action_tok, BenchInputs(ctx, [int(rng.integers(0, 17)) for _ in range(args.context - 1)],
-                                                     [int(rng.integers(0, len(space_actions))) for _ in range(64)])
+
+    def act() -> int:
+        return int(rng.integers(0, space.n))
+
+    return model, image_tok, action_tok, BenchInputs(ctx, [act() for _ in range(args.context - 1)],
+                                                     [act() for _ in range(64)])
