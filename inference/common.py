@@ -64,7 +64,7 @@ def prev_hint_for(positions_BT: torch.Tensor, last_frame_BN: torch.Tensor, n: in
     return torch.where(nxt < n, hint, torch.full_like(hint, none_id))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def prefill(model: WorldModel, cache: KVCache, rows: list[int], frames_BCN: torch.Tensor,
             actions_BCA: torch.Tensor) -> int:
     """Write context frames 0..C-1 with the actions taken at frames 0..C-2 into fresh cache rows.

@@ -16,7 +16,7 @@ from worldsim.inference.common import FrameStats, Timer, prev_hint_for
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
            action_BA: torch.Tensor, settings: SamplingSettings,
            generator: torch.Generator | None = None) -> tuple[torch.Tensor, FrameStats]:

@@ -33,7 +33,7 @@ def masked_after(n: int, steps: int) -> list[int]:
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
            action_BA: torch.Tensor, settings: SamplingSettings,
            generator: torch.Generator | None = None, steps: int = 4,

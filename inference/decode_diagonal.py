@@ -23,7 +23,7 @@ def passes_per_frame(rows: int, cols: int, window: int) -> int:
     return (rows - 1) * w + cols
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
            action_BA: torch.Tensor, settings: SamplingSettings,
            generator: torch.Generator | None = None, window: int = 2) -> tuple[torch.Tensor, FrameStats]:

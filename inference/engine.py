@@ -135,7 +135,7 @@ class Engine:
             return torch.zeros(0, self.cfg.action_tokens, dtype=torch.long, device=self.device)
         return torch.as_tensor(np.stack(rows), device=self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, inputs: Mapping["Session", Any], decode_images: bool = True
              ) -> dict["Session", tuple[np.ndarray | None, FrameStats]]:
         """Advance every given session by one frame, as one batch. Each input is an action in
@@ -178,7 +178,7 @@ class Session:
         self.frames = 0
         self.closed = False
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor) -> None:
         e = self.engine
         frames = e._frame_tokens(context)  # (C, N)
