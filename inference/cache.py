@@ -85,16 +85,6 @@ class KVCache:
         if rolled:
             self._rerotate(rolled)
 
-    def rollback(self, rows: list[int], n: int = 1) -> None:
-        """Drop the newest n blocks of each row (e.g. to dream a frame again)."""
-        for r in rows:
-            for _ in range(min(n, int(self.count[r]))):
-                c = int(self.count[r]) - 1
-                p = int(self.order[r, c])
-                self.filled[r, p * self.L:(p + 1) * self.L] = False
-                self.order[r, c] = -1
-                self.count[r] = c
-
     def current_block(self, rows: list[int]) -> torch.Tensor:
         """Logical index of each row's newest block: (R,)."""
         return self.count[rows] - 1

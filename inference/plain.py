@@ -1,7 +1,8 @@
 """Reference decode loops without a KV cache: every pass re-reads the whole context.
 
-Slow but simple and obviously right: training-time evaluation uses them, and the cached
-decoders are tested against them. Windows are re-based to position 0, as in training: the
+Slow but simple: the reference for the cached decoders, which give the same greedy frames
+until the window fills (after that a cached block keeps keys computed with older frames in
+view). Windows are re-based to position 0, as in training: the
 context is the last `cfg.frames - 1` frames, so context plus the new frame fit the window.
   ar:               N passes per frame, one token each.
   block_diffusion:  `steps` passes per frame, MaskGIT unmasking on a cosine schedule.

@@ -93,14 +93,12 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
     pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
     hints_noisy = prev_frame_tokens(frames_BFN, K)[:, 1:].flatten(1)
     hints_clean = torch.full_like(clean, K)
-    nt = (f - 1) * n
     return {"tokens": torch.cat([noisy.flatten(1), clean], 1),
             "positions": torch.cat([pos_noisy, pos_clean]).expand(b, -1),
             "prev": torch.cat([hints_noisy, hints_clean], 1),
             "targets": torch.cat([target.flatten(1), clean], 1),
             "loss_mask": torch.cat([masked.flatten(1), torch.zeros_like(clean, dtype=torch.bool)], 1),
-            "mask": block_diffusion_mask(f, n, L, str(dev)),
-            "num_noisy": torch.tensor(nt)}
+            "mask": block_diffusion_mask(f, n, L, str(dev))}
 
 
 class Objective(nn.Module):
