@@ -1,9 +1,15 @@
 """The KV cache: preallocated keys and values for a batch of sessions, in frame blocks.
 
-Layout: `k`, `k_rot`, `v` are (layers, batch, kv_heads, slots, head_dim). The first
-`blocks * L` slots hold frame blocks (L = N + A tokens: one frame and the action taken at it);
-the last `scratch` slots hold the keys of tokens that are attended to in one forward but never
-kept (a block-diffusion frame being unmasked, a diagonal decoder's stand-ins).
+Layout, per layer, slot-major so that a forward's new keys are written without a transpose:
+- `kv`: (layers, batch, slots, 2 * kv_heads, head_dim), the unrotated keys (heads
+  [0, kv_heads)) and then the values (heads [kv_heads, 2 * kv_heads)), exactly as the model's
+  fused projection lays them out;
+- `k_rot`: (layers, batch, slots, kv_heads, head_dim), the keys rotated by their positions.
+Attention reads (batch, kv_heads, slots, head_dim) transposed views of them; nothing is copied.
+
+The first `blocks * L` slots hold frame blocks (L = N + A tokens: one frame and the action taken
+at it); the last `scratch` slots hold the keys of tokens that are attended to in one forward but
+never kept (a block-diffusion frame being unmasked, a diagonal decoder's stand-ins).
 
 Bounded memory forever: a session keeps `sink` blocks (its first frames, never evicted) and a
 rolling window of the most recent `blocks - sink` blocks; starting a block when all are in use
@@ -12,14 +18,18 @@ evicts the oldest non-sink block.
 Positions never grow. A block's *logical* position is its rank in the session's window (sinks
 first, then the window from oldest to newest) times L, plus the slot, so frame 100,000 sees the
 same window-relative positions as frame 10, the positions the model was trained on. Keys are
-stored unrotated (`k`) and, for attention, rotated by their logical position (`k_rot`). When
-the window rolls, every logical position shifts, and `k_rot` is recomputed from `k` for that
-session: one elementwise pass per frame, exact, with no error that builds up over time.
+stored unrotated and, for attention, rotated by their logical position (`k_rot`). When the
+window rolls, every logical position shifts, and `k_rot` is recomputed from the unrotated keys
+for that session: one elementwise pass per frame, exact, with no error that builds up over time.
 
-Use: before each forward, `prepare(rows, positions_BT, persist_BT, new_mask_BTT)`; the model's
-attention layers then call `update(layer, k_BHTD, v_BHTD)`, which writes the new keys (kept
-ones into the block their logical position names, the others into scratch) and returns the
-cache's keys, values and the attention mask for this forward.
+Use: before each forward, `positions = prepare(rows, positions_BT, persist_BT, new_mask_BTT)`;
+the model's attention layers then call `update(layer, kv_BT2HD, k_rot_BTHD)`, which writes the
+new keys and values (kept ones into the block their logical position names, the others into
+scratch) and returns the cache's keys, values and the attention mask for this forward.
+
+Host and device: the bookkeeping (which block lives where, which slots are filled) stays on the
+host, so planning a forward never waits for the device; each plan goes to the device as one
+packed copy (pinned and asynchronous on CUDA), so a frame's passes queue up without a host sync.
 """
 
 from __future__ import annotations
@@ -40,21 +50,55 @@ class KVCache:
         self.block_slots = blocks * self.L
         self.scratch = cfg.tokens_per_frame if scratch is None else scratch
         self.slots = self.block_slots + self.scratch
-        shape = (cfg.n_layers, batch, cfg.n_kv_heads, self.slots, cfg.head_dim)
         self.device = torch.device(device)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # unrotated
-        self.k_rot = torch.zeros(shape, device=device, dtype=dtype)  # rotated, for attention
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # Per session: the physical block of each logical block, in logical order (-1: none).
+        H, D = cfg.n_kv_heads, cfg.head_dim
+        self.kv = torch.zeros((cfg.n_layers, batch, self.slots, 2 * H, D), device=device, dtype=dtype)
+        self.k_rot = torch.zeros((cfg.n_layers, batch, self.slots, H, D), device=device, dtype=dtype)
+        # Per-layer views, made once: flat (batch * slots, heads, D) for writes, and
+        # (batch, heads, slots, D) for attention.
+        layers = range(cfg.n_layers)
+        self._kv_flat = [self.kv[i].view(batch * self.slots, 2 * H, D) for i in layers]
+        self._kr_flat = [self.k_rot[i].view(batch * self.slots, H, D) for i in layers]
+        self._k_attn = [self.k_rot[i].transpose(1, 2) for i in layers]
+        self._v_attn = [self.kv[i, :, :, H:].transpose(1, 2) for i in layers]
+        # Rotations of every logical position a token can take: the newest block's successor
+        # is the furthest (a block-diffusion frame being unmasked).
+        self.max_position = (blocks + 1) * self.L
+        self._freqs = rope_freqs(torch.arange(self.max_position, device=device)[None],
+                                 cfg.head_dim, cfg.rope_theta)[0]  # (P, 1, D/2)
+        # Host bookkeeping. Per session: the physical block of each logical block, in logical
+        # order (-1: none), the blocks in use, which slots hold kept tokens, blocks ever started.
         self.order = torch.full((batch, blocks), -1, dtype=torch.long)
-        self.count = torch.zeros(batch, dtype=torch.long)  # blocks in use
-        self.filled = torch.zeros((batch, self.slots), dtype=torch.bool, device=device)
-        self.frames_seen = torch.zeros(batch, dtype=torch.long)  # blocks ever started
+        self.count = torch.zeros(batch, dtype=torch.long)
+        self.filled = torch.zeros((batch, self.slots), dtype=torch.bool)
+        self.frames_seen = torch.zeros(batch, dtype=torch.long)
         self._plan: dict | None = None
 
     @property
+    def k(self) -> torch.Tensor:
+        """Unrotated keys, (layers, batch, slots, kv_heads, head_dim) (a view)."""
+        return self.kv[..., :self.cfg.n_kv_heads, :]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """Values, (layers, batch, slots, kv_heads, head_dim) (a view)."""
+        return self.kv[..., self.cfg.n_kv_heads:, :]
+
+    @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.k_rot, self.v))
+        return sum(t.numel() * t.element_size() for t in (self.kv, self.k_rot))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host tensor -> device without making the host wait (pinned, asynchronous on CUDA)."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _rows(self, rows: list[int]) -> slice | torch.Tensor:
+        """Index of these rows: a slice (views, no copy) when they are consecutive."""
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return slice(rows[0], rows[0] + len(rows))
+        return self._to_device(torch.as_tensor(rows))
 
     # -- session bookkeeping -----------------------------------------------------------------
     def reset(self, rows: list[int] | None = None) -> None:
@@ -86,7 +130,7 @@ class KVCache:
             self._rerotate(rolled)
 
     def current_block(self, rows: list[int]) -> torch.Tensor:
-        """Logical index of each row's newest block: (R,)."""
+        """Logical index of each row's newest block: (R,), on the host."""
         return self.count[rows] - 1
 
     def slot_positions(self, rows: list[int]) -> torch.Tensor:
@@ -100,69 +144,85 @@ class KVCache:
 
     def _rerotate(self, rows: list[int]) -> None:
         """Recompute the rotated keys of these rows from the unrotated ones (positions moved)."""
-        pos = self.slot_positions(rows).clamp_min(0).to(self.device)  # (R, S_blocks)
-        freqs = rope_freqs(pos, self.cfg.head_dim, self.cfg.rope_theta)  # (R, 1, S, D/2)
-        idx = torch.as_tensor(rows, device=self.device)
-        s = self.block_slots
-        k = self.k[:, idx, :, :s]  # (layers, R, H, S, D)
-        self.k_rot[:, idx, :, :s] = apply_rope(k, freqs[None])
+        pos = self._to_device(self.slot_positions(rows).clamp_min(0))  # (R, S_blocks)
+        sel, s, H = self._rows(rows), self.block_slots, self.cfg.n_kv_heads
+        k = self.kv[:, sel, :s, :H]  # (layers, R, S_blocks, H, D)
+        self.k_rot[:, sel, :s] = apply_rope(k, self._freqs[pos][None])
 
     # -- one forward -------------------------------------------------------------------------
     def prepare(self, rows: list[int], positions_BT: torch.Tensor, persist_BT: torch.Tensor,
-                new_mask_BTT: torch.Tensor) -> None:
+                new_mask_BTT: torch.Tensor) -> torch.Tensor:
         """Plan the next forward for sessions `rows`, with new tokens at logical positions.
 
+        positions_BT: (B, T) logical positions, best given on the host (they are planned there).
         persist_BT: which new tokens to keep in their blocks (the rest go to scratch slots).
         new_mask_BTT: (B or 1, T, T) which new tokens may see which (True = attend).
-        Kept slots from earlier forwards are visible to a query unless at a later position."""
-        cfg, dev = self.cfg, self.device
+        Kept slots from earlier forwards are visible to a query unless at a later position.
+        Returns the positions on the device, for the model's inputs."""
+        if torch.is_grad_enabled():
+            raise RuntimeError("cached forwards are inference: run them under torch.no_grad() "
+                               "or torch.inference_mode()")
         R, T = positions_BT.shape
+        pos = positions_BT.cpu()
         persist = persist_BT.cpu().expand(R, T)
         if int((~persist).sum(1).max()) > self.scratch:
             raise RuntimeError(f"more than {self.scratch} scratch tokens in one forward")
-        pos_cpu = positions_BT.cpu()
+        if int(pos.min()) < 0 or int(pos.max()) >= self.max_position:
+            raise RuntimeError(f"positions must lie in [0, {self.max_position})")
         row_t = torch.as_tensor(rows, dtype=torch.long)
         # Each new token's slot: its block slot if kept, else the next scratch slot.
-        blk, off = pos_cpu // self.L, pos_cpu % self.L
+        blk, off = pos // self.L, pos % self.L
         if bool((persist & (blk >= self.count[row_t][:, None])).any()):
             raise RuntimeError("a kept token's block was not started (call new_block first)")
         phys = self.order[row_t[:, None].expand(R, T), blk.clamp(0, self.blocks - 1)] * self.L + off
         scratch = self.block_slots + (~persist).long().cumsum(1) - 1
         slot = torch.where(persist, phys, scratch)  # (R, T)
-        slot_pos = torch.cat([self.slot_positions(rows),
-                              torch.full((R, self.scratch), -1, dtype=torch.long)], 1).to(dev)
-        pos = positions_BT.to(dev)
-        filled = self.filled[row_t.to(dev)]  # (R, S): kept before this forward
-        mask = filled[:, None, :] & (slot_pos[:, None, :] <= pos[:, :, None])  # (R, T, S)
-        slot_d = slot.to(dev)
-        new_mask = new_mask_BTT.to(dev).expand(R, T, T)
-        mask.scatter_(2, slot_d[:, None, :].expand(R, T, T), new_mask)
-        freqs = rope_freqs(pos, cfg.head_dim, cfg.rope_theta)
-        full = rows == list(range(self.batch))
-        rows_d = row_t.to(dev)
-        self.filled[rows_d[:, None].expand(R, T)[persist.to(dev)], slot_d[persist.to(dev)]] = True
+        # What each query may see of the cache: slots kept before this forward, at positions
+        # not after its own (-1: not visible).
+        visible = torch.cat([self.slot_positions(rows),
+                             torch.full((R, self.scratch), -1, dtype=torch.long)], 1)
+        visible[~self.filled[row_t]] = -1
+        self.filled[row_t[:, None].expand(R, T)[persist], slot[persist]] = True
+        write = row_t[:, None] * self.slots + slot  # rows of the flat per-layer views
+        parts = [visible, pos, slot, write]
+        host_mask = new_mask_BTT.device.type == "cpu" and self.device.type != "cpu"
+        if host_mask:
+            parts.append(new_mask_BTT.long())
+        packed = self._to_device(torch.cat([p.flatten() for p in parts]))
+        sizes = [p.numel() for p in parts]
+        visible, pos, slot, write, *rest = packed.split(sizes)
+        visible, pos, slot = visible.view(R, -1), pos.view(R, T), slot.view(R, T)
+        new_mask = rest[0].view(new_mask_BTT.shape).bool() if host_mask else new_mask_BTT.to(self.device)
+        vis = visible[:, None, :]
+        mask = (vis >= 0) & (vis <= pos[:, :, None])  # (R, T, S)
+        mask.scatter_(2, slot[:, None, :].expand(R, T, T), new_mask.expand(R, T, T))
         # An additive mask, made once here: SDPA would otherwise convert a boolean mask in
         # every layer.
-        bias = torch.zeros(mask.shape, dtype=self.k.dtype, device=dev).masked_fill_(~mask, float("-inf"))
-        self._plan = {"rows": slice(None) if full else rows_d, "mask": bias[:, None],
-                      "freqs": freqs, "b_idx": rows_d[:, None].expand(R, T).reshape(-1),
-                      "s_idx": slot_d.reshape(-1)}
+        bias = torch.zeros(mask.shape, dtype=self.kv.dtype, device=self.device)
+        bias.masked_fill_(~mask, float("-inf"))
+        sel = self._rows(rows)
+        self._plan = {"full": isinstance(sel, slice) and sel == slice(0, self.batch), "rows": sel, "mask": bias[:, None],
+                      "freqs": self._freqs[pos], "write": write}
+        return pos
 
     def rope_new(self) -> torch.Tensor:
-        """Rotations for the new tokens (the model rotates its queries with these)."""
+        """Rotations for the new tokens, (B, T, 1, head_dim/2): the model rotates its queries
+        and keys with these."""
         assert self._plan is not None, "call prepare() before the forward"
         return self._plan["freqs"]
 
-    def update(self, layer: int, k_BHTD: torch.Tensor, v_BHTD: torch.Tensor
+    def update(self, layer: int, kv_BT2HD: torch.Tensor, k_rot_BTHD: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """New unrotated keys and values -> (rotated keys (B,H,S,D), values, mask (B,1,T,S))."""
+        """New unrotated keys and values (B, T, 2 * kv_heads, D) and rotated keys
+        (B, T, kv_heads, D) -> the cache's rotated keys and values for these rows, each
+        (B, kv_heads, S, D), and the mask (B, 1, T, S)."""
         p = self._plan
         assert p is not None, "call prepare() before the forward"
-        b_idx, s_idx = p["b_idx"], p["s_idx"]
-        k_rot = apply_rope(k_BHTD, p["freqs"])
-        flat = lambda t: t.transpose(1, 2).flatten(0, 1).to(self.k.dtype)  # (B*T, H, D)
-        self.k[layer][b_idx, :, s_idx] = flat(k_BHTD)
-        self.k_rot[layer][b_idx, :, s_idx] = flat(k_rot)
-        self.v[layer][b_idx, :, s_idx] = flat(v_BHTD)
+        if kv_BT2HD.dtype != self.kv.dtype:  # e.g. a float32 cache under autocast
+            kv_BT2HD, k_rot_BTHD = kv_BT2HD.to(self.kv.dtype), k_rot_BTHD.to(self.kv.dtype)
+        self._kv_flat[layer].index_copy_(0, p["write"], kv_BT2HD.flatten(0, 1))
+        self._kr_flat[layer].index_copy_(0, p["write"], k_rot_BTHD.flatten(0, 1))
+        if p["full"]:
+            return self._k_attn[layer], self._v_attn[layer], p["mask"]
         rows = p["rows"]
-        return self.k_rot[layer][rows], self.v[layer][rows], p["mask"]
+        return self._k_attn[layer][rows], self._v_attn[layer][rows], p["mask"]

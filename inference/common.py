@@ -10,7 +10,9 @@ block). Either way the newest frame's tokens and the action taken at it are what
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 
@@ -32,22 +34,40 @@ class FrameStats:
         return self.model_ms + self.sample_ms + self.decode_ms
 
 
-class Timer:
-    """Wall time of a block, synchronising CUDA so that queued kernels are counted."""
+class StageClock:
+    """Time per stage of a frame ("model", "sample", "decode") without making the host wait.
+
+    On CUDA each stage is bracketed by events and read once, in `add_to`, after the frame's last
+    kernel; a sync per stage would stall the host between passes, and the host queueing a
+    pass's kernels while the device runs the previous one is where GPU frame rates come from.
+    On other devices a stage is its wall time."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.spans: list[tuple[str, Any, Any]] = []
 
-    def __enter__(self) -> "Timer":
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
         if self.cuda:
-            torch.cuda.synchronize()
-        self.t0 = time.perf_counter()
-        return self
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self.spans.append((stage, start, end))
 
-    def __exit__(self, *exc) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ms = (time.perf_counter() - self.t0) * 1000
+    def add_to(self, stats: "FrameStats") -> "FrameStats":
+        """Add the timed stages to `stats` (waits for the device on CUDA) and forget them."""
+        if self.cuda and self.spans:
+            self.spans[-1][2].synchronize()
+        for stage, start, end in self.spans:
+            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1000
+            setattr(stats, f"{stage}_ms", getattr(stats, f"{stage}_ms") + ms)
+        self.spans.clear()
+        return stats
 
 
 def block_causal(n_blocks: int, block_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -94,7 +114,7 @@ def prefill(model: WorldModel, cache: KVCache, rows: list[int], frames_BCN: torc
         for _ in range(c):
             cache.new_block(rows)
         mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
-    positions = torch.arange(tokens.shape[1], device=dev).expand(b, -1)
-    cache.prepare(rows, positions, torch.ones_like(tokens, dtype=torch.bool), mask[None])
-    model(tokens, positions, cache=cache, prev_BT=prev)
+    positions = torch.arange(tokens.shape[1]).expand(b, -1)  # planned on the host
+    positions = cache.prepare(rows, positions, torch.ones(b, tokens.shape[1], dtype=torch.bool), mask[None])
+    model.hidden(tokens, positions, cache=cache, prev_BT=prev)  # writes the cache; no logits needed
     return 1

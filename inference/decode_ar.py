@@ -12,7 +12,7 @@ import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, Timer, prev_hint_for
+from worldsim.inference.common import FrameStats, StageClock, prev_hint_for
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -26,28 +26,26 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         raise ValueError("the ar decoder needs a model trained with the ar objective")
     N, L, K = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
-    timer = Timer(dev)
+    clock = StageClock(dev)
     stats = FrameStats()
     cache.new_block(rows)  # frame t+1's block (evicts the oldest when the window is full)
-    base = (cache.current_block(rows) * L).to(dev)[:, None]  # (B, 1) logical start of block t+1
+    base = cache.current_block(rows)[:, None] * L  # (B, 1) logical start of block t+1, on the host
     # Pass 1 inputs: frame t's last token and action t, at the end of block t.
     tokens = torch.cat([last_frame_BN[:, -1:], action_BA], 1)  # (B, 1 + A)
-    positions = base - L + N - 1 + torch.arange(1 + cfg.action_tokens, device=dev)
+    positions = base - L + N - 1 + torch.arange(1 + cfg.action_tokens)
     frame = torch.empty(b, N, dtype=torch.long, device=dev)
+    causal = {t: torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None] for t in (1, tokens.shape[1])}
     for i in range(N):
         t = tokens.shape[1]
-        prev = prev_hint_for(positions, last_frame_BN, N, L, K)
-        with timer:
-            cache.prepare(rows, positions, torch.ones_like(tokens, dtype=torch.bool),
-                          torch.ones(t, t, dtype=torch.bool, device=dev).tril()[None])
-            logits = model.head(model.hidden(tokens, positions, cache=cache, prev_BT=prev)[:, -1],
+        with clock("model"):
+            pos = cache.prepare(rows, positions, torch.ones(b, t, dtype=torch.bool), causal[t])
+            prev = prev_hint_for(pos, last_frame_BN, N, L, K)
+            logits = model.head(model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -1],
                                 image_only=True)
-        stats.model_ms += timer.ms
         stats.passes += 1
         stats.tokens_per_pass.append(t)
-        with timer:
+        with clock("sample"):
             tok, _ = sample(logits, settings, generator)
-        stats.sample_ms += timer.ms
         frame[:, i] = tok
         tokens, positions = tok[:, None], base + i
-    return frame, stats
+    return frame, clock.add_to(stats)

@@ -16,7 +16,7 @@ import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, Timer
+from worldsim.inference.common import FrameStats, StageClock
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -38,53 +38,58 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
            action_BA: torch.Tensor, settings: SamplingSettings,
            generator: torch.Generator | None = None, steps: int = 4,
            threshold: float | None = None) -> tuple[torch.Tensor, FrameStats]:
-    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `steps` passes."""
+    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `steps` passes.
+
+    Without a threshold nothing here waits for the device: every pass's count of tokens to
+    unmask is known in advance, so the host queues all passes back to back."""
     cfg = model.cfg
     if cfg.objective != "block_diffusion":
         raise ValueError("the block_diffusion decoder needs a model trained with block diffusion")
-    N, L, K, A = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size, cfg.action_tokens
+    N, L, K = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
-    timer = Timer(dev)
+    clock = StageClock(dev)
     stats = FrameStats()
     cache.new_block(rows)  # block t: frame t + action t
-    base_t = (cache.current_block(rows) * L).to(dev)[:, None]  # (B, 1)
-    noisy_pos = base_t + L + torch.arange(N, device=dev)  # frame t+1 at the next block
+    # Positions are planned on the host; `prepare` hands back their device copy.
+    base_t = cache.current_block(rows)[:, None] * L  # (B, 1)
+    noisy_pos = base_t + L + torch.arange(N)  # frame t+1 at the next block
     frame = torch.full((b, N), cfg.mask_id, dtype=torch.long, device=dev)
     # Pass 1 is [clean frame t + action t ; noisy frame t+1]: clean tokens see their own block
     # (and the cache), noisy tokens see everything, as in training.
     clean = torch.cat([last_frame_BN, action_BA], 1)  # (B, L)
     tokens = torch.cat([clean, frame], 1)
-    positions = torch.cat([base_t + torch.arange(L, device=dev), noisy_pos], 1)
-    persist = torch.cat([torch.ones(b, L, dtype=torch.bool), torch.zeros(b, N, dtype=torch.bool)], 1)
+    positions = torch.cat([base_t + torch.arange(L), noisy_pos], 1)
+    persist = torch.arange(L + N) < L  # (L + N,)
     new_mask = torch.ones(L + N, L + N, dtype=torch.bool, device=dev)
     new_mask[:L, L:] = False
     prev = torch.cat([torch.full_like(clean, K), last_frame_BN], 1)
     schedule = masked_after(N, steps)
     for k in range(steps):
-        with timer:
-            cache.prepare(rows, positions, persist.to(dev), new_mask[None])
-            h = model.hidden(tokens, positions, cache=cache, prev_BT=prev)[:, -N:]
+        with clock("model"):
+            pos = cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask[None])
+            h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -N:]
             logits = model.head(h, image_only=True)  # (B, N, K)
-        stats.model_ms += timer.ms
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
-        with timer:
+        with clock("sample"):
             tok, conf = sample(logits, settings, generator)
             masked = frame == cfg.mask_id
-            conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
-            n_masked = masked.sum(1)  # (B,)
-            reveal = n_masked - schedule[k]  # per row: how many to unmask now
-            if threshold is not None:
+            conf = conf.masked_fill(~masked, -1.0)
+            if threshold is None:  # the schedule alone: the same count for every row
+                n = (N if k == 0 else schedule[k - 1]) - schedule[k]
+                chosen = torch.zeros_like(masked).scatter_(1, conf.topk(n, 1).indices, True)
+            else:
+                reveal = (masked.sum(1) - schedule[k]).clamp(min=0)  # (B,)
                 reveal = torch.maximum(reveal, (conf > threshold).sum(1)).clamp(min=1)
-            rank = conf.argsort(1, descending=True).argsort(1)
-            chosen = (rank < reveal[:, None]) & masked
+                rank = conf.argsort(1, descending=True).argsort(1)
+                chosen = (rank < reveal[:, None]) & masked
             frame = torch.where(chosen, tok, frame)
-            done = not bool((frame == cfg.mask_id).any())
-        stats.sample_ms += timer.ms
+            # With a threshold the frame may finish early, which only the device knows.
+            done = k == steps - 1 or (threshold is not None and not bool((frame == cfg.mask_id).any()))
         if done:
             break
         # Later passes: the noisy frame alone, against the cache that now holds block t.
         tokens, positions, prev = frame, noisy_pos, last_frame_BN
-        persist = torch.zeros(b, N, dtype=torch.bool)
+        persist = torch.zeros(N, dtype=torch.bool)
         new_mask = torch.ones(N, N, dtype=torch.bool, device=dev)
-    return frame, stats
+    return frame, clock.add_to(stats)

@@ -14,7 +14,7 @@ import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, Timer, prev_hint_for
+from worldsim.inference.common import FrameStats, StageClock, prev_hint_for
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -35,10 +35,10 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     N, L, K, A = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size, cfg.action_tokens
     w = max(1, min(window, C))
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
-    timer = Timer(dev)
+    clock = StageClock(dev)
     stats = FrameStats()
     cache.new_block(rows)
-    base = (cache.current_block(rows) * L).to(dev)[:, None]  # (B, 1) logical start of block t+1
+    base = cache.current_block(rows)[:, None] * L  # (B, 1) logical start of block t+1, on the host
     frame = torch.zeros(b, N, dtype=torch.long, device=dev)
     sampled_at: dict[int, int] = {}  # slot -> pass that sampled it
     persisted: set[int] = set()
@@ -69,25 +69,22 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
                 persisted.add(s)
         inputs.sort(key=lambda x: x[1])
         tokens = torch.stack([x[0] for x in inputs], 1)  # (B, T)
-        offs = torch.tensor([x[1] for x in inputs], device=dev)
-        positions = base + offs
+        offs = torch.tensor([x[1] for x in inputs])  # planned on the host
         persist = torch.tensor([x[2] for x in inputs])
         # Causal by position; a stand-in is seen by no one but itself.
-        eye = torch.eye(len(inputs), dtype=torch.bool, device=dev)
-        new_mask = ((offs[None, :] <= offs[:, None]) & persist.to(dev)[None, :]) | eye
+        eye = torch.eye(len(inputs), dtype=torch.bool)
+        new_mask = ((offs[None, :] <= offs[:, None]) & persist[None, :]) | eye
         predict = [(i, x[3]) for i, x in enumerate(inputs) if x[3] >= 0]
-        prev = prev_hint_for(positions, last_frame_BN, N, L, K)
-        with timer:
-            cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask[None])
-            h = model.hidden(tokens, positions, cache=cache, prev_BT=prev)
+        with clock("model"):
+            pos = cache.prepare(rows, base + offs, persist[None].expand(b, -1), new_mask[None])
+            prev = prev_hint_for(pos, last_frame_BN, N, L, K)
+            h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)
             logits = model.head(h[:, [i for i, _ in predict]], image_only=True)  # (B, P, K)
-        stats.model_ms += timer.ms
         stats.passes += 1
         stats.tokens_per_pass.append(len(inputs))
-        with timer:
+        with clock("sample"):
             tok, _ = sample(logits, settings, generator)
-        stats.sample_ms += timer.ms
         for j, (_, s) in enumerate(predict):
             frame[:, s] = tok[:, j]
             sampled_at[s] = p
-    return frame, stats
+    return frame, clock.add_to(stats)

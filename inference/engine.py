@@ -25,7 +25,7 @@ from worldsim.tokenizers.action import ActionTokenizer
 from worldsim.tokenizers.image import ImageTokenizer
 from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, Timer, prefill
+from worldsim.inference.common import FrameStats, StageClock, prefill
 from worldsim.inference.sampling import SamplingSettings
 
 # The decoding strategies, by name; each module states its algorithm and cost.
@@ -155,10 +155,11 @@ class Engine:
                                         **d.kwargs())
         images = None
         if decode_images and self.image_tokenizer is not None:
-            timer = Timer(self.device)
-            with timer:
-                images = self.image_tokenizer.decode(frame).cpu().numpy()
-            stats.decode_ms = timer.ms
+            clock = StageClock(self.device)
+            with clock("decode"):
+                images = self.image_tokenizer.decode(frame)
+            clock.add_to(stats)
+            images = images.cpu().numpy()
         out = {}
         for i, s in enumerate(sessions):
             s.last_frame = frame[i:i + 1]

@@ -134,11 +134,11 @@ def test_rope_rotates_pairs_and_depends_on_relative_position():
     from worldsim.model import apply_rope, rope_freqs
 
     torch.manual_seed(0)
-    x = torch.randn(1, 2, 3, 8)
+    x = torch.randn(1, 3, 2, 8)  # (B, T, H, D)
     pos = torch.tensor([[0, 5, 1000]])
     out = apply_rope(x, rope_freqs(pos, 8, 10000.0))
     inv = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
-    ang = pos[0, :, None].float() * inv  # (T, 4)
+    ang = pos[0, :, None, None].float() * inv  # (T, 1, 4): the same angle for every head
     x0, x1 = x[..., 0::2], x[..., 1::2]
     ref = torch.stack([x0 * ang.cos() - x1 * ang.sin(), x0 * ang.sin() + x1 * ang.cos()], -1).flatten(-2)
     torch.testing.assert_close(out, ref)

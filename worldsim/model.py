@@ -130,62 +130,83 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
+        # One fused op; reduced-precision inputs are normalised in float32 inside it.
+        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
 
 
 def rope_freqs(positions_BT: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """Unit complex rotations e^(i * pos * theta^(-2j/D)), (B, 1, T, head_dim/2), in float32."""
+    """Unit complex rotations e^(i * pos * theta^(-2j/D)), (B, T, 1, head_dim/2), in float32;
+    the singleton broadcasts over heads."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions_BT.device,
                                         dtype=torch.float32) / head_dim))
     ang = positions_BT.float()[..., None] * inv  # (B, T, D/2)
-    return torch.polar(torch.ones_like(ang), ang)[:, None]
+    return torch.polar(torch.ones_like(ang), ang)[:, :, None]
 
 
-def apply_rope(x_BHTD: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+def apply_rope(x_BTHD: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x[2i], x[2i+1]) by the position's angle (LLaMA's interleaved layout), as one
-    complex multiplication (few kernels: this runs for every layer of every decoding pass)."""
-    xc = torch.view_as_complex(x_BHTD.float().unflatten(-1, (-1, 2)).contiguous())
-    return torch.view_as_real(xc * freqs).flatten(-2).type_as(x_BHTD)
+    complex multiplication in float32 (few kernels: this runs for every layer of every decoding
+    pass). `x` is (..., T, H, D), `freqs` (..., T, 1, D/2); returns a new contiguous tensor."""
+    xc = torch.view_as_complex(x_BTHD.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * freqs).flatten(-2).to(x_BTHD.dtype)
+
+
+def _fuse_on_load(parts: list[str], fused: str):
+    """A load_state_dict pre-hook: checkpoints that keep the projections apart (`wq`, `wk`, `wv`)
+    load into the fused weight, concatenated in that order."""
+    def hook(state_dict, prefix, *args) -> None:
+        keys = [f"{prefix}{p}.weight" for p in parts]
+        if all(k in state_dict for k in keys):
+            state_dict[f"{prefix}{fused}.weight"] = torch.cat([state_dict.pop(k) for k in keys])
+    return hook
 
 
 class Attention(nn.Module):
+    """Queries, keys and values come from one fused projection `wqkv` = [wq; wk; wv] (one matmul
+    per layer, and queries and keys are rotated together)."""
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.hd, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.hd, bias=False)
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * self.hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * self.hd, cfg.dim, bias=False)
+        self._register_load_state_dict_pre_hook(_fuse_on_load(["wq", "wk", "wv"], "wqkv"))
 
     def forward(self, x_BTC: torch.Tensor, freqs: torch.Tensor | None, cache: Any,
                 mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         b, t, _ = x_BTC.shape
-        q = self.wq(x_BTC).view(b, t, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, D)
-        k = self.wk(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.wv(x_BTC).view(b, t, self.n_kv, self.hd).transpose(1, 2)
+        H, Hkv = self.n_heads, self.n_kv
+        qkv = self.wqkv(x_BTC).view(b, t, H + 2 * Hkv, self.hd)  # (B, T, heads, D)
+        if cache is not None:
+            # The cache rotates by window-relative positions (see worldsim.inference.cache).
+            freqs = cache.rope_new()
+        qk = apply_rope(qkv[:, :, :H + Hkv], freqs)  # (B, T, H + Hkv, D)
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
         if cache is None:
-            q, k = apply_rope(q, freqs), apply_rope(k, freqs)
+            k, v = qk[:, :, H:].transpose(1, 2), qkv[:, :, H + Hkv:].transpose(1, 2)
         else:
-            # The cache stores keys unrotated and rotates them (old and new) by their current
-            # window-relative positions; it also builds the mask over [cached ; new] tokens.
-            q = apply_rope(q, cache.rope_new())
-            k, v, mask = cache.update(self.layer, k, v)  # (B, Hkv, S + T, D), mask (B, 1, T, S + T)
+            # Stores the unrotated keys and values and the rotated keys; returns the cache's
+            # (B, Hkv, S, D) views and the mask over [cached ; new] tokens.
+            k, v, mask = cache.update(self.layer, qkv[:, :, H:], qk[:, :, H:])
             causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           enable_gqa=self.n_kv != self.n_heads)
+                                           enable_gqa=Hkv != H)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
+    """SwiGLU; the gate and up projections are one fused weight `w13` = [w1; w3]."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self._register_load_state_dict_pre_hook(_fuse_on_load(["w1", "w3"], "w13"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, -1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
