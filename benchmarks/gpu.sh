@@ -13,8 +13,14 @@ if ! python -c "import worldsim.inference.engine" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -m worldsim info | grep -E "torch|cuda"
+# The headline first: mineworld-300m block diffusion K=4, one session, eager and graph-replayed.
+python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
+    --frames 32 --sessions 1,4,16 --session-frames 4 --graphs --json "$OUT/bench_mineworld_graphs.json" \
+    2>&1 | tee "$OUT/bench_mineworld_graphs.txt"
 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \
     --sessions 1,4,16 --ar-sessions 1 --session-frames 4 --json "$OUT/bench_mineworld.json" 2>&1 | tee "$OUT/bench_mineworld.txt"
 python -m worldsim bench --preset crafter --device cuda --dtype bf16 --frames 64 --ar-frames 16 \
     --sessions 1,4,16 --ar-sessions 1,4 --json "$OUT/bench_crafter.json" 2>&1 | tee "$OUT/bench_crafter.txt"
+python -m worldsim bench --preset crafter --device cuda --dtype bf16 --decoders block_diffusion --frames 64 \
+    --sessions 1,4,16 --graphs --json "$OUT/bench_crafter_graphs.json" 2>&1 | tee "$OUT/bench_crafter_graphs.txt"

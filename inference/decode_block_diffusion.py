@@ -17,6 +17,7 @@ import torch
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import FrameStats, StageClock
+from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -37,11 +38,13 @@ def masked_after(n: int, steps: int) -> list[int]:
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
            action_BA: torch.Tensor, settings: SamplingSettings,
            generator: torch.Generator | None = None, steps: int = 4,
-           threshold: float | None = None) -> tuple[torch.Tensor, FrameStats]:
+           threshold: float | None = None, graphs: PassGraphs | None = None
+           ) -> tuple[torch.Tensor, FrameStats]:
     """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `steps` passes.
 
     Without a threshold nothing here waits for the device: every pass's count of tokens to
-    unmask is known in advance, so the host queues all passes back to back."""
+    unmask is known in advance, so the host queues all passes back to back. With `graphs`,
+    passes replay captured CUDA graphs (see `worldsim.inference.graphs`)."""
     cfg = model.cfg
     if cfg.objective != "block_diffusion":
         raise ValueError("the block_diffusion decoder needs a model trained with block diffusion")
@@ -67,8 +70,11 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     for k in range(steps):
         with clock("model"):
             pos = cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask[None])
-            h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -N:]
-            logits = model.head(h, image_only=True)  # (B, N, K)
+            if graphs is not None:
+                logits = graphs.run(tokens, pos, prev, N)
+            else:
+                h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -N:]
+                logits = model.head(h, image_only=True)  # (B, N, K)
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):

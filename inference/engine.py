@@ -26,6 +26,7 @@ from worldsim.tokenizers.image import ImageTokenizer
 from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import FrameStats, StageClock, prefill
+from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings
 
 # The decoding strategies, by name; each module states its algorithm and cost.
@@ -47,6 +48,9 @@ class DecoderSettings:
     threshold: float | None = None  # block_diffusion: unmask every token above this confidence
     window: int = 2  # diagonal: how far a row runs ahead of the next
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # block_diffusion: replay each pass shape from static buffers, captured as a CUDA graph on
+    # CUDA (worldsim.inference.graphs); elsewhere it only adds copies
+    graphs: bool = False
 
     def resolve(self, objective: str) -> "DecoderSettings":
         name = self.name
@@ -59,7 +63,8 @@ class DecoderSettings:
                              f"use {' or '.join(valid_decoders(objective))}")
         if self.steps < 1 or self.window < 1:
             raise ValueError("steps and window must be at least 1")
-        return DecoderSettings(name, self.steps, self.threshold, self.window, self.sampling)
+        return DecoderSettings(name, self.steps, self.threshold, self.window, self.sampling,
+                               self.graphs and name == "block_diffusion")
 
     def kwargs(self) -> dict[str, Any]:
         if self.name == "block_diffusion":
@@ -84,6 +89,7 @@ class Engine:
         # being written for next-token models.
         blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
         self.cache = KVCache(self.cfg, max_sessions, max(blocks, sink + 1), sink, self.device, dtype)
+        self.graphs = PassGraphs(model, self.cache) if self.decoder.graphs else None
         self.free_rows = list(range(max_sessions))
         self.seed_source = torch.Generator().manual_seed(seed)  # seeds unseeded sessions
         self._ids = itertools.count()
@@ -151,8 +157,9 @@ class Engine:
                           for s in sessions])  # (B, A)
         gen = [s.generator for s in sessions]  # each session draws from its own generator
         d = self.decoder
+        extra = {"graphs": self.graphs} if self.graphs is not None else {}
         frame, stats = DECODERS[d.name](self.model, self.cache, rows, last, acts, d.sampling, gen,
-                                        **d.kwargs())
+                                        **d.kwargs(), **extra)
         images = None
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)

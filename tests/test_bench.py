@@ -36,3 +36,12 @@ def test_bench_with_bundle_and_data_reports_psnr(crafter_store, tiny_tokens, tmp
     bd = rows["block_diffusion"]
     assert not bd["speed_only"] and bd["image_decode"] and bd["decode_ms"] > 0
     assert 0 < bd["psnr"] < 100 and 0 < bd["copy_last_psnr"]
+
+
+def test_bench_graphs_flag_reaches_the_block_diffusion_row(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--decoders", "block_diffusion", "--graphs", "--frames", "2",
+                 "--sessions", "1", "--threads", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["settings"]["graphs"] and row["passes_per_frame"] == 4
+    assert "block_diffusion K=4 graphs" in capsys.readouterr().out

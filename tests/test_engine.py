@@ -263,3 +263,53 @@ def test_unseeded_sessions_differ_but_a_seeded_engine_repeats():
     a2, b2 = run(0)
     assert not torch.equal(a1, b1)  # two sessions do not share their draws
     assert torch.equal(a1, a2) and torch.equal(b1, b2)
+
+
+@pytest.mark.parametrize("decoder", ["block_diffusion", "ar", "diagonal"])
+def test_decoding_a_frame_never_reads_the_device(decoder):
+    """On the meta device every tensor is shape-only, so any read of a device value back to the
+    host (a sync on a GPU) would fail. Only the bookkeeping on the host has values."""
+    from worldsim.inference.engine import DECODERS
+
+    objective = "block_diffusion" if decoder == "block_diffusion" else "ar"
+    cfg = preset_config("tiny", objective=objective)
+    with torch.device("meta"):
+        model = WorldModel(cfg).eval()
+        frames = torch.zeros(2, 3, cfg.tokens_per_frame, dtype=torch.long)
+        acts = torch.zeros(2, 2, cfg.action_tokens, dtype=torch.long)
+    cache = KVCache(cfg, 2, blocks=3, device="meta")
+    prefill(model, cache, [0, 1], frames, acts)
+    for _ in range(4):  # the window rolls
+        frame, stats = DECODERS[decoder](model, cache, [0, 1], frames[:, -1], acts[:, -1], GREEDY, None)
+    assert frame.device.type == "meta" and frame.shape == (2, cfg.tokens_per_frame)
+    assert stats.passes > 0
+
+
+def test_replayed_passes_match_eager_ones():
+    """Static-buffer passes (CUDA graphs on a GPU; the same buffers run eagerly here) give the
+    same frames as eager passes while the window rolls, sessions join and leave, and a batch
+    with rows that are not consecutive falls back to eager passes."""
+    model = tiny("block_diffusion")
+    ctx = [context(model.cfg, c=2 + i, seed=i) for i in range(3)]
+
+    def run(graphs):
+        e = engine(model, DecoderSettings("block_diffusion", steps=3, sampling=GREEDY, graphs=graphs),
+                   max_sessions=3)
+        s = [e.open(*ctx[i]) for i in range(3)]
+        out = []
+        for t in range(3 * e.cache.blocks):
+            if t == 6:
+                s[1].close()  # rows 0 and 2 are left: not consecutive
+            if t == 9:
+                s[1] = e.open(*ctx[1])  # joins again, rows 0..2 consecutive
+            live = [x for x in s if not x.closed]
+            e.step({x: t % 17 for x in live})
+            out.append(torch.cat([x.last_frame for x in live]))
+        return e, out
+
+    e_eager, eager = run(False)
+    e_graph, replayed = run(True)
+    assert e_eager.graphs is None and e_graph.graphs is not None
+    assert e_graph.graphs.replays > 0 and len(e_graph.graphs.entries) == 2  # two pass shapes
+    for x, y in zip(eager, replayed):
+        assert torch.equal(x, y)

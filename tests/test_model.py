@@ -149,3 +149,28 @@ def test_rope_rotates_pairs_and_depends_on_relative_position():
         return (apply_rope(q, fq) * apply_rope(k, fk)).sum()
 
     torch.testing.assert_close(score(7, 3), score(107, 103), atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoints_with_separate_projections_load_into_the_fused_ones():
+    """wq/wk/wv and w1/w3 (LLaMA's names, kept apart) load into wqkv and w13 unchanged."""
+    model = tiny("ar")
+    cfg = model.cfg
+    H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("wqkv.weight"):
+            q, kk, vv = v.split([H * D, Hkv * D, Hkv * D])
+            sd |= {k.replace("wqkv", "wq"): q, k.replace("wqkv", "wk"): kk, k.replace("wqkv", "wv"): vv}
+        elif k.endswith("w13.weight"):
+            w1, w3 = v.chunk(2)
+            sd |= {k.replace("w13", "w1"): w1, k.replace("w13", "w3"): w3}
+        else:
+            sd[k] = v
+    assert not any("wqkv" in k or "w13" in k for k in sd)
+    torch.manual_seed(1)
+    other = WorldModel(cfg).eval()
+    other.load_state_dict(sd)  # strict: every fused key is filled, no key is left over
+    frames, actions = random_window(cfg, b=1, f=2)
+    x = ar_inputs(cfg, frames, actions)
+    torch.testing.assert_close(other(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True),
+                               model(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True))

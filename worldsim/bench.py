@@ -124,7 +124,8 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
             print(f"  {d.name}: {n} frames ...", flush=True)
         r = run_decoder(m, image_tok, action_tok, d, inputs, n)
         r["speed_only"] = objective != model.cfg.objective  # weights not trained for this decoder
-        r["settings"] = {"steps": d.steps, "window": d.window, "threshold": d.threshold}
+        r["settings"] = {"steps": d.steps, "window": d.window, "threshold": d.threshold,
+                         "graphs": d.graphs and d.name == "block_diffusion"}
         r["sessions_fps"] = {}
         for b in (ar_sessions if d.name == "ar" and ar_sessions is not None else sessions):
             if b > 1:
@@ -154,6 +155,7 @@ def format_table(result: dict[str, Any]) -> str:
         name = r["decoder"]
         if name == "block_diffusion":
             name += f" K={r['settings']['steps']}" + (f" t={r['settings']['threshold']}" if r['settings']['threshold'] else "")
+            name += " graphs" if r["settings"].get("graphs") else ""
         if name == "diagonal":
             name += f" w={r['settings']['window']}"
         if r["speed_only"]:

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame, K (default: 4)")
     p.add_argument("--threshold", type=float, default=None, help="block-diffusion confidence threshold")
     p.add_argument("--window", type=int, default=2, help="diagonal window w (default: 2)")
+    p.add_argument("--graphs", action="store_true",
+                   help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 raise WorldsimError(f"unknown decoder {n!r}")
     sampling = SamplingSettings(temperature=args.temperature)
     decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
-                                sampling=sampling) for n in names]
+                                sampling=sampling, graphs=args.graphs) for n in names]
     try:
         sessions = [int(x) for x in args.sessions.split(",") if x]
         ar_sessions = [int(x) for x in args.ar_sessions.split(",") if x] if args.ar_sessions else None
