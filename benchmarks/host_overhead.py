@@ -5,7 +5,7 @@
 On a fast GPU the host, launching one kernel per operator, can set the frame rate: a frame
 takes about the larger of the host's time and the device's own. The operator count per frame
 is the machine-independent measure of that cost. It is counted on the preset's layers, heads,
-action tokens and context, with the tensors shrunk to nothing (a 2x2 token grid, 4-wide
+action tokens and context, with the tensors shrunk to nothing (a 4x5 token grid, 4-wide
 heads), which changes no count for block diffusion; `ar` and `diagonal` make passes per token,
 so for them read the per-pass figure. The time is the same shrunk frame's, in float32 on the
 CPU: Python, the dispatcher and the host-side plan, plus each CPU kernel's fixed cost, which
@@ -46,7 +46,7 @@ def main() -> None:
     args = p.parse_args()
     objective = "block_diffusion" if args.decoder == "block_diffusion" else "ar"
     full = preset_config(args.preset, objective=objective)
-    cfg = preset_config(args.preset, objective=objective, grid=(2, 2), tokens_per_frame=4,
+    cfg = preset_config(args.preset, objective=objective, grid=(4, 5), tokens_per_frame=20,
                         dim=4 * full.n_heads, ffn_dim=8, codebook_size=16,
                         vocab_size=16 + full.action_ids + 1)
     b = args.sessions
