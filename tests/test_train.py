@@ -106,3 +106,22 @@ def test_pooled_psnr_is_finite_for_exact_frames():
     guess[1] += 16  # one episode exact, one off by 16 everywhere
     (p,) = pooled_psnr_per_step(guess, truth)
     assert p == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / 128)).item(), abs=1e-4)
+
+
+def test_checkpoint_whose_optimizer_does_not_fit_gives_a_clear_error(tmp_path):
+    """A checkpoint from a model whose parameters were laid out differently (say, projections
+    not yet fused) names the file and says what to do, instead of a bare optimizer error."""
+    from worldsim.checkpoint import load_checkpoint, save_checkpoint
+    from worldsim.errors import WorldsimError
+    from worldsim.model import WorldModel, preset_config
+
+    model = WorldModel(preset_config("tiny"))
+    extra = torch.nn.Parameter(torch.zeros(3))
+    old = torch.optim.AdamW([*model.parameters(), extra])
+    model(torch.zeros(1, 4, dtype=torch.long), torch.arange(4)[None], causal=True).sum().backward()
+    extra.grad = torch.ones(3)
+    old.step()
+    save_checkpoint(tmp_path / "ckpt.safetensors", model, old, {"step": 1})
+    with pytest.raises(WorldsimError, match="ckpt.safetensors: its optimizer state does not fit"):
+        load_checkpoint(tmp_path / "ckpt.safetensors", model, torch.optim.AdamW(model.parameters()))
+    assert load_checkpoint(tmp_path / "ckpt.safetensors", model)["step"] == 1  # weights alone load

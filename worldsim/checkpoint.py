@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
+from worldsim.errors import WorldsimError
 from worldsim.fileio import atomic_open
 
 
@@ -51,7 +52,11 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
             if k.startswith("optim."):
                 _, idx, key = k.split(".", 2)
                 per_param.setdefault(int(idx), {})[key] = v
-        optimizer.load_state_dict({"state": per_param, "param_groups": state["optim_param_groups"]})
+        try:
+            optimizer.load_state_dict({"state": per_param, "param_groups": state["optim_param_groups"]})
+        except ValueError as e:  # parameters were split or merged since the checkpoint was written
+            raise WorldsimError(f"{path}: its optimizer state does not fit this model's parameters "
+                                f"({e}); start a new run in another folder") from None
     return state
 
 
