@@ -1,6 +1,6 @@
 """Where a block-diffusion frame's time goes on a GPU: ms/frame and the top ops by CUDA time.
 
-    python benchmarks/profile_pass.py [--preset mineworld-300m] [--frames 16]
+    python benchmarks/profile_pass.py [--preset mineworld-300m] [--frames 16] [--graphs]
 """
 
 import argparse
@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--preset", default="mineworld-300m")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--graphs", action="store_true", help="replay passes as CUDA graphs")
     args = p.parse_args()
     dev = torch.device("cuda")
     cfg = preset_config(args.preset, objective="block_diffusion")
@@ -29,8 +30,8 @@ def main() -> None:
     space = MINERL_SPACE if cfg.action_tokens == 11 else CRAFTER_SPACE
     act = make_action_tokenizer(space, offset=cfg.codebook_size)
     a = space.noop()
-    e = Engine(model, None, act, DecoderSettings("block_diffusion", steps=args.steps, sampling=GREEDY),
-               max_sessions=1)
+    settings = DecoderSettings("block_diffusion", steps=args.steps, sampling=GREEDY, graphs=args.graphs)
+    e = Engine(model, None, act, settings, max_sessions=1)
     s = e.open(torch.randint(0, cfg.codebook_size, (2, cfg.tokens_per_frame)), [a])
     for _ in range(4):  # warm-up
         s.step(a)
