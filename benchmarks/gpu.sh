@@ -24,3 +24,5 @@ python -m worldsim bench --preset crafter --device cuda --dtype bf16 --frames 64
     --sessions 1,4,16 --ar-sessions 1,4 --json "$OUT/bench_crafter.json" 2>&1 | tee "$OUT/bench_crafter.txt"
 python -m worldsim bench --preset crafter --device cuda --dtype bf16 --decoders block_diffusion --frames 64 \
     --sessions 1,4,16 --graphs --json "$OUT/bench_crafter_graphs.json" 2>&1 | tee "$OUT/bench_crafter_graphs.txt"
+python benchmarks/profile_pass.py 2>&1 | tee "$OUT/profile.txt"
+python benchmarks/profile_pass.py --graphs 2>&1 | tee "$OUT/profile_graphs.txt"
