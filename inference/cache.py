@@ -88,7 +88,7 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.kv, self.k_rot))
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Host tensor -> device without making the host wait (pinned, asynchronous on CUDA)."""
         if self.device.type == "cuda":
             return t.pin_memory().to(self.device, non_blocking=True)
@@ -98,7 +98,7 @@ class KVCache:
         """Index of these rows: a slice (views, no copy) when they are consecutive."""
         if rows == list(range(rows[0], rows[0] + len(rows))):
             return slice(rows[0], rows[0] + len(rows))
-        return self._to_device(torch.as_tensor(rows))
+        return self.to_device(torch.as_tensor(rows))
 
     # -- session bookkeeping -----------------------------------------------------------------
     def reset(self, rows: list[int] | None = None) -> None:
@@ -144,7 +144,7 @@ class KVCache:
 
     def _rerotate(self, rows: list[int]) -> None:
         """Recompute the rotated keys of these rows from the unrotated ones (positions moved)."""
-        pos = self._to_device(self.slot_positions(rows).clamp_min(0))  # (R, S_blocks)
+        pos = self.to_device(self.slot_positions(rows).clamp_min(0))  # (R, S_blocks)
         sel, s, H = self._rows(rows), self.block_slots, self.cfg.n_kv_heads
         k = self.kv[:, sel, :s, :H]  # (layers, R, S_blocks, H, D)
         self.k_rot[:, sel, :s] = apply_rope(k, self._freqs[pos][None])
@@ -188,7 +188,7 @@ class KVCache:
         host_mask = new_mask_BTT.device.type == "cpu" and self.device.type != "cpu"
         if host_mask:
             parts.append(new_mask_BTT.long())
-        packed = self._to_device(torch.cat([p.flatten() for p in parts]))
+        packed = self.to_device(torch.cat([p.flatten() for p in parts]))
         sizes = [p.numel() for p in parts]
         visible, pos, slot, write, *rest = packed.split(sizes)
         visible, pos, slot = visible.view(R, -1), pos.view(R, T), slot.view(R, T)

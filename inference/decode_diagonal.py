@@ -79,7 +79,8 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
             pos = cache.prepare(rows, base + offs, persist[None].expand(b, -1), new_mask[None])
             prev = prev_hint_for(pos, last_frame_BN, N, L, K)
             h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)
-            logits = model.head(h[:, [i for i, _ in predict]], image_only=True)  # (B, P, K)
+            at = cache.to_device(torch.tensor([i for i, _ in predict]))  # no host wait on CUDA
+            logits = model.head(h.index_select(1, at), image_only=True)  # (B, P, K)
         stats.passes += 1
         stats.tokens_per_pass.append(len(inputs))
         with clock("sample"):
