@@ -152,9 +152,11 @@ class Engine:
                 raise RuntimeError(f"session {s.id} is closed")
         rows = [s.row for s in sessions]
         last = torch.cat([s.last_frame for s in sessions])  # (B, N)
-        acts = torch.cat([inputs[s].to(self.device, torch.long).view(1, -1)  # already tokens
-                          if isinstance(inputs[s], torch.Tensor) else self._action_tokens([inputs[s]])
-                          for s in sessions])  # (B, A)
+        # Actions are gathered on the host and sent in one copy that the host does not wait on.
+        acts = self.cache.to_device(torch.cat([
+            inputs[s].cpu().long().view(1, -1) if isinstance(inputs[s], torch.Tensor)  # already tokens
+            else torch.as_tensor(self.action_tokenizer.encode(inputs[s])).long().view(1, -1)
+            for s in sessions]))  # (B, A)
         gen = [s.generator for s in sessions]  # each session draws from its own generator
         d = self.decoder
         extra = {"graphs": self.graphs} if self.graphs is not None else {}

@@ -285,23 +285,27 @@ def test_decoding_a_frame_never_reads_the_device(decoder):
     assert stats.passes > 0
 
 
-def test_replayed_passes_match_eager_ones():
+@pytest.mark.parametrize("sampling,threshold", [
+    (GREEDY, None), (SamplingSettings(temperature=1.0, top_k=16), 0.2)])
+def test_replayed_passes_match_eager_ones(sampling, threshold):
     """Static-buffer passes (CUDA graphs on a GPU; the same buffers run eagerly here) give the
     same frames as eager passes while the window rolls, sessions join and leave, and a batch
-    with rows that are not consecutive falls back to eager passes."""
+    with rows that are not consecutive falls back to eager passes; greedy, and sampled with a
+    confidence threshold (frames that finish early)."""
     model = tiny("block_diffusion")
     ctx = [context(model.cfg, c=2 + i, seed=i) for i in range(3)]
 
     def run(graphs):
-        e = engine(model, DecoderSettings("block_diffusion", steps=3, sampling=GREEDY, graphs=graphs),
-                   max_sessions=3)
+        settings = DecoderSettings("block_diffusion", steps=3, threshold=threshold, sampling=sampling,
+                                   graphs=graphs)
+        e = engine(model, settings, max_sessions=3, seed=5)
         s = [e.open(*ctx[i]) for i in range(3)]
         out = []
         for t in range(3 * e.cache.blocks):
             if t == 6:
                 s[1].close()  # rows 0 and 2 are left: not consecutive
             if t == 9:
-                s[1] = e.open(*ctx[1])  # joins again, rows 0..2 consecutive
+                s[1] = e.open(*ctx[1], seed=1)  # joins again, rows 0..2 consecutive
             live = [x for x in s if not x.closed]
             e.step({x: t % 17 for x in live})
             out.append(torch.cat([x.last_frame for x in live]))
@@ -311,5 +315,6 @@ def test_replayed_passes_match_eager_ones():
     e_graph, replayed = run(True)
     assert e_eager.graphs is None and e_graph.graphs is not None
     assert e_graph.graphs.replays > 0 and len(e_graph.graphs.entries) == 2  # two pass shapes
+    assert len(eager) == len(replayed) == 3 * e_graph.cache.blocks
     for x, y in zip(eager, replayed):
         assert torch.equal(x, y)
