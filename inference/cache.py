@@ -151,13 +151,15 @@ class KVCache:
 
     # -- one forward -------------------------------------------------------------------------
     def prepare(self, rows: list[int], positions_BT: torch.Tensor, persist_BT: torch.Tensor,
-                new_mask_BTT: torch.Tensor) -> torch.Tensor:
+                new_mask_BTT: torch.Tensor | None = None) -> torch.Tensor:
         """Plan the next forward for sessions `rows`, with new tokens at logical positions.
 
         positions_BT: (B, T) logical positions, best given on the host (they are planned there).
         persist_BT: which new tokens to keep in their blocks (the rest go to scratch slots).
-        new_mask_BTT: (B or 1, T, T) which new tokens may see which (True = attend).
+        new_mask_BTT: (B or 1, T, T) which new tokens may see which (True = attend); None: all.
         Kept slots from earlier forwards are visible to a query unless at a later position.
+        When every query may see every slot (a block-diffusion frame being unmasked once the
+        window is full) the plan has no mask at all, and attention runs unmasked.
         Returns the positions on the device, for the model's inputs."""
         if torch.is_grad_enabled():
             raise RuntimeError("cached forwards are inference: run them under torch.no_grad() "
@@ -182,27 +184,40 @@ class KVCache:
         visible = torch.cat([self.slot_positions(rows),
                              torch.full((R, self.scratch), -1, dtype=torch.long)], 1)
         visible[~self.filled[row_t]] = -1
+        open_all = new_mask_BTT is None  # does every query see every slot?
+        if open_all:
+            written = torch.zeros(R, self.slots, dtype=torch.bool)
+            written[torch.arange(R)[:, None].expand(R, T), slot] = True
+            seen = (visible >= 0) & (visible <= pos.min(1, keepdim=True).values)
+            open_all = bool((seen | written).all())
         self.filled[row_t[:, None].expand(R, T)[persist], slot[persist]] = True
         write = row_t[:, None] * self.slots + slot  # rows of the flat per-layer views
-        parts = [visible, pos, slot, write]
-        host_mask = new_mask_BTT.device.type == "cpu" and self.device.type != "cpu"
-        if host_mask:
+        parts = [pos, write] if open_all else [pos, write, visible, slot]
+        host_mask = new_mask_BTT is not None and new_mask_BTT.device.type == "cpu" and \
+            self.device.type != "cpu"
+        if host_mask and not open_all:
             parts.append(new_mask_BTT.long())
         packed = self.to_device(torch.cat([p.flatten() for p in parts]))
-        sizes = [p.numel() for p in parts]
-        visible, pos, slot, write, *rest = packed.split(sizes)
-        visible, pos, slot = visible.view(R, -1), pos.view(R, T), slot.view(R, T)
-        new_mask = rest[0].view(new_mask_BTT.shape).bool() if host_mask else new_mask_BTT.to(self.device)
-        vis = visible[:, None, :]
-        mask = (vis >= 0) & (vis <= pos[:, :, None])  # (R, T, S)
-        mask.scatter_(2, slot[:, None, :].expand(R, T, T), new_mask.expand(R, T, T))
-        # An additive mask, made once here: SDPA would otherwise convert a boolean mask in
-        # every layer.
-        bias = torch.zeros(mask.shape, dtype=self.kv.dtype, device=self.device)
-        bias.masked_fill_(~mask, float("-inf"))
+        pos, write, *rest = packed.split([p.numel() for p in parts])
+        pos = pos.view(R, T)
+        bias = None
+        if not open_all:
+            visible, slot = rest[0].view(R, -1), rest[1].view(R, T)
+            if new_mask_BTT is None:
+                new_mask = torch.ones(1, T, T, dtype=torch.bool, device=self.device)
+            else:
+                new_mask = rest[2].view(new_mask_BTT.shape).bool() if host_mask else new_mask_BTT.to(self.device)
+            vis = visible[:, None, :]
+            mask = (vis >= 0) & (vis <= pos[:, :, None])  # (R, T, S)
+            mask.scatter_(2, slot[:, None, :].expand(R, T, T), new_mask.expand(R, T, T))
+            # An additive mask, made once here: SDPA would otherwise convert a boolean mask in
+            # every layer.
+            bias = torch.zeros(mask.shape, dtype=self.kv.dtype, device=self.device)
+            bias.masked_fill_(~mask, float("-inf"))
+            bias = bias[:, None]
         sel = self._rows(rows)
-        self._plan = {"full": isinstance(sel, slice) and sel == slice(0, self.batch), "rows": sel, "mask": bias[:, None],
-                      "freqs": self._freqs[pos], "write": write}
+        self._plan = {"full": isinstance(sel, slice) and sel == slice(0, self.batch), "rows": sel,
+                      "mask": bias, "freqs": self._freqs[pos], "write": write}
         return pos
 
     def rope_new(self) -> torch.Tensor:
@@ -212,10 +227,10 @@ class KVCache:
         return self._plan["freqs"]
 
     def update(self, layer: int, kv_BT2HD: torch.Tensor, k_rot_BTHD: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """New unrotated keys and values (B, T, 2 * kv_heads, D) and rotated keys
         (B, T, kv_heads, D) -> the cache's rotated keys and values for these rows, each
-        (B, kv_heads, S, D), and the mask (B, 1, T, S)."""
+        (B, kv_heads, S, D), and the mask (B, 1, T, S), or None when every query sees every slot."""
         p = self._plan
         assert p is not None, "call prepare() before the forward"
         if kv_BT2HD.dtype != self.kv.dtype:  # e.g. a float32 cache under autocast

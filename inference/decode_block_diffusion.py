@@ -69,7 +69,8 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     schedule = masked_after(N, steps)
     for k in range(steps):
         with clock("model"):
-            pos = cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask[None])
+            pos = cache.prepare(rows, positions, persist[None].expand(b, -1),
+                                new_mask if new_mask is None else new_mask[None])
             if graphs is not None:
                 logits = graphs.run(tokens, pos, prev, N)
             else:
@@ -97,5 +98,6 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         # Later passes: the noisy frame alone, against the cache that now holds block t.
         tokens, positions, prev = frame, noisy_pos, last_frame_BN
         persist = torch.zeros(N, dtype=torch.bool)
-        new_mask = torch.ones(N, N, dtype=torch.bool, device=dev)
+        new_mask = None  # the noisy tokens all see each other (and, once the window is full,
+        # every cached slot too: the cache then plans an unmasked pass)
     return frame, clock.add_to(stats)

@@ -8,7 +8,8 @@ device, sets the frame rate. A CUDA graph replays all of a pass's kernels with o
 
 What a replay reads must live at fixed addresses, so every input of the captured forward is a
 static buffer that each pass copies into: the tokens, positions and previous-frame hints, and the
-cache's plan for the pass (the attention mask, the rotations, the rows to write). The cache's own
+cache's plan for the pass (the attention mask, the rotations, the rows to write; a pass without a
+mask is a shape of its own). The cache's own
 tensors are fixed already, and the sessions' rows must be a consecutive range (views, not
 copies); other row sets run eagerly.
 
@@ -54,11 +55,12 @@ class PassGraphs:
         if not isinstance(rows, slice):  # scattered rows: index copies, no fixed addresses
             e = {"tokens": tokens_BT, "pos": pos_BT, "prev": prev_BT, "keep": keep}
             return self._forward(e)
-        key = (rows.start, rows.stop, tokens_BT.shape[1], keep)
+        key = (rows.start, rows.stop, tokens_BT.shape[1], keep, plan["mask"] is None)
         e = self.entries.get(key)
         if e is None:
             e = {"tokens": tokens_BT.clone(), "pos": pos_BT.clone(), "prev": prev_BT.clone(),
-                 "keep": keep, "plan": {**plan, **{k: plan[k].clone() for k in PLAN_KEYS}}}
+                 "keep": keep, "plan": {**plan, **{k: plan[k].clone() for k in PLAN_KEYS
+                                                   if plan[k] is not None}}}
             self.cache._plan = e["plan"]
             e["out"] = self._record(e) if self.capture else None
             self.entries[key] = e
@@ -66,7 +68,8 @@ class PassGraphs:
             for name, src in (("tokens", tokens_BT), ("pos", pos_BT), ("prev", prev_BT)):
                 e[name].copy_(src)
             for k in PLAN_KEYS:
-                e["plan"][k].copy_(plan[k])
+                if plan[k] is not None:
+                    e["plan"][k].copy_(plan[k])
             self.cache._plan = e["plan"]
         self.replays += 1
         if not self.capture:

@@ -301,7 +301,7 @@ def test_replayed_passes_match_eager_ones(sampling, threshold):
         e = engine(model, settings, max_sessions=3, seed=5)
         s = [e.open(*ctx[i]) for i in range(3)]
         out = []
-        for t in range(3 * e.cache.blocks):
+        for t in range(16):  # the window (3 blocks on tiny) fills and rolls
             if t == 6:
                 s[1].close()  # rows 0 and 2 are left: not consecutive
             if t == 9:
@@ -314,7 +314,45 @@ def test_replayed_passes_match_eager_ones(sampling, threshold):
     e_eager, eager = run(False)
     e_graph, replayed = run(True)
     assert e_eager.graphs is None and e_graph.graphs is not None
-    assert e_graph.graphs.replays > 0 and len(e_graph.graphs.entries) == 2  # two pass shapes
-    assert len(eager) == len(replayed) == 3 * e_graph.cache.blocks
+    # Three pass shapes: the fused pass, and the noisy pass masked (while a window fills) and
+    # unmasked (once every slot is visible to every query).
+    assert sorted(k[-1] for k in e_graph.graphs.entries) == [False, False, True]
+    frames = 6 + 7  # frames stepped with rows 0..2; 3 passes each, fewer with a threshold
+    assert e_graph.graphs.replays == 3 * frames if threshold is None else \
+        frames <= e_graph.graphs.replays <= 3 * frames
     for x, y in zip(eager, replayed):
         assert torch.equal(x, y)
+
+
+@torch.no_grad()
+def test_unmasked_pass_once_every_slot_is_visible():
+    """A noisy block-diffusion pass with `new_mask=None` runs unmasked once the window is full,
+    and gives the logits of the same pass with an explicit all-true mask; while the window fills,
+    the same call still builds a mask."""
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    N, L = cfg.tokens_per_frame, cfg.block_len
+    cache = KVCache(cfg, 1, blocks=3)
+    g = torch.Generator().manual_seed(0)
+    f = torch.randint(0, cfg.codebook_size, (1, 2, N), generator=g)
+    prefill(model, cache, [0], f, torch.full((1, 1, 1), cfg.codebook_size))  # one block
+    noisy = torch.randint(0, cfg.codebook_size, (1, N), generator=g)
+    persist = torch.zeros(1, N, dtype=torch.bool)
+
+    def noisy_pass(new_mask):
+        base = int(cache.current_block([0])[0]) * L
+        pos = cache.prepare([0], base + L + torch.arange(N)[None], persist, new_mask)
+        return model(noisy, pos, cache=cache), cache._plan["mask"]
+
+    _, mask = noisy_pass(None)
+    assert mask is not None  # two of three blocks empty: their slots are masked
+    for _ in range(3):  # fill the window with finished blocks
+        cache.new_block([0])
+        pos = cache.prepare([0], int(cache.current_block([0])[0]) * L + torch.arange(L)[None],
+                            torch.ones(1, L, dtype=torch.bool), torch.ones(1, L, L, dtype=torch.bool))
+        model(torch.randint(0, cfg.codebook_size, (1, L), generator=g), pos, cache=cache)
+    unmasked, mask = noisy_pass(None)
+    assert mask is None
+    masked, mask = noisy_pass(torch.ones(1, N, N, dtype=torch.bool))
+    assert mask is not None and bool((mask == 0).all())
+    torch.testing.assert_close(unmasked, masked)

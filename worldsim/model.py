@@ -198,7 +198,7 @@ class Attention(nn.Module):
 
 
 def _folded_attention(q_BHTD: torch.Tensor, k_BGSD: torch.Tensor, v_BGSD: torch.Tensor,
-                      mask_B1TS: torch.Tensor) -> torch.Tensor:
+                      mask_B1TS: torch.Tensor | None) -> torch.Tensor:
     """Grouped-query attention for a few queries (token-by-token decoding): the query heads that
     share a key head become extra queries of that head, so attention runs over the key heads
     alone. The same result; on the CPU a single query through grouped attention is some ten
@@ -206,7 +206,8 @@ def _folded_attention(q_BHTD: torch.Tensor, k_BGSD: torch.Tensor, v_BGSD: torch.
     b, h, t, d = q_BHTD.shape
     g = k_BGSD.shape[1]
     q = q_BHTD.unflatten(1, (g, h // g)).flatten(2, 3)  # (B, Hkv, (H/Hkv) * T, D)
-    mask = mask_B1TS[:, :, None].expand(b, 1, h // g, t, mask_B1TS.shape[-1]).flatten(2, 3)
+    mask = None if mask_B1TS is None else \
+        mask_B1TS[:, :, None].expand(b, 1, h // g, t, mask_B1TS.shape[-1]).flatten(2, 3)
     y = F.scaled_dot_product_attention(q, k_BGSD, v_BGSD, attn_mask=mask)
     return y.unflatten(2, (h // g, t)).flatten(1, 2)  # (B, H, T, D)
 
