@@ -13,10 +13,13 @@ if ! python -c "import worldsim.inference.engine" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -m worldsim info | grep -E "torch|cuda"
-# The headline first: mineworld-300m block diffusion K=4, one session, eager and graph-replayed.
-python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
-    --frames 32 --sessions 1,4,16 --session-frames 4 --graphs --json "$OUT/bench_mineworld_graphs.json" \
-    2>&1 | tee "$OUT/bench_mineworld_graphs.txt"
+# The headline first: mineworld-300m block diffusion K=4 with a full window of context (16
+# frames: the state of any session past its first 15 frames), graph-replayed, then eager.
+for g in --graphs ""; do
+    python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
+        --context 16 --frames 32 --sessions 1,4,16 --session-frames 4 $g \
+        --json "$OUT/bench_mineworld_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_mineworld_full_window${g:+_graphs}.txt"
+done
 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \
     --sessions 1,4,16 --ar-sessions 1 --session-frames 4 --json "$OUT/bench_mineworld.json" 2>&1 | tee "$OUT/bench_mineworld.txt"
