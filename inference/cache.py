@@ -1,6 +1,8 @@
 """The KV cache: preallocated keys and values for a batch of sessions, in frame blocks.
 
-Layout, per layer, slot-major so that a forward's new keys are written without a transpose:
+Layout, per layer, slot-major (not the usual head-major) so that a forward's new keys are
+written straight from the fused projection's output, without a transpose or a copy, and so that
+CUDA's flash kernels read their native (batch, slots, heads, head_dim) order:
 - `kv`: (layers, batch, slots, 2 * kv_heads, head_dim), the unrotated keys (heads
   [0, kv_heads)) and then the values (heads [kv_heads, 2 * kv_heads)), exactly as the model's
   fused projection lays them out;
