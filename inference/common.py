@@ -70,6 +70,14 @@ class StageClock:
         return stats
 
 
+def pass_logits(model: WorldModel, cache: KVCache, tokens_BT: torch.Tensor, pos_BT: torch.Tensor,
+                prev_BT: torch.Tensor | None, keep: int) -> torch.Tensor:
+    """One cached forward (planned by `cache.prepare`) -> image-code logits (B, keep, K) of its
+    last `keep` tokens; the head runs on those alone."""
+    h = model.hidden(tokens_BT, pos_BT, cache=cache, prev_BT=prev_BT)
+    return model.head(h[:, -keep:], image_only=True)
+
+
 def block_causal(n_blocks: int, block_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
     blk = torch.arange(n_blocks * block_len, device=device) // block_len
     return blk[None, :] <= blk[:, None]

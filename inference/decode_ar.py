@@ -12,7 +12,7 @@ import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, StageClock, prev_hint_for
+from worldsim.inference.common import FrameStats, StageClock, pass_logits, prev_hint_for
 from worldsim.inference.sampling import SamplingSettings, sample
 
 
@@ -40,8 +40,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         with clock("model"):
             pos = cache.prepare(rows, positions, torch.ones(b, t, dtype=torch.bool), causal[t])
             prev = prev_hint_for(pos, last_frame_BN, N, L, K)
-            logits = model.head(model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -1],
-                                image_only=True)
+            logits = pass_logits(model, cache, tokens, pos, prev, 1)[:, 0]  # (B, K)
         stats.passes += 1
         stats.tokens_per_pass.append(t)
         with clock("sample"):

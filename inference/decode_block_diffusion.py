@@ -11,12 +11,13 @@ Cost: K forward passes per frame (4-8), fewer with a threshold on easy frames.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, StageClock
+from worldsim.inference.common import FrameStats, StageClock, pass_logits
 from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings, sample
 
@@ -63,19 +64,15 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     tokens = torch.cat([clean, frame], 1)
     positions = torch.cat([base_t + torch.arange(L), noisy_pos], 1)
     persist = torch.arange(L + N) < L  # (L + N,)
-    new_mask = torch.ones(L + N, L + N, dtype=torch.bool, device=dev)
-    new_mask[:L, L:] = False
+    new_mask = torch.ones(1, L + N, L + N, dtype=torch.bool, device=dev)
+    new_mask[:, :L, L:] = False
     prev = torch.cat([torch.full_like(clean, K), last_frame_BN], 1)
     schedule = masked_after(N, steps)
+    run = graphs.run if graphs is not None else partial(pass_logits, model, cache)
     for k in range(steps):
         with clock("model"):
-            pos = cache.prepare(rows, positions, persist[None].expand(b, -1),
-                                new_mask if new_mask is None else new_mask[None])
-            if graphs is not None:
-                logits = graphs.run(tokens, pos, prev, N)
-            else:
-                h = model.hidden(tokens, pos, cache=cache, prev_BT=prev)[:, -N:]
-                logits = model.head(h, image_only=True)  # (B, N, K)
+            pos = cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask)
+            logits = run(tokens, pos, prev, N)  # (B, N, K)
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):

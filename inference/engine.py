@@ -133,13 +133,16 @@ class Engine:
                          f"{self.cfg.tokens_per_frame}), got {t.dtype} {tuple(t.shape)}")
 
     def _action_tokens(self, actions: list[Any] | torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Actions in the env's action space (or already tokens (T, A)) -> tokens (T, A)."""
+        """Actions in the env's action space, or their tokens (a (T, A) tensor, or (A,) tensors
+        in the list) -> tokens (T, A) on the device, gathered on the host and sent in one copy
+        that the host does not wait on."""
         if isinstance(actions, torch.Tensor) and actions.ndim == 2:
-            return actions.to(self.device, torch.long)
-        rows = [self.action_tokenizer.encode(a) for a in actions]
+            return self.cache.to_device(actions.cpu().long())
+        rows = [a.cpu().long().view(-1) if isinstance(a, torch.Tensor)
+                else torch.as_tensor(self.action_tokenizer.encode(a)).long() for a in actions]
         if not rows:
             return torch.zeros(0, self.cfg.action_tokens, dtype=torch.long, device=self.device)
-        return torch.as_tensor(np.stack(rows), device=self.device)
+        return self.cache.to_device(torch.stack(rows))
 
     @torch.inference_mode()
     def step(self, inputs: Mapping["Session", Any], decode_images: bool = True
@@ -152,11 +155,7 @@ class Engine:
                 raise RuntimeError(f"session {s.id} is closed")
         rows = [s.row for s in sessions]
         last = torch.cat([s.last_frame for s in sessions])  # (B, N)
-        # Actions are gathered on the host and sent in one copy that the host does not wait on.
-        acts = self.cache.to_device(torch.cat([
-            inputs[s].cpu().long().view(1, -1) if isinstance(inputs[s], torch.Tensor)  # already tokens
-            else torch.as_tensor(self.action_tokenizer.encode(inputs[s])).long().view(1, -1)
-            for s in sessions]))  # (B, A)
+        acts = self._action_tokens([inputs[s] for s in sessions])  # (B, A)
         gen = [s.generator for s in sessions]  # each session draws from its own generator
         d = self.decoder
         extra = {"graphs": self.graphs} if self.graphs is not None else {}

@@ -2,16 +2,16 @@
 
 A block-diffusion frame makes two kinds of pass, the fused one ([clean frame t + action t ;
 noisy frame t+1], L + N tokens) and the later ones (the noisy frame, N tokens), and for a fixed
-set of sessions their shapes never change. Launched one by one, a pass of a 20-layer model is
-some 600 kernels, each costing the host a few microseconds, so on a fast GPU the host, not the
-device, sets the frame rate. A CUDA graph replays all of a pass's kernels with one launch.
+set of sessions their shapes never change. Launched one by one, a pass of the 20-layer
+`mineworld-300m` shape dispatches some 750 operators (`benchmarks/host_overhead.py`), each
+costing the host a few microseconds, so on a fast GPU the host, not the device, sets the frame
+rate. A CUDA graph replays all of a pass's kernels with one launch.
 
 What a replay reads must live at fixed addresses, so every input of the captured forward is a
 static buffer that each pass copies into: the tokens, positions and previous-frame hints, and the
 cache's plan for the pass (the attention mask, the rotations, the rows to write; a pass without a
-mask is a shape of its own). The cache's own
-tensors are fixed already, and the sessions' rows must be a consecutive range (views, not
-copies); other row sets run eagerly.
+mask is a shape of its own). The cache's own tensors are fixed already, and the sessions' rows
+must be a consecutive range (views, not copies); other row sets run eagerly.
 
 On devices without CUDA graphs `run` calls the same forward on the same static buffers, so the
 plumbing (what is copied where, what is keyed by what) is tested on any machine; only the
@@ -26,6 +26,7 @@ import torch
 
 from worldsim.model import WorldModel
 from worldsim.inference.cache import KVCache
+from worldsim.inference.common import pass_logits
 
 PLAN_KEYS = ("mask", "freqs", "write")
 
@@ -42,8 +43,7 @@ class PassGraphs:
         self.replays = 0  # passes served from a static entry (for tests and stats)
 
     def _forward(self, e: dict[str, Any]) -> torch.Tensor:
-        h = self.model.hidden(e["tokens"], e["pos"], cache=self.cache, prev_BT=e["prev"])
-        return self.model.head(h[:, -e["keep"]:], image_only=True)
+        return pass_logits(self.model, self.cache, e["tokens"], e["pos"], e["prev"], e["keep"])
 
     def run(self, tokens_BT: torch.Tensor, pos_BT: torch.Tensor, prev_BT: torch.Tensor,
             keep: int) -> torch.Tensor:
