@@ -214,29 +214,8 @@ def _to_float_bchw(frames_BHWC: torch.Tensor | np.ndarray, device: torch.device)
 
 
 # -- metrics -------------------------------------------------------------------------------
-def psnr(a_BHWC: torch.Tensor, b_BHWC: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB between uint8 (or [0,255] float) images: (B,)."""
-    mse = (a_BHWC.float() - b_BHWC.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
-
-
-def ssim(a_BHWC: torch.Tensor, b_BHWC: torch.Tensor, window: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, Gaussian window, mean over channels): (B,)."""
-    x = a_BHWC.float().permute(0, 3, 1, 2) / 255
-    y = b_BHWC.float().permute(0, 3, 1, 2) / 255
-    c = x.shape[1]
-    g = torch.exp(-((torch.arange(window, dtype=torch.float32) - window // 2) ** 2) / (2 * sigma**2))
-    g = (g / g.sum()).to(x.device)
-    k = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, k, groups=c)
-
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
+# PSNR and SSIM live in worldsim.metrics, the one home of image metrics; kept importable here.
+from worldsim.metrics import psnr, ssim  # noqa: E402,F401
 
 
 def code_stats(codes: torch.Tensor, k: int) -> tuple[float, float]:
