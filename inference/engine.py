@@ -98,11 +98,9 @@ class Engine:
     def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "Engine":
         from worldsim import bundle
         from worldsim.tokenizers.action import action_tokenizer_from_config
-        from worldsim.train import load_world_model
-        from worldsim.train_tokenizer import load_image_tokenizer
 
         cfg = bundle.read_config(folder)
-        return cls(load_world_model(folder, device), load_image_tokenizer(folder, device),
+        return cls(bundle.load_world_model(folder, device), bundle.load_image_tokenizer(folder, device),
                    action_tokenizer_from_config(cfg["action_tokenizer"]), **kwargs)
 
     # -- sessions ------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from worldsim.bundle import read_config
+from worldsim.bundle import load_image_tokenizer, read_config
 from worldsim.tokenizers.image import (PRESETS, ImageTokenizer, ImageTokenizerConfig, code_stats,
                                        psnr, ssim)
-from worldsim.train_tokenizer import (STATE_FILE, TokenizerTrainSettings, load_image_tokenizer,
-                                      train_tokenizer)
+from worldsim.train_tokenizer import STATE_FILE, TokenizerTrainSettings, train_tokenizer
 
 
 def test_encode_decode_shapes_and_dtypes():

@@ -6,7 +6,7 @@ import pytest
 from worldsim.cli import main
 from worldsim.data.store import CorruptEpisodeWarning, EpisodeStore
 from worldsim.tokens import TokenShards, tokenize_store
-from worldsim.train_tokenizer import load_image_tokenizer
+from worldsim.bundle import load_image_tokenizer
 
 
 def test_shards_match_the_tokenizers(crafter_store, tiny_tokens):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from worldsim.bundle import read_config
-from worldsim.train import STATE_FILE, TrainSettings, load_world_model, train
+from worldsim.bundle import load_world_model
+from worldsim.train import STATE_FILE, TrainSettings, train
 from worldsim.inference.decode_block_diffusion import masked_after
 from worldsim.inference.plain import rollout
 from worldsim.inference.sampling import GREEDY

@@ -14,13 +14,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from safetensors.torch import load_file, save
 
 from worldsim.errors import WorldsimError
 from worldsim.fileio import atomic_open, atomic_write_json
+
+if TYPE_CHECKING:
+    from worldsim.model import WorldModel
+    from worldsim.tokenizers.image import ImageTokenizer
 
 FORMAT = "worldsim.bundle"
 VERSION = 1
@@ -77,3 +81,48 @@ def load_weights(folder: str | os.PathLike, component: str, module: torch.nn.Mod
         raise BundleError(f"{path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     return module
+
+
+# -- loaders: a bundle's components, built from its config --------------------------------------
+# The model and tokenizer modules are imported inside the loaders: this module is a format that
+# everything else reads, so importing it must not pull in the layers built on it.
+
+def load_world_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> "WorldModel":
+    """Build the world model from a bundle's config.json and assign its safetensors weights."""
+    from worldsim.model import ModelConfig, WorldModel
+
+    cfg = read_config(folder).get("model")
+    if cfg is None:
+        raise BundleError(f"bundle {folder} has no world model")
+    with torch.device("meta"):  # no memory and no init: every parameter is assigned from the file
+        model = WorldModel(ModelConfig.from_dict(cfg))
+    load_weights(folder, "model", model)
+    return model.to(device).eval()
+
+
+def _load_vq_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.nn.Module:
+    from worldsim.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+
+    model = ImageTokenizer(ImageTokenizerConfig.from_dict(cfg))
+    return load_weights(folder, "image_tokenizer", model)
+
+
+# Image tokenizers by the "kind" in their config (absent means "vq", the bundles made before
+# there was a second kind): kind -> loader(config without "kind", bundle folder) -> module with
+# weights. Each kind's module offers encode(uint8 (B, H, W, 3)) -> (B, N), decode, and `cfg`.
+IMAGE_TOKENIZER_LOADERS: dict[str, Callable[[dict[str, Any], str | os.PathLike], torch.nn.Module]] = {
+    "vq": _load_vq_tokenizer,
+}
+
+
+def load_image_tokenizer(folder: str | os.PathLike, device: str | torch.device = "cpu") -> "ImageTokenizer":
+    """Build the image tokenizer from a bundle's config.json and assign its safetensors weights."""
+    cfg = read_config(folder).get("image_tokenizer")
+    if cfg is None:
+        raise BundleError(f"bundle {folder} has no image tokenizer")
+    cfg = dict(cfg)
+    kind = cfg.pop("kind", "vq")
+    if kind not in IMAGE_TOKENIZER_LOADERS:
+        raise BundleError(f"bundle {folder} has an image tokenizer of unknown kind {kind!r}; "
+                          f"this worldsim reads {', '.join(IMAGE_TOKENIZER_LOADERS)}")
+    return IMAGE_TOKENIZER_LOADERS[kind](cfg, folder).to(device).eval()

@@ -19,9 +19,8 @@ from worldsim.errors import WorldsimError
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
-from worldsim.train import load_world_model
-from worldsim.train_tokenizer import load_image_tokenizer
 from worldsim import bundle
+from worldsim.bundle import load_image_tokenizer, load_world_model
 
 
 @torch.no_grad()

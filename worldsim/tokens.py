@@ -42,7 +42,7 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
     import warnings
 
     from worldsim.data.store import CorruptEpisodeWarning
-    from worldsim.train_tokenizer import load_image_tokenizer
+    from worldsim.bundle import load_image_tokenizer
 
     store = EpisodeStore(data)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)

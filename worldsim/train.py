@@ -277,13 +277,3 @@ def train(shards_dir: str | Path, tokenizer: str | Path, out: str | Path, object
     ddp.close()
     return result
 
-
-def load_world_model(folder: str | Path, device: str | torch.device = "cpu") -> WorldModel:
-    """Build the world model from a bundle's config.json and assign its safetensors weights."""
-    cfg = bundle.read_config(folder).get("model")
-    if cfg is None:
-        raise WorldsimError(f"bundle {folder} has no world model")
-    with torch.device("meta"):
-        model = WorldModel(ModelConfig.from_dict(cfg))
-    bundle.load_weights(folder, "model", model)
-    return model.to(device).eval()

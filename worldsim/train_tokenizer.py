@@ -228,12 +228,3 @@ def train_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter",
     bundle.update_config(out, image_tokenizer_metrics=metrics)
     return metrics
 
-
-def load_image_tokenizer(folder: str | Path, device: str | torch.device = "cpu") -> ImageTokenizer:
-    """Build the tokenizer from a bundle's config.json and assign its safetensors weights."""
-    cfg = bundle.read_config(folder).get("image_tokenizer")
-    if cfg is None:
-        raise WorldsimError(f"bundle {folder} has no image tokenizer")
-    model = ImageTokenizer(ImageTokenizerConfig.from_dict(cfg))
-    bundle.load_weights(folder, "image_tokenizer", model)
-    return model.to(device).eval()

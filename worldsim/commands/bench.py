@@ -137,12 +137,10 @@ def _load(args, dev):
     from worldsim import bundle
     from worldsim.data.store import EpisodeStore
     from worldsim.tokenizers.action import action_tokenizer_from_config
-    from worldsim.train import load_world_model
-    from worldsim.train_tokenizer import load_image_tokenizer
 
     cfg = bundle.read_config(args.bundle)
-    model = load_world_model(args.bundle, dev)
-    image_tok = load_image_tokenizer(args.bundle, dev)
+    model = bundle.load_world_model(args.bundle, dev)
+    image_tok = bundle.load_image_tokenizer(args.bundle, dev)
     action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
     if args.data:
         store = EpisodeStore(args.data)
