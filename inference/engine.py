@@ -105,26 +105,35 @@ class Engine:
 
     # -- sessions ------------------------------------------------------------------------------
     def open(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
-             seed: int | None = None) -> "Session":
+             seed: int | None = None, start_step: int = 0) -> "Session":
         """A session from context frames (uint8 (C, H, W, 3), or image tokens (C, N)) and the
         C-1 actions taken at all but the last of them. The first `step` gives the action at
-        the last context frame."""
+        the last context frame. `start_step` is the game step of the first context frame (0
+        for a fresh reset): a tokenizer that renders the game's light from its clock (the tile
+        tokenizer on Crafter) needs it to encode the context and draw every frame after it."""
         if not self.free_rows:
             raise RuntimeError(f"all {self.cache.batch} session slots are in use")
         session = Session(self, self.free_rows.pop(0), next(self._ids), seed)
         try:
-            session.reset(context, actions)
+            session.reset(context, actions, start_step)
         except BaseException:
             session.close()
             raise
         return session
 
-    def _frame_tokens(self, context: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def _light(self, steps: list[int]) -> dict[str, Any]:
+        """The daylight of frames at these game steps, as the tokenizer's `light` argument
+        (empty for tokenizers that do not render light)."""
+        tok = self.image_tokenizer
+        return {"light": tok.daylight_at(np.asarray(steps))} if getattr(tok, "uses_light", False) else {}
+
+    def _frame_tokens(self, context: np.ndarray | torch.Tensor, start_step: int = 0) -> torch.Tensor:
         t = torch.as_tensor(context)
         if t.dtype == torch.uint8 and t.ndim == 4:
             if self.image_tokenizer is None:
                 raise ValueError("this engine has no image tokenizer; pass image tokens")
-            return self.image_tokenizer.encode(t).to(self.device)
+            light = self._light(list(range(start_step, start_step + t.shape[0])))
+            return self.image_tokenizer.encode(t, **light).to(self.device)
         if t.ndim == 2 and t.shape[1] == self.cfg.tokens_per_frame:
             return t.to(self.device, torch.long)
         raise ValueError(f"context must be uint8 frames (C, H, W, 3) or tokens (C, "
@@ -163,13 +172,14 @@ class Engine:
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)
             with clock("decode"):
-                images = self.image_tokenizer.decode(frame)
+                images = self.image_tokenizer.decode(frame, **self._light([s.game_step + 1 for s in sessions]))
             clock.add_to(stats)
             images = images.cpu().numpy()
         out = {}
         for i, s in enumerate(sessions):
             s.last_frame = frame[i:i + 1]
             s.frames += 1
+            s.game_step += 1
             out[s] = (images[i] if images is not None else None, stats)
         return out
 
@@ -183,12 +193,14 @@ class Session:
         self.seed = seed
         self.last_frame = torch.zeros(1, engine.cfg.tokens_per_frame, dtype=torch.long)
         self.frames = 0
+        self.game_step = 0  # the game step of the newest frame (context or dreamed)
         self.closed = False
 
     @torch.inference_mode()
-    def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor) -> None:
+    def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
+              start_step: int = 0) -> None:
         e = self.engine
-        frames = e._frame_tokens(context)  # (C, N)
+        frames = e._frame_tokens(context, start_step)  # (C, N)
         acts = e._action_tokens(actions)  # (C-1, A)
         if frames.shape[0] < 1 or acts.shape[0] != frames.shape[0] - 1:
             raise ValueError(f"need C >= 1 context frames and C-1 actions, got {frames.shape[0]} "
@@ -201,6 +213,7 @@ class Session:
         prefill(e.model, e.cache, [self.row], frames[None], acts[None])
         self.last_frame = frames[-1:]
         self.frames = 0
+        self.game_step = start_step + frames.shape[0] - 1
 
     def step(self, action: Any) -> tuple[np.ndarray | None, FrameStats]:
         return self.engine.step({self: action})[self]

@@ -110,8 +110,16 @@ def _load_vq_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.
 # Image tokenizers by the "kind" in their config (absent means "vq", the bundles made before
 # there was a second kind): kind -> loader(config without "kind", bundle folder) -> module with
 # weights. Each kind's module offers encode(uint8 (B, H, W, 3)) -> (B, N), decode, and `cfg`.
+def _load_tile_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.nn.Module:
+    from worldsim.tokenizers.tile import TileTokenizer, TileTokenizerConfig
+
+    model = TileTokenizer(TileTokenizerConfig.from_dict(cfg))
+    return load_weights(folder, "image_tokenizer", model)
+
+
 IMAGE_TOKENIZER_LOADERS: dict[str, Callable[[dict[str, Any], str | os.PathLike], torch.nn.Module]] = {
     "vq": _load_vq_tokenizer,
+    "tile": _load_tile_tokenizer,  # one code per tile, light factored out (tokenizers/tile.py)
 }
 
 

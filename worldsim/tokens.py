@@ -81,7 +81,12 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
         except CorruptEpisode as e:
             warnings.warn(f"skipping corrupt episode {e}", CorruptEpisodeWarning, stacklevel=2)
             continue
-        codes = [image_tok.encode(ep.frames[i:i + batch]).cpu() for i in range(0, len(ep.frames), batch)]
+        if getattr(image_tok, "uses_light", False):  # a tile tokenizer takes the recorded daylight
+            light = ep.daylight if ep.daylight is not None else np.ones(len(ep.frames), np.float32)
+            codes = [image_tok.encode(ep.frames[i:i + batch], light[i:i + batch]).cpu()
+                     for i in range(0, len(ep.frames), batch)]
+        else:
+            codes = [image_tok.encode(ep.frames[i:i + batch]).cpu() for i in range(0, len(ep.frames), batch)]
         frames_TN = torch.cat(codes).numpy().astype(np.uint16)
         actions_TA = action_tok.encode_array(ep.actions).astype(np.uint16)
         atomic_save_npz(parts / f"{eid}.npz", compress=False, frames=frames_TN, actions=actions_TA)
