@@ -38,3 +38,126 @@ def test_info_preset_prints_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "321.0M parameters" in out and "hidden 1024" in out and "16 frames of 347 tokens" in out
     assert main(["info", "--preset", "nope"]) == 2
+
+
+def _one_line_error(argv, capsys) -> str:
+    """Run the CLI, expect exit status 2 and exactly one line on stderr; return that line."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse stops at parse time
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    return err.strip()
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """An existing file, an existing folder and a missing one, for path options."""
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    return {"file": str(tmp_path / "file"), "dir": str(tmp_path / "dir"), "new": str(tmp_path / "new")}
+
+
+BAD_INPUTS = [
+    # (argv with {file}/{dir}/{new} placeholders, what the one line must say)
+    ("collect --out {file}", "argument --out: {file} is an existing file, not a folder"),
+    ("collect --out {file}/sub", "argument --out: cannot make {file}/sub: {file} is a file"),
+    ("collect --out {new} --episodes 0", "argument --episodes: must be at least 1, got 0"),
+    ("collect --out {new} --steps -5", "argument --steps: must be at least 1, got -5"),
+    ("collect --out {new} --workers 0", "argument --workers: must be at least 1, got 0"),
+    ("collect --out {new} --seed -1", "argument --seed: must be 0 or more, got -1"),
+    ("collect --out {new} --size 9y", "argument --size: must be N or HxW, got '9y'"),
+    ("collect --out {new} --size 4", "argument --size: must be at least 8x8"),
+    ("collect --out {new} --from-vpt {new}", "argument --from-vpt: no such folder: {new}"),
+    ("tokenize --data {dir} --tokenizer {dir} --out {file}", "argument --out: {file} is an existing file"),
+    ("tokenize --data {dir} --tokenizer {dir} --out {new} --batch 0", "argument --batch: must be at least 1"),
+    ("tokenize --data {file} --tokenizer {dir} --out {new}", "argument --data: {file} is a file, not a folder"),
+    ("tokenize --data {dir} --tokenizer {dir} --out {new} --device gpu",
+     "argument --device: gpu: must be auto, cpu, cuda, cuda:N or mps"),
+    ("train --shards {dir} --tokenizer {dir} --out {file}", "argument --out: {file} is an existing file"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --val-every 0", "argument --val-every: must be at least 1"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --lr -1", "argument --lr: must be greater than 0, got -1"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --lr nan", "argument --lr: must be a finite number"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --lr fast", "argument --lr: must be a number, got 'fast'"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --steps 1.5", "argument --steps: must be a whole number"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --frames 1", "argument --frames: must be 0 (the preset's) or at least 2"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --warmup -1", "argument --warmup: must be 0 or more"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --max-minutes -2", "argument --max-minutes: must be 0 or more"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --checkpoint-seconds inf", "argument --checkpoint-seconds: must be a finite number"),
+    ("train --shards {new} --tokenizer {dir} --out {new}", "argument --shards: no such folder: {new}"),
+    ("train --shards {dir} --tokenizer {dir} --out {new} --objective mask", "argument --objective: invalid choice: 'mask'"),
+    ("train --shards {dir} --tokenizer {dir}", "the following arguments are required: --out"),
+    ("train-tokenizer --data {dir} --out {new} --eval-frames 0", "argument --eval-frames: must be at least 1, got 0"),
+    ("train-tokenizer --data {dir} --out {new} --max-frames 0", "argument --max-frames: must be at least 1, got 0"),
+    ("train-tokenizer --data {dir} --out {file}", "argument --out: {file} is an existing file"),
+    ("train-tokenizer --data {dir} --out {new} --lr 0", "argument --lr: must be greater than 0, got 0"),
+]
+
+
+@pytest.mark.parametrize("argv, says", BAD_INPUTS, ids=[a for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_at_parse_time(argv, says, paths, capsys):
+    command = argv.split()[0]
+    line = _one_line_error(argv.format(**paths).split(), capsys)
+    assert line.startswith(f"worldsim {command}: error: ")
+    assert says.format(**paths) in line
+    assert "Traceback" not in line
+
+
+def test_cuda_on_a_machine_without_it_is_one_line(paths, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    line = _one_line_error(["train", "--shards", paths["dir"], "--tokenizer", paths["dir"],
+                            "--out", paths["new"], "--device", "cuda"], capsys)
+    assert "argument --device: cuda: " in line
+    assert ("CPU-only build" if not torch.backends.cuda.is_built() else "no CUDA device") in line
+
+
+def test_pick_device_rule():
+    import torch
+
+    from worldsim.device import pick_device
+    from worldsim.errors import WorldsimError
+
+    assert pick_device("cpu") == torch.device("cpu")
+    want = "cuda:1" if torch.cuda.is_available() else "cpu"
+    assert pick_device("auto", local_rank=1) == torch.device(want)  # torchrun: this rank's GPU
+    with pytest.raises(WorldsimError, match="--device tpu: must be auto"):
+        pick_device("tpu")
+
+
+def test_filesystem_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError (here: a folder that cannot be made) ends in one line, not a traceback."""
+    import worldsim.commands.collect as collect_cmd
+
+    def refuse(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    monkeypatch.setattr(collect_cmd, "run", refuse)
+    line = _one_line_error(["collect", "--out", str(tmp_path / "x")], capsys)
+    assert line == f"worldsim collect: error: Permission denied: {tmp_path / 'x'}"
+
+
+def test_warnings_print_on_their_own_line_under_a_progress_bar(capsys):
+    import re
+    import warnings
+
+    from tqdm import tqdm
+
+    from worldsim.cli import _warning_line
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        bar = tqdm(total=10, file=sys.stderr, desc="work", mininterval=0)
+        bar.update(3)
+        warnings.warn("skipping corrupt episode 000001")
+        bar.update(1)
+        bar.close()
+    err = capsys.readouterr().err
+    # Split where a terminal starts a new line or returns the cursor to its start: the warning
+    # must begin one of the pieces, not follow the bar's text.
+    pieces = re.split(r"[\r\n]", err)
+    assert any(p.startswith("worldsim: warning: skipping corrupt episode 000001") for p in pieces), err

@@ -72,6 +72,22 @@ def test_cli_bad_size_is_one_line_error(tmp_path, capsys):
     assert err.count("\n") == 0 and "multiple of 9" in err
 
 
+def test_resume_with_other_steps_seed_or_size_is_refused(tmp_path, capsys):
+    """Episode i is fixed by (seed, i) at a length: another --steps, --seed or --size would mix
+    two collections in one store."""
+    base = ["collect", "--episodes", "1", "--steps", "5", "--out", str(tmp_path / "c"),
+            "--workers", "1", "--no-progress"]
+    assert main(base) == 0
+    capsys.readouterr()
+    for extra, says in ((["--steps", "6"], "was collected with --steps 5; resume it with --steps 5"),
+                        (["--seed", "1"], "was collected with --seed 0; resume it with --seed 0"),
+                        (["--size", "81"], "already holds a crafter store at 72x72; cannot add crafter at 81x81")):
+        assert main(base + extra + ["--episodes", "2"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
+    assert len(EpisodeStore(tmp_path / "c")) == 1  # nothing was added
+
+
 def test_killed_collection_resumes_without_corrupt_files(tmp_path):
     out = tmp_path / "k"
     cmd = [sys.executable, "-m", "worldsim", "collect", "--episodes", "12", "--steps", "60",

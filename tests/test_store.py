@@ -107,3 +107,37 @@ def test_dict_action_space_on_disk(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(store.iter_episodes())) == 1
+
+
+def test_files_get_the_users_umask(tmp_path):
+    """mkstemp makes 0600 files; a written file gets what any new file would: 0666 less umask."""
+    import os
+
+    from worldsim.fileio import atomic_write_json
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        store = make_store(tmp_path, n=1)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert store.episode_path("000000").stat().st_mode & 0o777 == 0o640
+
+
+def test_signals_wait_until_the_file_is_in_place(tmp_path):
+    """Ctrl-C (twice) during an atomic write is delivered once the file is renamed into place."""
+    import os
+    import signal
+
+    from worldsim.fileio import atomic_open
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(tmp_path / "f.bin") as f:
+            f.write(b"first half ")
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            f.write(b"second half")
+    assert (tmp_path / "f.bin").read_bytes() == b"first half second half"
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

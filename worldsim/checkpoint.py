@@ -17,11 +17,20 @@ import torch
 from safetensors.torch import load_file, save
 
 from worldsim.errors import WorldsimError
-from worldsim.fileio import atomic_open
+from worldsim.fileio import atomic_open, deferred_signals
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically. Ctrl-C and SIGTERM wait until it is in place (from the
+    first copy of a weight on), so the checkpoint written on the way out of a run survives a
+    second Ctrl-C."""
+    with deferred_signals():
+        _save(path, model, optimizer, state)
+
+
+def _save(path: str | os.PathLike, model: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     header = dict(state)

@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from worldsim import __version__
+from worldsim.commands._args import Parser
 from worldsim.errors import WorldsimError
 
 # In the order `worldsim --help` lists them.
@@ -18,12 +19,16 @@ COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "bench", "info")
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    # One readable line per warning, not Python's two-line source excerpt.
-    print(f"worldsim: warning: {message}", file=file or sys.stderr)
+    # One readable line per warning, not Python's two-line source excerpt. tqdm.write clears
+    # any progress bar first and redraws it below, so the warning is not glued to the bar.
+    from tqdm import tqdm
+
+    tqdm.write(f"worldsim: warning: {message}", file=file or sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subparsers are made with the parent's class, so every command's usage errors are one line.
+    parser = Parser(
         prog="worldsim",
         description="An interactive world-model engine: collect games, train tokenizers and "
                     "world models, and play them.")
@@ -49,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except WorldsimError as e:
         print(f"worldsim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The filesystem said no (a read-only or full disk, a path that cannot be made): the
+        # user can fix that, and a traceback would hide the one line that says what happened.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"worldsim {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"worldsim {args.command}: interrupted; finished work is kept, run again to resume",

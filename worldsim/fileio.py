@@ -3,6 +3,10 @@
 Each writer writes a temporary file in the destination folder (same filesystem), flushes and
 fsyncs it, then renames it over the destination with `os.replace`, which is atomic on POSIX and
 Windows. Readers therefore see either the old file or the new one, never a torn one.
+
+While a file is written, SIGINT and SIGTERM are held back and delivered once it is in place:
+a second Ctrl-C during the checkpoint written on the way out of a run cannot destroy it. The
+file gets the permissions any new file would (0666 less the user's umask), not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -11,11 +15,49 @@ import contextlib
 import io
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers that were
+    in place. Only the main thread may set handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for s in dict.fromkeys(pending):  # twice Ctrl-C is still one interruption
+            signal.raise_signal(s)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask would set it
+    for every thread for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -23,17 +65,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     """Open a temporary sibling of `path` for writing; on success rename it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with deferred_signals():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                if hasattr(os, "fchmod"):  # POSIX
+                    os.fchmod(f.fileno(), 0o666 & ~_umask())
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

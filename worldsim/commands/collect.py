@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from worldsim.commands._args import existing_dir, nonneg_int, out_dir, positive_int
 from worldsim.errors import WorldsimError
 
 HELP = """\
@@ -21,20 +22,20 @@ missing ones are collected."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("collect", help="collect game episodes into an episode store",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="episode store folder (made if missing)")
+    p.add_argument("--out", type=out_dir, required=True, help="episode store folder (made if missing)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--env", default="crafter", choices=["crafter"],
                      help="game to play with the exploration policy (default: crafter)")
-    src.add_argument("--from-vpt", metavar="DIR",
+    src.add_argument("--from-vpt", metavar="DIR", type=existing_dir,
                      help="convert VPT contractor recordings (NAME.mp4 + NAME.jsonl) instead")
-    p.add_argument("--episodes", type=int, default=20, help="number of episodes (default: 20)")
-    p.add_argument("--steps", type=int, default=200,
+    p.add_argument("--episodes", type=positive_int, default=20, help="number of episodes (default: 20)")
+    p.add_argument("--steps", type=positive_int, default=200,
                    help="steps per episode; an episode ends early if the player dies (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; episode i is fixed by (seed, i)")
-    p.add_argument("--size", default=None,
+    p.add_argument("--seed", type=nonneg_int, default=0, help="base seed; episode i is fixed by (seed, i)")
+    p.add_argument("--size", type=frame_size, default=None,
                    help="frame size: N for crafter (multiple of 9, default 72), HxW for VPT "
                         "(default 224x384, MineWorld's)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
                    help="parallel game processes (default: up to 4, one per core)")
     p.add_argument("--integer-camera", action="store_true",
                    help="VPT: truncate camera degrees to integers, as MineWorld does")
@@ -42,18 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_size(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
-    if text is None:
-        return default
+def frame_size(text: str) -> tuple[int, int]:
+    """`N` (square) or `HxW`, at least 8x8."""
     try:
-        if "x" in text:
+        if "x" in text.lower():
             h, w = (int(v) for v in text.lower().split("x"))
         else:
             h = w = int(text)
     except ValueError:
-        raise WorldsimError(f"--size must be N or HxW, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be N or HxW, got {text!r}") from None
     if h < 8 or w < 8:
-        raise WorldsimError(f"--size must be at least 8x8, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be at least 8x8, got {text!r}")
     return h, w
 
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_vpt:
         from worldsim.data.vpt import convert_vpt
 
-        size = _parse_size(args.size, (224, 384))
+        size = args.size or (224, 384)
         s = convert_vpt(args.from_vpt, args.out, size=size, integer_camera=args.integer_camera,
                         progress=not args.no_progress)
         print(f"converted {s['episodes']} recordings ({s['skipped']} already there, "
@@ -71,12 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     from worldsim.data.collect import collect_crafter
 
-    h, w = _parse_size(args.size, (72, 72))
+    h, w = args.size or (72, 72)
     if h != w or h % 9:
         raise WorldsimError(f"crafter frames are square with 9 tiles a side: --size must be a "
-                            f"multiple of 9, got {args.size}")
-    if args.episodes < 1 or args.steps < 1:
-        raise WorldsimError("--episodes and --steps must be at least 1")
+                            f"multiple of 9, got {h}x{w}")
     s = collect_crafter(args.out, args.episodes, args.steps, seed=args.seed, size=h,
                         workers=args.workers, progress=not args.no_progress)
     if s["episodes"] == 0:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from worldsim.commands._args import device, existing_dir, out_dir, positive_int
+
 HELP = """\
 Encode every episode of a store into token shards that training memory-maps: frame tokens
 uint16 [T+1, N] and action tokens [T, A] per episode, packed into frames.npy / actions.npy with
@@ -17,11 +19,11 @@ Resumable: episodes already tokenized are kept. Corrupt episodes are skipped wit
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="encode an episode store into token shards",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="episode store folder")
-    p.add_argument("--tokenizer", required=True, help="bundle with an image tokenizer")
-    p.add_argument("--out", required=True, help="token shards folder (made if missing)")
-    p.add_argument("--batch", type=int, default=256, help="frames per encode batch (default: 256)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--data", type=existing_dir, required=True, help="episode store folder")
+    p.add_argument("--tokenizer", type=existing_dir, required=True, help="bundle with an image tokenizer")
+    p.add_argument("--out", type=out_dir, required=True, help="token shards folder (made if missing)")
+    p.add_argument("--batch", type=positive_int, default=256, help="frames per encode batch (default: 256)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from worldsim.commands._args import (device, existing_dir, nonneg_float, nonneg_int, out_dir,
+                                     positive_float, positive_int)
+
 HELP = """\
 Train the world model on token shards and write a playable bundle.
 
@@ -17,43 +20,47 @@ the same --out, training continues from its last checkpoint. The loss curve goes
 train_log.jsonl in --out."""
 
 
+def window_frames(text: str) -> int:
+    """0 (the preset's window) or at least 2: the first frame of a window is context only."""
+    n = nonneg_int(text)
+    if n == 1:
+        raise argparse.ArgumentTypeError("must be 0 (the preset's) or at least 2: the first frame "
+                                         "of a window is context")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from worldsim.train import TrainSettings as S
 
     p = sub.add_parser("train", help="train the world model on token shards",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, help="token shards folder (from `worldsim tokenize`)")
-    p.add_argument("--tokenizer", required=True, help="bundle with the image tokenizer used for the shards")
-    p.add_argument("--out", required=True, help="bundle folder to write (resumes if it has a checkpoint)")
+    p.add_argument("--shards", type=existing_dir, required=True, help="token shards folder (from `worldsim tokenize`)")
+    p.add_argument("--tokenizer", type=existing_dir, required=True, help="bundle with the image tokenizer used for the shards")
+    p.add_argument("--out", type=out_dir, required=True, help="bundle folder to write (resumes if it has a checkpoint)")
     p.add_argument("--objective", default="ar", choices=["ar", "block_diffusion"],
                    help="training objective (default: ar)")
     p.add_argument("--preset", default="crafter", help="model preset: tiny | crafter | mineworld-300m")
-    p.add_argument("--steps", type=int, default=S.steps, help=f"optimizer steps (default: {S.steps})")
-    p.add_argument("--batch", type=int, default=S.batch, help=f"windows per step per process (default: {S.batch})")
-    p.add_argument("--frames", type=int, default=S.frames, help="frames per window (default: the preset's)")
-    p.add_argument("--lr", type=float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
-    p.add_argument("--warmup", type=int, default=S.warmup, help=f"warmup steps (default: {S.warmup})")
+    p.add_argument("--steps", type=positive_int, default=S.steps, help=f"optimizer steps (default: {S.steps})")
+    p.add_argument("--batch", type=positive_int, default=S.batch, help=f"windows per step per process (default: {S.batch})")
+    p.add_argument("--frames", type=window_frames, default=S.frames, help="frames per window (default: the preset's)")
+    p.add_argument("--lr", type=positive_float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
+    p.add_argument("--warmup", type=nonneg_int, default=S.warmup, help=f"warmup steps (default: {S.warmup})")
     p.add_argument("--dtype", default=S.dtype, choices=["auto", "bf16", "fp32"],
                    help="autocast dtype; auto uses bf16 where the device runs it fast (default: auto)")
-    p.add_argument("--val-every", type=int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
-    p.add_argument("--max-minutes", type=float, default=0.0,
+    p.add_argument("--val-every", type=positive_int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
+    p.add_argument("--max-minutes", type=nonneg_float, default=0.0,
                    help="stop after this many minutes of training and write the bundle (default: no limit)")
-    p.add_argument("--seed", type=int, default=S.seed, help="random seed (default: 0)")
-    p.add_argument("--checkpoint-seconds", type=float, default=S.checkpoint_seconds,
+    p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
+    p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldsim.errors import WorldsimError
     from worldsim.train import TrainSettings, train
 
-    if args.steps < 1 or args.batch < 1:
-        raise WorldsimError("--steps and --batch must be at least 1")
-    if args.frames == 1:
-        raise WorldsimError("--frames must be at least 2: the first frame of a window is context")
     s = TrainSettings(steps=args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
                       warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,

@@ -1,13 +1,22 @@
-"""`worldsim train-tokenizer`: train the VQ image tokenizer on an episode store."""
+"""`worldsim train-tokenizer`: train the VQ image tokenizer, or fit the tile tokenizer, on an episode store."""
 
 from __future__ import annotations
 
 import argparse
 
+from worldsim.commands._args import (device, existing_dir, nonneg_float, nonneg_int, out_dir,
+                                     positive_float, positive_int)
+
 HELP = """\
 Train the VQ image tokenizer on an episode store and write it into a bundle folder.
 
   worldsim train-tokenizer --data data/crafter --out runs/tok --preset crafter --steps 3000
+  worldsim train-tokenizer --kind tile --data data/crafter --out runs/tok-tile
+
+--kind tile fits the tile tokenizer instead (tokenizers/tile.py: one code per tile, read from
+that tile alone with the game's light factored out, so codes change only where the picture
+does); it takes a minute, needs no gradient steps and ends with held-out PSNR and code flicker
+for day and night frames. --steps, --batch, --lr and --checkpoint-seconds are then unused.
 
 The progress bar shows loss, reconstruction PSNR and codebook usage. Killed and started again
 with the same --out, the run continues from its last checkpoint. It ends with held-out PSNR
@@ -20,31 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer on an episode store",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="episode store folder (from `worldsim collect`)")
-    p.add_argument("--out", required=True, help="bundle folder to write (resumes if it has a checkpoint)")
+    p.add_argument("--kind", choices=("vq", "tile"), default="vq",
+                   help="vq: the convolutional VQ autoencoder; tile: the per-tile codebook (default: vq)")
+    p.add_argument("--codebook", type=positive_int, default=None,
+                   help="tile: codebook size (default: the preset's, 256 for crafter)")
+    p.add_argument("--data", type=existing_dir, required=True, help="episode store folder (from `worldsim collect`)")
+    p.add_argument("--out", type=out_dir, required=True, help="bundle folder to write (resumes if it has a checkpoint)")
     p.add_argument("--preset", default="crafter", help="tokenizer preset: tiny | crafter (default: crafter)")
-    p.add_argument("--steps", type=int, default=S.steps, help=f"optimizer steps (default: {S.steps})")
-    p.add_argument("--batch", type=int, default=S.batch, help=f"frames per step (default: {S.batch})")
-    p.add_argument("--lr", type=float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
-    p.add_argument("--max-frames", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=S.steps, help=f"optimizer steps (default: {S.steps})")
+    p.add_argument("--batch", type=positive_int, default=S.batch, help=f"frames per step (default: {S.batch})")
+    p.add_argument("--lr", type=positive_float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
+    p.add_argument("--max-frames", type=positive_int, default=None,
                    help="load at most this many training frames (default: all)")
-    p.add_argument("--eval-frames", type=int, default=S.eval_frames,
+    p.add_argument("--eval-frames", type=positive_int, default=S.eval_frames,
                    help=f"held-out frames for the final metrics (default: {S.eval_frames})")
-    p.add_argument("--seed", type=int, default=S.seed, help="random seed (default: 0)")
-    p.add_argument("--checkpoint-seconds", type=float, default=S.checkpoint_seconds,
+    p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
+    p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.kind == "tile":
+        return run_tile(args)
     from worldsim.train_tokenizer import TokenizerTrainSettings, train_tokenizer
 
-    if args.steps < 1 or args.batch < 1:
-        from worldsim.errors import WorldsimError
-
-        raise WorldsimError("--steps and --batch must be at least 1")
     s = TokenizerTrainSettings(steps=args.steps, batch=args.batch, lr=args.lr,
                                eval_frames=args.eval_frames, seed=args.seed,
                                checkpoint_seconds=args.checkpoint_seconds)
@@ -60,4 +71,13 @@ def run(args: argparse.Namespace) -> int:
           f"codes used {m['codes_used']} ({m['code_usage']:.0%}), perplexity {m['perplexity']:.0f}, "
           f"encode+decode {m['fps_batch1']:.0f} frames/s at batch 1, {m['fps_batch64']:.0f} at 64, "
           f"{m['steps']} steps in {m['train_seconds'] / 60:.1f} min -> {args.out}")
+    return 0
+
+
+def run_tile(args: argparse.Namespace) -> int:
+    from worldsim.fit_tiles import fit_tile_tokenizer, summary_line
+
+    m = fit_tile_tokenizer(args.data, args.out, preset=args.preset, codebook_size=args.codebook,
+                           seed=args.seed, progress=not args.no_progress)
+    print(f"{summary_line(m)}; {m['groups']} tile groups fitted in {m['fit_seconds']:.0f} s -> {args.out}")
     return 0

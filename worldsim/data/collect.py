@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from worldsim.data.store import EpisodeStore
+from worldsim.data.store import EpisodeStore, StoreError
 from worldsim.envs.crafter import CRAFTER_FPS, CRAFTER_SPACE, CrafterEnv, ExplorerPolicy
 
 
@@ -62,15 +62,28 @@ def run_episode(job: CollectJob) -> tuple[str, int, int]:
     return episode_id(job.index), t + 1, path.stat().st_size
 
 
+def _check_resume(store: EpisodeStore, **wanted: int) -> None:
+    """Episode i is fixed by (seed, i) at a given length: resuming with another --steps or --seed
+    would mix two collections in one store, so it is refused. (The size is checked by the store.)
+    Stores written before the steps were recorded at creation may lack them: nothing to check."""
+    for key, value in wanted.items():
+        old = store.info.source.get(key)
+        if old is not None and old != value:
+            raise StoreError(f"{store.root} was collected with --{key} {old}; resume it with "
+                             f"--{key} {old}, or choose another --out for --{key} {value}")
+
+
 def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, size: int = 72,
                     workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Collect `episodes` episodes of up to `steps` steps into the store at `out` (resumable)."""
     if episodes < 1 or steps < 1:
-        raise ValueError("--episodes and --steps must be at least 1")
+        raise StoreError("--episodes and --steps must be at least 1")
     CrafterEnv(size=size)  # validates the size before anything is written
     store = EpisodeStore.create(out, env="crafter", action_space=CRAFTER_SPACE,
                                 frame_size=(size, size), fps=CRAFTER_FPS,
-                                source={"collector": "explorer", "seed": seed, "size": size})
+                                source={"collector": "explorer", "seed": seed, "size": size,
+                                        "steps": steps})
+    _check_resume(store, steps=steps, seed=seed)
     todo = [i for i in range(episodes) if not store.has_valid(episode_id(i))]
     jobs = [CollectJob(str(out), i, steps, seed, size) for i in todo]
     summary = {"episodes": 0, "skipped": episodes - len(todo), "frames": 0, "bytes": 0,

@@ -125,7 +125,8 @@ class EpisodeStore:
             if (old.env, old.action_space, old.frame_size) != (env, action_space, tuple(frame_size)):
                 raise StoreError(
                     f"{root} already holds a {old.env} store at {old.frame_size[0]}x{old.frame_size[1]}; "
-                    f"cannot add {env} at {frame_size[0]}x{frame_size[1]} (choose another --out)")
+                    f"cannot add {env} at {frame_size[0]}x{frame_size[1]} (resume with the same "
+                    f"size, or choose another --out)")
             clean_stale_temps(root / "episodes")
             return store
         (root / "episodes").mkdir(parents=True, exist_ok=True)
