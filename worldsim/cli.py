@@ -15,7 +15,7 @@ from worldsim.commands._args import Parser
 from worldsim.errors import WorldsimError
 
 # In the order `worldsim --help` lists them.
-COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "bench", "info")
+COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "bench", "info", "serve", "play")
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

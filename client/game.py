@@ -1,0 +1,277 @@
+"""The pygame window: keys and mouse in, the served model's frames out.
+
+    F1   HUD: frames/s, median action-to-frame latency, decoder and steps
+    F2   next decoder            F3 / F4   fewer / more decoder steps
+    F5   reset                   P         pause (F8 too; in Crafter P places a plant, so F8)
+    F9   record (mp4, and an episode store: a recording becomes training data)
+    F12  screenshot              Esc       release the mouse, then quit
+
+The window only calls the connection's send/latest (DIAMOND's Game -> PlayEnv split): it draws
+each frame the server sends, upscaled with nearest-neighbour sampling, with the real game's
+frame beside it when ground truth is on. Imports only the protocol module (through the
+connection) and pygame; recording imports numpy and imageio when it is used.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+import pygame  # noqa: E402  (after the line above, which silences pygame's banner)
+
+from worldsim import protocol as P
+from worldsim.client.connection import Connection
+from worldsim.client.keymaps import Keymap, keymap_for
+
+GAP = 8  # pixels between the dream and the real game
+HUD_LINE = 18
+
+
+def decode_frame(frame: P.Frame) -> tuple[pygame.Surface, pygame.Surface | None]:
+    """A frame message -> (dream, real game or None) surfaces at their own size."""
+    def one(data: bytes) -> pygame.Surface:
+        if frame.encoding == "raw":
+            return pygame.image.frombytes(data, (frame.width, frame.height), "RGB")
+        return pygame.image.load(io.BytesIO(data), "frame.jpg")
+    return one(frame.image), (one(frame.truth) if frame.truth is not None else None)
+
+
+class Recorder:
+    """Frames as shown and the action sent after each; written on `stop` as an mp4 and as an
+    episode in the episode-store format (`worldsim.data.store`)."""
+
+    def __init__(self, welcome: P.Welcome):
+        self.welcome = welcome
+        self.frames: list[bytes] = []  # RGB, (H, W, 3) each
+        self.actions: list[Any] = []
+        self.real = welcome.ground_truth  # the real game's frames make better training data
+
+    def add(self, dream: pygame.Surface, truth: pygame.Surface | None, action: Any) -> None:
+        surface = truth if (self.real and truth is not None) else dream
+        if self.frames:
+            self.actions.append(action)  # the input in force when the next frame was drawn
+        self.frames.append(pygame.image.tobytes(surface, "RGB"))
+
+    def stop(self, out_dir: Path) -> list[Path]:
+        if len(self.frames) < 2:
+            return []
+        import numpy as np  # only when a recording is written
+
+        from worldsim.data.store import EpisodeStore
+        from worldsim.envs.base import ActionSpace
+
+        w = self.welcome
+        frames = np.frombuffer(b"".join(self.frames), np.uint8).reshape(-1, w.height, w.width, 3)
+        space = ActionSpace.from_dict(w.action_space)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        store = EpisodeStore.create(out_dir / "recordings", env=space.name, action_space=space,
+                                    frame_size=(w.height, w.width), fps=int(w.fps or 10),
+                                    source={"recorder": "worldsim play", "real": self.real})
+        written = [store.write_episode(stamp, frames, space.to_array(self.actions))]
+        store.refresh()
+        try:
+            import imageio.v2 as imageio
+
+            mp4 = out_dir / f"worldsim-{stamp}.mp4"
+            imageio.mimwrite(mp4, list(frames), fps=w.fps or 10, macro_block_size=1)
+            written.append(mp4)
+        except (ImportError, RuntimeError, OSError) as e:  # no ffmpeg: the episode is still kept
+            print(f"worldsim play: no mp4 ({e}); the episode is in {store.root}")
+        return written
+
+
+class GameWindow:
+    def __init__(self, conn: Connection, scale: int | None = None, out_dir: str | Path = ".",
+                 max_fps: int = 120):
+        self.conn = conn
+        self.welcome = conn.welcome
+        w = self.welcome
+        self.keymap: Keymap = keymap_for(w.action_space)
+        self.scale = scale or max(1, 576 // w.height)
+        self.out_dir = Path(out_dir)
+        self.max_fps = max_fps
+        self.decoder, self.steps = w.decoder, w.steps
+        self.held: list[int] = []  # keys held, in the order they were pressed
+        self.buttons: set[int] = set()
+        self.motion = [0.0, 0.0]  # mouse motion since the last action sent
+        self.last_sent: Any = None
+        self.new_frame = True  # a frame arrived since the last action was sent
+        self.paused = self.hud = self.quit = False
+        self.mouse_captured = False
+        self.recorder: Recorder | None = None
+        self.frame: P.Frame | None = None
+        self.arrivals: deque[float] = deque(maxlen=64)
+        self.frames_shown = 0
+        self.saved: list[Path] = []
+
+        # Display and fonts only: pygame.init() would also open the sound card, which a
+        # world model does not use (and which logs errors on machines without one).
+        pygame.display.init()
+        pygame.font.init()
+        width = w.width * self.scale * (2 if w.ground_truth else 1) + (GAP if w.ground_truth else 0)
+        self.screen = pygame.display.set_mode((width, w.height * self.scale))
+        pygame.display.set_caption(f"worldsim: {w.action_space['name']} (F1 help)")
+        self.font = pygame.font.Font(None, 20)
+        self.clock = pygame.time.Clock()
+        if self.keymap.captures_mouse:
+            self._capture(True)
+        if conn.first_frame is not None:
+            self._show(conn.first_frame)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, max_frames: int | None = None,
+            on_frame: Callable[["GameWindow"], None] | None = None) -> int:
+        """Play until the window closes (or `max_frames` frames were shown); returns frames shown."""
+        try:
+            while not self.quit and (max_frames is None or self.frames_shown < max_frames):
+                self._events()
+                if self.quit:
+                    break
+                if not self.paused:
+                    self._send_input()
+                frame = self.conn.latest(timeout=1.0 / self.max_fps)
+                if frame is not None:
+                    self._show(frame)
+                    if on_frame is not None:
+                        on_frame(self)
+                elif not self.conn.open_now:
+                    print(f"worldsim play: the server closed the session: {self.conn.closed_reason}")
+                    break
+                self._draw_hud()
+                pygame.display.flip()
+        finally:
+            self._stop_recording()
+        return self.frames_shown
+
+    def close(self) -> None:
+        pygame.quit()
+
+    # -- input ---------------------------------------------------------------------------------------
+    def _events(self) -> None:
+        for e in pygame.event.get():
+            if e.type == pygame.QUIT:
+                self.quit = True
+            elif e.type == pygame.KEYDOWN:
+                self._key_down(e.key)
+            elif e.type == pygame.KEYUP:
+                if e.key in self.held:
+                    self.held.remove(e.key)
+            elif e.type == pygame.MOUSEMOTION and self.mouse_captured:
+                self.motion[0] += e.rel[0]  # summed: every event since the last frame counts
+                self.motion[1] += e.rel[1]
+            elif e.type == pygame.MOUSEBUTTONDOWN:
+                if self.keymap.captures_mouse and not self.mouse_captured:
+                    self._capture(True)
+                else:
+                    self.buttons.add(e.button)
+            elif e.type == pygame.MOUSEBUTTONUP:
+                self.buttons.discard(e.button)
+
+    def _key_down(self, key: int) -> None:
+        if key == pygame.K_ESCAPE:
+            if self.mouse_captured:
+                self._capture(False)
+            else:
+                self.quit = True
+        elif key == pygame.K_F1:
+            self.hud = not self.hud
+        elif key == pygame.K_F2:
+            names = self.welcome.decoders
+            self.decoder = names[(names.index(self.decoder) + 1) % len(names)] if self.decoder in names else names[0]
+            self.conn.configure(decoder=self.decoder)
+        elif key in (pygame.K_F3, pygame.K_F4):
+            self.steps = max(1, min(256, self.steps + (1 if key == pygame.K_F4 else -1)))
+            self.conn.configure(steps=self.steps)
+        elif key == pygame.K_F5:
+            self.conn.reset(wait=False)
+        elif key in (pygame.K_F8, pygame.K_PAUSE) or (key == pygame.K_p and not self.keymap.uses(key)):
+            self.paused = not self.paused
+            self.conn.configure(paused=self.paused)
+        elif key == pygame.K_F9:
+            self._toggle_recording()
+        elif key == pygame.K_F12:
+            self.saved.append(self.screenshot())
+        elif key not in self.held:
+            self.held.append(key)
+
+    def _capture(self, on: bool) -> None:
+        self.mouse_captured = on
+        pygame.event.set_grab(on)
+        pygame.mouse.set_visible(not on)
+
+    def current_action(self) -> Any:
+        return self.keymap.action(self.held, sorted(self.buttons), (self.motion[0], self.motion[1]))
+
+    def _send_input(self) -> None:
+        """Send the input when it changed, when the mouse moved, or, when the server makes a
+        frame per input (fps 0), once per frame received."""
+        action = self.current_action()
+        moved = self.motion != [0.0, 0.0]
+        lockstep = self.welcome.fps == 0 and self.new_frame
+        if action != self.last_sent or moved or lockstep:
+            self.conn.send_action(action)
+            self.last_sent = action
+            self.motion = [0.0, 0.0]
+            self.new_frame = False
+
+    # -- output ------------------------------------------------------------------------------------
+    def _show(self, frame: P.Frame) -> None:
+        dream, truth = decode_frame(frame)
+        self.frame = frame
+        self.new_frame = True
+        self.frames_shown += 1
+        self.arrivals.append(time.monotonic())
+        w, h = frame.width * self.scale, frame.height * self.scale
+        self.screen.fill((0, 0, 0))
+        # pygame.transform.scale samples the nearest pixel: Crafter's tiles stay crisp.
+        self.screen.blit(pygame.transform.scale(dream, (w, h)), (0, 0))
+        if truth is not None:
+            self.screen.blit(pygame.transform.scale(truth, (w, h)), (w + GAP, 0))
+        if self.recorder is not None:
+            self.recorder.add(dream, truth, self.last_sent if self.last_sent is not None else
+                              self.keymap.action([]))
+
+    def _draw_hud(self) -> None:
+        if not self.hud and not self.paused and self.recorder is None:
+            return
+        lines = []
+        if self.hud:
+            fps = (len(self.arrivals) - 1) / (self.arrivals[-1] - self.arrivals[0]) \
+                if len(self.arrivals) > 1 and self.arrivals[-1] > self.arrivals[0] else 0.0
+            lat = self.conn.median_latency()
+            lines += [f"{fps:.1f} fps   latency {lat:.0f} ms" if lat is not None else f"{fps:.1f} fps",
+                      f"{self.decoder} steps {self.steps} (F2 decoder, F3/F4 steps)",
+                      f"frame {self.frame.index if self.frame else 0}  game step {self.frame.step if self.frame else 0}",
+                      "F5 reset  F8 pause  F9 record  F12 shot  Esc quit"]
+        if self.paused:
+            lines.append("paused")
+        if self.recorder is not None:
+            lines.append(f"recording {len(self.recorder.frames)} frames")
+        for i, text in enumerate(lines):
+            surf = self.font.render(text, True, (255, 255, 255), (0, 0, 0))
+            self.screen.blit(surf, (4, 4 + i * HUD_LINE))
+
+    def screenshot(self, path: str | Path | None = None) -> Path:
+        path = Path(path) if path is not None else self.out_dir / f"worldsim-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pygame.image.save(self.screen, str(path))
+        return path
+
+    def _toggle_recording(self) -> None:
+        if self.recorder is None:
+            self.recorder = Recorder(self.welcome)
+        else:
+            self._stop_recording()
+
+    def _stop_recording(self) -> None:
+        if self.recorder is not None:
+            rec, self.recorder = self.recorder, None
+            written = rec.stop(self.out_dir)
+            self.saved += written
+            if written:
+                print(f"worldsim play: recorded {len(rec.frames)} frames: {', '.join(map(str, written))}")

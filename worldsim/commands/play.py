@@ -1,0 +1,73 @@
+"""`worldsim play`: a pygame window onto a served model (an embedded server by default)."""
+
+from __future__ import annotations
+
+import argparse
+
+from worldsim.commands._args import nonneg_int, positive_int
+from worldsim.commands.serve import add_engine_args
+
+HELP = """\
+Play a world model in a window: keys and mouse go to the model, its frames come back.
+Without --server it starts a server for the bundle in the background on a free loopback port;
+with --server it joins a running `worldsim serve`.
+
+  worldsim play                                   # the shipped Crafter model
+  worldsim play --bundle runs/wm --ground-truth   # the real game beside the dream
+  worldsim play --server ws://gpu-box:8765 --token SECRET
+
+Crafter: WASD move, Space do, Tab sleep, R/T/F/P place stone/table/furnace/plant, 1-6 craft.
+MineRL: WASD, Space jump, Shift sneak, Ctrl sprint, mouse look, clicks attack/use, 1-9 hotbar,
+E inventory, Q drop. F1 HUD, F2 decoder, F3/F4 steps, F5 reset, P or F8 pause, F9 record,
+F12 screenshot, Esc releases the mouse, then quits."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("play", help="play a model in a pygame window",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", default=None, help="join this server (ws://HOST:PORT) instead of starting one")
+    p.add_argument("--token", default=None, help="the server's token, if it asks for one")
+    p.add_argument("--seed", type=nonneg_int, default=None, help="the game's seed (default: random)")
+    p.add_argument("--ground-truth", action="store_true",
+                   help="also step the real game with your actions and show it beside the dream")
+    p.add_argument("--encoding", choices=["jpeg", "raw"], default="jpeg", help="frame encoding (default: jpeg)")
+    p.add_argument("--scale", type=positive_int, default=None, help="window pixels per frame pixel (default: fits 576)")
+    p.add_argument("--frames", type=nonneg_int, default=0, help="quit after this many frames (default: 0, never)")
+    p.add_argument("--out", default=".", help="folder for screenshots and recordings (default: .)")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from worldsim.client.connection import Connection, ConnectionFailed
+    from worldsim.client.game import GameWindow
+    from worldsim.errors import WorldsimError
+
+    embedded = None
+    url = args.server
+    if url is None:
+        from worldsim.commands.serve import build_server
+        from worldsim.inference.server import ServerSettings, ServerThread
+
+        _, dev, server = build_server(args, ServerSettings(host="127.0.0.1", port=0, max_sessions=1))
+        embedded = ServerThread(server).start()
+        url = embedded.url
+    try:
+        try:
+            conn = Connection(url, encoding=args.encoding, seed=args.seed,
+                              ground_truth=args.ground_truth, token=args.token).open()
+        except ConnectionFailed as e:
+            raise WorldsimError(str(e)) from None
+        window = GameWindow(conn, scale=args.scale, out_dir=args.out)
+        try:
+            shown = window.run(max_frames=args.frames or None)
+        finally:
+            conn.close()
+            window.close()
+        lat = conn.median_latency()
+        print(f"worldsim play: {shown} frames from {url}"
+              + (f", median action-to-frame latency {lat:.1f} ms" if lat is not None else ""))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
