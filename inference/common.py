@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from worldsim.model import WorldModel
-from worldsim.objectives import ar_inputs, interleave
+from worldsim.sequence import ar_inputs, block_causal, interleave
 from worldsim.inference.cache import KVCache
 
 
@@ -76,11 +76,6 @@ def pass_logits(model: WorldModel, cache: KVCache, tokens_BT: torch.Tensor, pos_
     last `keep` tokens; the head runs on those alone."""
     h = model.hidden(tokens_BT, pos_BT, cache=cache, prev_BT=prev_BT)
     return model.head(h[:, -keep:], image_only=True)
-
-
-def block_causal(n_blocks: int, block_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    blk = torch.arange(n_blocks * block_len, device=device) // block_len
-    return blk[None, :] <= blk[:, None]
 
 
 def prev_hint_for(positions_BT: torch.Tensor, last_frame_BN: torch.Tensor, n: int, L: int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from worldsim.model import WorldModel
-from worldsim.objectives import ar_inputs, interleave, prev_frame_tokens
+from worldsim.sequence import ar_inputs, interleave, prev_frame_tokens
 from worldsim.inference.decode_block_diffusion import masked_after
 from worldsim.inference.sampling import SamplingSettings, sample
 

@@ -4,7 +4,8 @@ import torch
 
 from worldsim.envs.crafter import CRAFTER_SPACE
 from worldsim.model import WorldModel, preset_config
-from worldsim.objectives import ar_inputs, block_diffusion_inputs, interleave
+from worldsim.objectives import block_diffusion_inputs
+from worldsim.sequence import ar_inputs, interleave
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import prefill

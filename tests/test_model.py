@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from worldsim.model import PRESETS, ModelConfig, WorldModel, preset_config
-from worldsim.objectives import (Objective, ar_inputs, block_diffusion_inputs,
-                                 block_diffusion_mask, interleave)
+from worldsim.objectives import Objective, block_diffusion_inputs, block_diffusion_mask
+from worldsim.sequence import ar_inputs, interleave
 
 
 def tiny(objective="ar", **kw):

@@ -243,17 +243,24 @@ class WorldModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.slot_emb = nn.Embedding(cfg.block_len, cfg.dim) if cfg.slot_embed else None
-        self.prev_emb = nn.Embedding(cfg.codebook_size + 1, cfg.dim) if cfg.prev_embed else None
+        # Built on the meta device (a bundle being loaded), every weight is assigned from the
+        # file afterwards, so no initialiser runs: drawing random values into shape-only
+        # tensors does nothing, yet on meta it imports torch's compiler stack (some 800
+        # modules, over a second of a server's start).
+        meta = torch.empty(0).device.type == "meta"
+        emb = (lambda n, d: nn.Embedding(n, d, _weight=torch.empty(n, d))) if meta else nn.Embedding
+        self.tok_emb = emb(cfg.vocab_size, cfg.dim)
+        self.slot_emb = emb(cfg.block_len, cfg.dim) if cfg.slot_embed else None
+        self.prev_emb = emb(cfg.codebook_size + 1, cfg.dim) if cfg.prev_embed else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        self.apply(self._init)
-        for name, p in self.named_parameters():
-            if name.endswith("wo.weight") or name.endswith("w2.weight"):
-                # GPT-2's scaled init of residual projections keeps the stream's variance flat.
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+        if not meta:
+            self.apply(self._init)
+            for name, p in self.named_parameters():
+                if name.endswith("wo.weight") or name.endswith("w2.weight"):
+                    # GPT-2's scaled init of residual projections keeps the stream's variance flat.
+                    nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
     def _init(m: nn.Module) -> None:

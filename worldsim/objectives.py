@@ -28,32 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from worldsim.model import ModelConfig, WorldModel
-
-
-def interleave(frames_BFN: torch.Tensor, actions_BFA: torch.Tensor) -> torch.Tensor:
-    """(B, F, N) + (B, F, A) -> (B, F*L): [f0 a0 f1 a1 ...]."""
-    return torch.cat([frames_BFN, actions_BFA], dim=2).flatten(1)
-
-
-def prev_frame_tokens(frames_BFN: torch.Tensor, none_id: int) -> torch.Tensor:
-    """(B, F, N): frame b-1's token at each slot of frame b; `none_id` for frame 0."""
-    first = torch.full_like(frames_BFN[:, :1], none_id)
-    return torch.cat([first, frames_BFN[:, :-1]], dim=1)
-
-
-def ar_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor
-              ) -> dict[str, torch.Tensor]:
-    b, f, n = frames_BFN.shape
-    K = cfg.codebook_size
-    seq = interleave(frames_BFN, actions_BFA)  # (B, S)
-    s = seq.shape[1]
-    # The prev-frame hint belongs to the token being predicted, so it is shifted like targets.
-    hints = interleave(prev_frame_tokens(frames_BFN, K), torch.full_like(actions_BFA, K))
-    slot = torch.arange(s, device=seq.device) % cfg.block_len
-    frame = torch.arange(s, device=seq.device) // cfg.block_len
-    is_loss = (slot < n) & (frame >= 1)  # targets that are image tokens of frames >= 1
-    return {"tokens": seq[:, :-1], "positions": torch.arange(s - 1, device=seq.device).expand(b, -1),
-            "prev": hints[:, 1:], "targets": seq[:, 1:], "loss_mask": is_loss[1:].expand(b, -1)}
+from worldsim.sequence import ar_inputs, interleave, prev_frame_tokens
 
 
 @lru_cache(maxsize=8)

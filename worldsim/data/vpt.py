@@ -53,6 +53,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from worldsim.envs.minerl_space import MINERL_FPS, MINERL_SPACE
+from worldsim.frames import RESIZE_CHUNK, resize_frames
 
 # MineRL's Java code maps 2400 raw mouse units to a full turn.
 CAMERA_SCALE = 360.0 / 2400.0
@@ -72,7 +73,6 @@ CONFLICTS: tuple[tuple[str, str], ...] = (
     ("attack", "use"),
 )
 _ID_BAD = re.compile(r"[^A-Za-z0-9._-]")
-_RESIZE_CHUNK = 64  # frames resized per torch call: bounds the float32 working memory
 
 
 class VPTWarning(UserWarning):
@@ -172,29 +172,6 @@ def jsonl_to_actions(lines_or_path: str | os.PathLike | Iterable[str | bytes | M
 
 
 # -- frames ----------------------------------------------------------------------------------
-def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """Resize uint8 frames (N, H, W, 3) -> (N, h, w, 3) with antialiased bilinear filtering.
-
-    Antialiasing makes downscaling average over each output pixel's footprint (like an area
-    resize) rather than sample a few source pixels. `size=None` or the same size is a no-op."""
-    if size is None or tuple(frames.shape[1:3]) == tuple(size):
-        return frames
-    import torch
-    import torch.nn.functional as F
-
-    h, w = int(size[0]), int(size[1])
-    out = np.empty((frames.shape[0], h, w, 3), np.uint8)  # (N, h, w, 3)
-    with torch.no_grad():
-        for s in range(0, frames.shape[0], _RESIZE_CHUNK):
-            x = torch.from_numpy(np.ascontiguousarray(frames[s:s + _RESIZE_CHUNK]))
-            x = x.permute(0, 3, 1, 2).float()  # (n, 3, H, W)
-            y = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True,
-                              align_corners=False)  # (n, 3, h, w)
-            y = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (n, h, w, 3)
-            out[s:s + _RESIZE_CHUNK] = y.numpy()
-    return out
-
-
 def read_video(mp4_path: str | os.PathLike, size: tuple[int, int] | None = DEFAULT_SIZE,
                max_frames: int | None = None) -> np.ndarray:
     """Decode an mp4 to RGB uint8 frames (N, h, w, 3), resizing in chunks as it streams.
@@ -216,7 +193,7 @@ def read_video(mp4_path: str | os.PathLike, size: tuple[int, int] | None = DEFAU
                 raise ValueError(f"{mp4_path}: unexpected frame shape {list(frame.shape)}")
             pending.append(frame[:, :, :3])
             n += 1
-            if len(pending) == _RESIZE_CHUNK:
+            if len(pending) == RESIZE_CHUNK:
                 chunks.append(resize_frames(np.stack(pending), size))
                 pending = []
     finally:

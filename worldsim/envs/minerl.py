@@ -111,7 +111,7 @@ class MineRLEnv:
     def _frame(self, obs: Mapping[str, Any]) -> np.ndarray:
         pov = np.asarray(obs["pov"], dtype=np.uint8)  # (H, W, 3)
         if self._resize and pov.shape[:2] != self.frame_size:
-            from worldsim.data.vpt import resize_frames
+            from worldsim.frames import resize_frames
 
             pov = resize_frames(pov[None], self.frame_size)[0]  # (h, w, 3)
         return pov
