@@ -69,5 +69,16 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     return state
 
 
+def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The saved state dict (step, seconds, ...) from the header alone, without the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("state", "{}"))
+    except Exception as e:  # safetensors raises its own error types for torn or foreign files
+        raise WorldsimError(f"cannot read the checkpoint {path}: {e}") from e
+
+
 def checkpoint_exists(path: str | os.PathLike) -> bool:
     return Path(path).is_file()

@@ -12,6 +12,7 @@ file gets the permissions any new file would (0666 less the user's umask), not m
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -101,3 +102,12 @@ def clean_stale_temps(folder: str | os.PathLike) -> int:
             p.unlink()
             n += 1
     return n
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (a weights file can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

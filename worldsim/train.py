@@ -12,13 +12,17 @@ Writes into the output bundle:
     image_tokenizer.safetensors, model.safetensors
     train_state.safetensors  model + optimizer + step (atomic, every --checkpoint-seconds)
     train_log.jsonl          one line per log interval: step, loss, val_loss, tokens/s, seconds
+
+The run is a `WorldModelRun` (worldsim.trainer.TrainingRun: the loop, schedule, checkpoints and
+logging cadence it shares with the tokenizer's training). The shards must come from the image
+tokenizer given with --tokenizer (their index records its weights' checksum); a loss that turns
+NaN or infinite stops the run without writing a bundle; a rerun of a finished bundle does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import time
@@ -29,18 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from worldsim import bundle
-from worldsim.checkpoint import load_checkpoint, save_checkpoint
 from worldsim.data.store import split_ids
+from worldsim.device import pick_device
 from worldsim.errors import WorldsimError
+from worldsim.fileio import file_sha256
 from worldsim.model import ModelConfig, WorldModel, preset_config
 from worldsim.objectives import Objective
 from worldsim.tokens import TokenShards
+from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
 
-STATE_FILE = "train_state.safetensors"
 LOG_FILE = "train_log.jsonl"
+__all__ = ["LOG_FILE", "STATE_FILE", "TrainSettings", "WorldModelRun", "train"]
 
 
 @dataclass
@@ -61,13 +66,6 @@ class TrainSettings:
     seed: int = 0
     checkpoint_seconds: float = 120.0
     max_minutes: float = 0.0  # stop early (and write the bundle) after this much training time
-
-
-def lr_at(step: int, s: TrainSettings) -> float:
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    t = min(1.0, (step - s.warmup) / max(1, s.steps - s.warmup))
-    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -107,9 +105,7 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
-        if requested == "auto":
-            return torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        return torch.device(requested)
+        return pick_device(requested, self.local_rank)
 
     def barrier(self) -> None:
         if self.enabled:
@@ -134,146 +130,222 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int)
         raise WorldsimError(str(e)) from e
 
 
-def train(shards_dir: str | Path, tokenizer: str | Path, out: str | Path, objective: str = "ar",
-          preset: str = "crafter", settings: TrainSettings | None = None, device: str = "auto",
-          progress: bool = True) -> dict[str, Any]:
-    s = settings or TrainSettings()
-    out = Path(out)
-    ddp = Distributed()
-    dev = ddp.device(device)
-    all_shards = TokenShards(shards_dir)
-    ids = all_shards.episode_ids
-    train_ids, val_ids = split_ids(ids, s.val_fraction)  # the episode store's split rule
-    train_shards = TokenShards(shards_dir, train_ids)
-    val_shards = TokenShards(shards_dir, val_ids or train_ids)
-    cfg = _build_config(preset, all_shards, objective, s.frames)
-    F_ = cfg.frames
-    f_starts, a_starts = train_shards.window_starts(F_)
-    vf, va = val_shards.window_starts(F_)
+def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenizer: str | Path) -> None:
+    """Refuse shards made by another image tokenizer than `tokenizer`: the model would learn
+    codes that the bundle's tokenizer draws as something else. Shards record the checksum of
+    their tokenizer's weights; older ones only its path, checked where it still names a bundle."""
+    weights = Path(tokenizer) / "image_tokenizer.safetensors"
+    if not weights.is_file():
+        raise WorldsimError(f"{tokenizer} has no image tokenizer weights ({weights.name} missing)")
+    recorded = shards.index.get("tokenizer_sha256")
+    made_by = shards.index.get("tokenizer", "?")
+    if recorded is None:  # shards from before the checksum was recorded
+        old = Path(made_by) / "image_tokenizer.safetensors"
+        if not old.is_file() or old.resolve() == weights.resolve():
+            return
+        recorded = file_sha256(old)
+    if recorded != file_sha256(weights):
+        raise WorldsimError(f"{shards_dir} was tokenized with another image tokenizer ({made_by}) than "
+                            f"--tokenizer {tokenizer}; pass that one, or tokenize again with this one")
 
-    if ddp.main:
-        tok_cfg = bundle.read_config(tokenizer)
+
+class WorldModelRun(TrainingRun):
+    """Training of the world model on token shards, on one process or under torchrun."""
+
+    def __init__(self, shards_dir: str | Path, tokenizer: str | Path, out: str | Path,
+                 objective: str = "ar", preset: str = "crafter", settings: TrainSettings | None = None,
+                 device: str = "auto", progress: bool = True) -> None:
+        self.s = s = settings or TrainSettings()
+        require_positive(s, "steps", "batch", "val_every", "val_batches", "log_every")
+        self.ddp = Distributed()
+        super().__init__(out, s.steps, s.checkpoint_seconds, s.log_every, s.max_minutes * 60,
+                         progress, is_main=self.ddp.main)
+        self.desc = f"train {objective}"
+        self.shards_dir, self.tokenizer, self.objective, self.preset = shards_dir, tokenizer, objective, preset
+        self.dev = self.ddp.device(device)
+        self.tokens_seen = 0
+        self.last_val: float | None = None
+
+    # -- setup and resume --------------------------------------------------------------------------
+    def load_data(self) -> None:
+        s = self.s
+        self.all_shards = TokenShards(self.shards_dir)
+        train_ids, val_ids = split_ids(self.all_shards.episode_ids, s.val_fraction)  # the store's rule
+        self.train_shards = TokenShards(self.shards_dir, train_ids)
+        self.val_shards = TokenShards(self.shards_dir, val_ids or train_ids)
+        self.cfg = _build_config(self.preset, self.all_shards, self.objective, s.frames)
+        self.train_starts = self.train_shards.window_starts(self.cfg.frames)
+        self.val_starts = self.val_shards.window_starts(self.cfg.frames)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The metrics of a bundle already trained to `steps`, or None if there is work to do."""
+        state = self.saved_state()
+        if state is None or int(state.get("step", 0)) < self.steps:
+            return None
+        if not (self.out / "model.safetensors").is_file():
+            return None  # trained, but stopped before the bundle was written: write it now
+        metrics = bundle.read_config(self.out).get("model_metrics")
+        if metrics is None:
+            return None
+        return {**metrics, "steps": int(state["step"]), "finished": True, "rank": self.ddp.rank}
+
+    def write_bundle_config(self) -> None:
+        """Check --out can take this model and record what it is trained on (rank 0 only)."""
+        out, index = self.out, self.all_shards.index
+        tok_cfg = bundle.read_config(self.tokenizer)
         if "image_tokenizer" not in tok_cfg:
-            raise WorldsimError(f"{tokenizer} has no image tokenizer")
-        if (out / "config.json").exists():
-            old = bundle.read_config(out).get("model")
-            if old is not None and old != cfg.to_dict():
-                raise WorldsimError(f"{out} holds a model with another config; choose another --out")
+            raise WorldsimError(f"{self.tokenizer} has no image tokenizer")
         out.mkdir(parents=True, exist_ok=True)
         if not (out / "image_tokenizer.safetensors").exists():
-            shutil.copyfile(Path(tokenizer) / "image_tokenizer.safetensors",
+            shutil.copyfile(Path(self.tokenizer) / "image_tokenizer.safetensors",
                             out / "image_tokenizer.safetensors")
         bundle.update_config(
             out, image_tokenizer=tok_cfg["image_tokenizer"],
-            action_tokenizer=all_shards.index["action_tokenizer"], model=cfg.to_dict(),
-            env=all_shards.index["env"], action_space=all_shards.index["action_space"],
-            frame_size=all_shards.index["frame_size"], fps=all_shards.index["fps"],
-            training={**asdict(s), "objective": objective, "preset": preset,
-                      "shards": str(shards_dir), "world_size": ddp.world})
-    ddp.barrier()
+            action_tokenizer=index["action_tokenizer"], model=self.cfg.to_dict(),
+            env=index["env"], action_space=index["action_space"],
+            frame_size=index["frame_size"], fps=index["fps"],
+            training={**asdict(self.s), "objective": self.objective, "preset": self.preset,
+                      "shards": str(self.shards_dir), "world_size": self.ddp.world})
 
-    torch.manual_seed(s.seed)
-    model = WorldModel(cfg).to(dev)
-    objective_mod: torch.nn.Module = Objective(model)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=s.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
-    step, elapsed = 0, 0.0
-    state_path = out / STATE_FILE
-    if state_path.exists():
-        st = load_checkpoint(state_path, model, opt)
-        step, elapsed = int(st["step"]), float(st.get("seconds", 0.0))
-        if ddp.main:
-            print(f"resuming from step {step} ({state_path})")
-    if ddp.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def check_out(self) -> None:
+        check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
+        if (self.out / "config.json").exists():
+            old = bundle.read_config(self.out).get("model")
+            if old is not None and old != self.cfg.to_dict():
+                raise WorldsimError(f"{self.out} holds a model with another config; choose another --out")
 
-        # DDP broadcasts rank 0's weights at construction, so every rank starts identical.
-        objective_mod = DDP(objective_mod, device_ids=[dev.index] if dev.type == "cuda" else None)
+    def setup(self) -> None:
+        s = self.s
+        torch.manual_seed(s.seed)
+        self.model = model = WorldModel(self.cfg).to(self.dev)
+        self.objective_mod: torch.nn.Module = Objective(model)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=s.lr, betas=(0.9, 0.95), fused=self.dev.type == "cuda")
 
-    def batch_at(step_: int, rank: int, starts: tuple[np.ndarray, np.ndarray], shards: TokenShards,
+    def wrap_data_parallel(self) -> None:
+        if self.ddp.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # DDP broadcasts rank 0's weights at construction, so every rank starts identical.
+            self.objective_mod = DDP(self.objective_mod,
+                                     device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
+
+    # -- step and validate -------------------------------------------------------------------------
+    def batch_at(self, step: int, rank: int, starts: tuple[np.ndarray, np.ndarray], shards: TokenShards,
                  n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-        g = torch.Generator().manual_seed((s.seed * 1_000_003 + step_) * 4099 + rank)
+        """Windows drawn from (seed, step, rank): frame tokens (n, F, N), action tokens (n, F, A),
+        and the generator the objective keeps drawing its noise from."""
+        g = torch.Generator().manual_seed((self.s.seed * 1_000_003 + step) * 4099 + rank)
         pick = torch.randint(0, len(starts[0]), (n,), generator=g).numpy()
-        fr, ac = shards.gather(starts[0][pick], starts[1][pick], F_)
-        return fr.to(dev, non_blocking=True), ac.to(dev, non_blocking=True), g
+        fr, ac = shards.gather(starts[0][pick], starts[1][pick], self.cfg.frames)
+        return fr.to(self.dev, non_blocking=True), ac.to(self.dev, non_blocking=True), g
+
+    def lr(self, step: int) -> float:
+        s = self.s
+        return lr_at(step, s.lr, s.warmup, s.steps, s.min_lr_ratio)
+
+    def train_step(self) -> torch.Tensor:
+        s = self.s
+        fr, ac, g = self.batch_at(self.step, self.ddp.rank, self.train_starts, self.train_shards, s.batch)
+        self.set_lr(self.lr(self.step))
+        with autocast_for(self.dev, s.dtype):
+            loss, _ = self.objective_mod(fr, ac, g)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        self.opt.step()
+        return loss
 
     @torch.no_grad()
-    def val_loss() -> float:
-        objective_mod.eval()
+    def validate(self) -> float:
+        """Mean loss over the same `val_batches` held-out batches every time."""
+        s = self.s
+        self.objective_mod.eval()
         losses = []
         for i in range(s.val_batches):
-            fr, ac, g = batch_at(10**9 + i, 0, (vf, va), val_shards, s.batch)
-            with autocast_for(dev, s.dtype):
-                loss, _ = Objective(model)(fr, ac, g)
+            fr, ac, g = self.batch_at(10**9 + i, 0, self.val_starts, self.val_shards, s.batch)
+            with autocast_for(self.dev, s.dtype):
+                loss, _ = Objective(self.model)(fr, ac, g)
             losses.append(loss.item())
-        objective_mod.train()
+        self.objective_mod.train()
         return float(np.mean(losses))
 
-    def checkpoint() -> None:
-        if ddp.main:
-            save_checkpoint(state_path, model, opt, {"step": step, "seconds": elapsed})
+    def after_step(self, loss: torch.Tensor) -> None:
+        self.tokens_seen += self.s.batch * self.cfg.frames * self.cfg.block_len * self.ddp.world
+        if self.step % self.s.val_every == 0 or self.step == self.steps:
+            self.last_val = self.validate()
 
-    log_path = out / LOG_FILE
-    bar = tqdm(total=s.steps, initial=step, desc=f"train {objective}", unit="step",
-               disable=not (progress and ddp.main))
-    t_start = t_ckpt = time.perf_counter()
-    elapsed0, tokens_seen, last_val = elapsed, 0, None
-    tokens_per_window = F_ * cfg.block_len
-    objective_mod.train()
-    try:
-        while step < s.steps:
-            if s.max_minutes and elapsed > s.max_minutes * 60:
-                break
-            fr, ac, g = batch_at(step, ddp.rank, (f_starts, a_starts), train_shards, s.batch)
-            for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, s)
-            with autocast_for(dev, s.dtype):
-                loss, _ = objective_mod(fr, ac, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            step += 1
-            tokens_seen += s.batch * tokens_per_window * ddp.world
-            now = time.perf_counter()
-            elapsed = elapsed0 + now - t_start
-            bar.update(1)
-            if step % s.val_every == 0 or step == s.steps:
-                last_val = val_loss()
-            if step % s.log_every == 0 or step == s.steps:
-                tps = tokens_seen / max(now - t_start, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{last_val:.3f}" if last_val else "-",
-                                tok_s=f"{tps:.0f}")
-                if ddp.main:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": step, "loss": loss.item(), "val_loss": last_val,
-                                            "grad_norm": float(gnorm), "lr": lr_at(step - 1, s),
-                                            "tokens_per_s": tps, "seconds": elapsed}) + "\n")
-            if now - t_ckpt > s.checkpoint_seconds:
-                checkpoint()
-                t_ckpt = now
-    finally:
-        bar.close()
-        if step > 0:
-            checkpoint()
-    result = {"steps": step, "seconds": elapsed, "val_loss": last_val if last_val is not None else val_loss(),
-              "tokens_per_s": tokens_seen / max(time.perf_counter() - t_start, 1e-9),
-              "params": model.num_params(), "world_size": ddp.world, "rank": ddp.rank}
-    if ddp.enabled:
+    def tokens_per_s(self) -> float:
+        return self.tokens_seen / max(time.perf_counter() - self.t_start, 1e-9)
+
+    def log(self, loss: torch.Tensor) -> None:
+        tps, last_val = self.tokens_per_s(), self.last_val
+        self.bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{last_val:.3f}" if last_val else "-",
+                             tok_s=f"{tps:.0f}")
+        if self.is_main:
+            with open(self.out / LOG_FILE, "a") as f:
+                f.write(json.dumps({"step": self.step, "loss": loss.item(), "val_loss": last_val,
+                                    "grad_norm": float(self.grad_norm), "lr": self.lr(self.step - 1),
+                                    "tokens_per_s": tps, "seconds": self.elapsed}) + "\n")
+
+    def any_nonfinite(self, flag: torch.Tensor) -> bool:
+        if self.ddp.enabled:
+            flag = flag.to(torch.float32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    # -- save ----------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """The run's metrics; rank 0 writes the model into the bundle."""
+        result = {"steps": self.step, "seconds": self.elapsed,
+                  "val_loss": self.last_val if self.last_val is not None else self.validate(),
+                  "tokens_per_s": self.tokens_per_s(), "params": self.model.num_params(),
+                  "world_size": self.ddp.world, "rank": self.ddp.rank}
+        if self.ddp.enabled:
+            result.update(self.replica_checksums())
+        if self.is_main:
+            bundle.save_weights(self.out, "model", self.model)
+            bundle.update_config(self.out, model_metrics=result)
+        return result
+
+    def replica_checksums(self) -> dict[str, Any]:
         # Data parallelism must keep every replica identical; check it rather than assume it.
-        sums = torch.stack([torch.cat([p.detach().double().flatten() for p in model.parameters()]).sum(),
-                            sum((p.detach().double() ** 2).sum() for p in model.parameters())]).to(dev)
-        gathered = [torch.zeros_like(sums) for _ in range(ddp.world)]
+        params = list(self.model.parameters())
+        sums = torch.stack([torch.cat([p.detach().double().flatten() for p in params]).sum(),
+                            sum((p.detach().double() ** 2).sum() for p in params)]).to(self.dev)
+        gathered = [torch.zeros_like(sums) for _ in range(self.ddp.world)]
         dist.all_gather(gathered, sums)
-        result["replica_checksums"] = [g.tolist() for g in gathered]
-        result["replicas_identical"] = all(torch.equal(g, gathered[0]) for g in gathered)
-    if ddp.main:
-        bundle.save_weights(out, "model", model)
-        bundle.update_config(out, model_metrics=result)
-    ddp.barrier()
-    ddp.close()
-    return result
+        return {"replica_checksums": [g.tolist() for g in gathered],
+                "replicas_identical": all(torch.equal(g, gathered[0]) for g in gathered)}
 
+    def run(self) -> dict[str, Any]:
+        try:
+            self.load_data()
+            self.check_out()
+            done = self.finished()
+            if done is not None:
+                return done
+            if self.is_main:
+                self.write_bundle_config()
+            self.ddp.barrier()
+            self.setup()
+            self.resume()
+            self.wrap_data_parallel()
+            self.objective_mod.train()
+            self.loop()
+            result = self.finish()
+            self.ddp.barrier()
+            return result
+        finally:
+            self.ddp.close()
+
+
+def train(shards_dir: str | Path, tokenizer: str | Path, out: str | Path, objective: str = "ar",
+          preset: str = "crafter", settings: TrainSettings | None = None, device: str = "auto",
+          progress: bool = True) -> dict[str, Any]:
+    """Train (or resume training) the world model into the bundle `out`; returns its metrics,
+    with `finished: True` and nothing done if the bundle was already trained to `steps`."""
+    return WorldModelRun(shards_dir, tokenizer, out, objective, preset, settings, device, progress).run()

@@ -6,7 +6,9 @@ The run writes into a bundle folder:
     train_state.safetensors      model + optimizer + step, written atomically every few minutes
     reconstructions.png          held-out originals (top) over reconstructions (bottom)
 
-A killed run started again with the same --out continues from its last checkpoint.
+A killed run started again with the same --out continues from its last checkpoint. The run is
+a `TokenizerRun` (worldsim.trainer.TrainingRun: the loop, schedule, checkpoints and logging
+cadence it shares with the world model's training).
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ import torch
 from tqdm import tqdm
 
 from worldsim import bundle
-from worldsim.checkpoint import load_checkpoint, save_checkpoint
 from worldsim.data.store import EpisodeStore
+from worldsim.device import pick_device
 from worldsim.errors import WorldsimError
-from worldsim.tokenizers.image import (PRESETS, ImageTokenizer, ImageTokenizerConfig, code_stats,
-                                       psnr, ssim)
+from worldsim.metrics import NIGHT, psnr, psnr_from_mse, ssim
+from worldsim.tokenizers.image import PRESETS, ImageTokenizer, ImageTokenizerConfig, code_stats
+from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
 
-STATE_FILE = "train_state.safetensors"
-NIGHT = 0.5  # Crafter paints per-pixel noise when daylight falls below this
+__all__ = ["STATE_FILE", "TokenizerRun", "TokenizerTrainSettings", "train_tokenizer"]
 
 
 @dataclass
@@ -66,13 +68,6 @@ def load_frames(store: EpisodeStore, ids: list[str], limit: int | None = None,
     return f, d
 
 
-def lr_at(step: int, s: TokenizerTrainSettings) -> float:
-    if step < s.warmup:
-        return s.lr * (step + 1) / s.warmup
-    t = (step - s.warmup) / max(1, s.steps - s.warmup)
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 @torch.no_grad()
 def evaluate(model: ImageTokenizer, frames: torch.Tensor, daylight: torch.Tensor,
              batch: int = 256) -> dict[str, Any]:
@@ -93,7 +88,7 @@ def evaluate(model: ImageTokenizer, frames: torch.Tensor, daylight: torch.Tensor
     def pooled(sel: torch.Tensor) -> float | None:
         # PSNR of the mean squared error over all pixels: not lifted by near-exact frames the
         # way a mean of per-frame PSNR is.
-        return float(10 * torch.log10(255.0**2 / mse[sel].mean().clamp_min(1e-10))) if sel.any() else None
+        return float(psnr_from_mse(mse[sel].mean())) if sel.any() else None
 
     usage, perplexity = code_stats(torch.cat(codes), model.cfg.codebook_size)
 
@@ -137,94 +132,114 @@ def save_grid(path: Path, originals: torch.Tensor, recons: torch.Tensor, scale: 
     iio.imwrite(path, grid)
 
 
+class TokenizerRun(TrainingRun):
+    """Training of the VQ image tokenizer on an episode store, then its held-out report."""
+
+    desc = "train-tokenizer"
+    USAGE_WINDOW = 200  # steps over which the progress bar counts the codes in use
+
+    def __init__(self, data: str | Path, out: str | Path, preset: str = "crafter",
+                 settings: TokenizerTrainSettings | None = None, device: str = "auto",
+                 max_frames: int | None = None, progress: bool = True) -> None:
+        self.s = s = settings or TokenizerTrainSettings()
+        require_positive(s, "steps", "batch", "eval_frames")
+        super().__init__(out, s.steps, s.checkpoint_seconds, log_every=10, progress=progress)
+        self.data, self.preset, self.max_frames = data, preset, max_frames
+        self.store = EpisodeStore(data)
+        if preset not in PRESETS:
+            raise WorldsimError(f"unknown tokenizer preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        cfg = ImageTokenizerConfig(**asdict(PRESETS[preset]))
+        h, w = self.store.info.frame_size
+        if (cfg.height, cfg.width) != (h, w):
+            cfg = ImageTokenizerConfig(**{**asdict(cfg), "height": h, "width": w})
+        self.cfg = cfg
+        self.dev = pick_device(device)
+
+    # -- setup and resume --------------------------------------------------------------------------
+    def check_out(self) -> None:
+        if (self.out / "config.json").exists():
+            old = bundle.read_config(self.out).get("image_tokenizer")
+            if old is not None and old != self.cfg.to_dict():
+                raise WorldsimError(f"{self.out} holds a tokenizer with another config; choose another --out")
+
+    def load_data(self) -> None:
+        s = self.s
+        train_ids, val_ids = self.store.split(s.val_fraction)
+        if not val_ids:
+            raise WorldsimError(f"{self.data} needs at least 2 episodes for a held-out split")
+        self.train_frames, _ = load_frames(self.store, train_ids, self.max_frames, self.progress)
+        self.val_frames, self.val_light = load_frames(self.store, val_ids, s.eval_frames, self.progress)
+
+    def setup(self) -> None:
+        s = self.s
+        torch.manual_seed(s.seed)
+        self.model = ImageTokenizer(self.cfg).to(self.dev)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=s.lr, weight_decay=s.weight_decay,
+                                     betas=(0.9, 0.99))
+        self.recent = torch.zeros(self.cfg.codebook_size, dtype=torch.long)  # code counts, recent steps
+
+    def write_bundle_config(self) -> None:
+        s = self.s
+        bundle.update_config(self.out, image_tokenizer=self.cfg.to_dict(), env=self.store.info.env,
+                             frame_size=list(self.store.info.frame_size),
+                             tokenizer_training={**asdict(s), "data": str(self.data), "preset": self.preset,
+                                                 "train_frames": len(self.train_frames)})
+
+    # -- step --------------------------------------------------------------------------------------
+    def train_step(self) -> torch.Tensor:
+        s = self.s
+        g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)  # same batches on resume
+        idx = torch.randint(0, len(self.train_frames), (s.batch,), generator=g)
+        x = self.train_frames[idx].to(self.dev).permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
+        self.set_lr(lr_at(self.step, s.lr, s.warmup, s.steps))
+        self.outp = outp = self.model(x)
+        self.opt.zero_grad(set_to_none=True)
+        outp["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return outp["loss"]
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        self.recent += torch.bincount(self.outp["codes"].flatten().cpu(), minlength=self.cfg.codebook_size)
+
+    def log(self, loss: torch.Tensor) -> None:
+        self.bar.set_postfix(loss=f"{loss.item():.5f}",
+                             psnr=f"{10 * math.log10(1 / max(self.outp['mse'].item(), 1e-10)):.1f}",
+                             usage=f"{(self.recent > 0).float().mean():.0%}")
+        if self.step % self.USAGE_WINDOW == 0:
+            self.recent.zero_()
+
+    # -- report ------------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Write the weights, then measure them on held-out frames and write the report."""
+        model, val_frames = self.model, self.val_frames
+        bundle.save_weights(self.out, "image_tokenizer", model)
+        metrics = evaluate(model, val_frames, self.val_light)
+        metrics["fps_batch1"] = measure_speed(model, val_frames, 1)
+        metrics["fps_batch64"] = measure_speed(model, val_frames, 64)
+        metrics["train_seconds"] = self.elapsed
+        metrics["steps"] = self.step
+        pick = torch.linspace(0, len(val_frames) - 1, 8).long()
+        with torch.no_grad():
+            recon = model.decode(model.encode(val_frames[pick])).cpu()
+        save_grid(self.out / "reconstructions.png", val_frames[pick], recon)
+        bundle.update_config(self.out, image_tokenizer_metrics=metrics)
+        return metrics
+
+    def run(self) -> dict[str, Any]:
+        self.check_out()
+        self.load_data()
+        self.setup()
+        self.resume()
+        self.write_bundle_config()
+        self.model.train()
+        self.loop()
+        return self.finish()
+
+
 def train_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter",
                     settings: TokenizerTrainSettings | None = None, device: str = "auto",
                     max_frames: int | None = None, progress: bool = True) -> dict[str, Any]:
-    s = settings or TokenizerTrainSettings()
-    out = Path(out)
-    store = EpisodeStore(data)
-    if preset not in PRESETS:
-        raise WorldsimError(f"unknown tokenizer preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = ImageTokenizerConfig(**asdict(PRESETS[preset]))
-    h, w = store.info.frame_size
-    if (cfg.height, cfg.width) != (h, w):
-        cfg = ImageTokenizerConfig(**{**asdict(cfg), "height": h, "width": w})
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-
-    state_path = out / STATE_FILE
-    if (out / "config.json").exists():
-        old = bundle.read_config(out).get("image_tokenizer")
-        if old is not None and old != cfg.to_dict():
-            raise WorldsimError(f"{out} holds a tokenizer with another config; choose another --out")
-
-    train_ids, val_ids = store.split(s.val_fraction)
-    if not val_ids:
-        raise WorldsimError(f"{data} needs at least 2 episodes for a held-out split")
-    train_frames, _ = load_frames(store, train_ids, max_frames, progress)
-    val_frames, val_light = load_frames(store, val_ids, s.eval_frames, progress)
-
-    torch.manual_seed(s.seed)
-    model = ImageTokenizer(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99))
-    step, elapsed = 0, 0.0
-    if state_path.exists():
-        st = load_checkpoint(state_path, model, opt)
-        step, elapsed = int(st["step"]), float(st.get("seconds", 0.0))
-        print(f"resuming from step {step} ({state_path})")
-    bundle.update_config(out, image_tokenizer=cfg.to_dict(), env=store.info.env,
-                         frame_size=list(store.info.frame_size),
-                         tokenizer_training={**asdict(s), "data": str(data), "preset": preset,
-                                             "train_frames": len(train_frames)})
-
-    def checkpoint() -> None:
-        save_checkpoint(state_path, model, opt, {"step": step, "seconds": elapsed})
-
-    bar = tqdm(total=s.steps, initial=step, desc="train-tokenizer", unit="step", disable=not progress)
-    recent = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    t_start, t_ckpt = time.perf_counter(), time.perf_counter()
-    elapsed0 = elapsed
-    model.train()
-    try:
-        while step < s.steps:
-            g = torch.Generator().manual_seed(s.seed * 1_000_003 + step)  # same batches on resume
-            idx = torch.randint(0, len(train_frames), (s.batch,), generator=g)
-            x = train_frames[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
-            for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, s)
-            outp = model(x)
-            opt.zero_grad(set_to_none=True)
-            outp["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            recent += torch.bincount(outp["codes"].flatten().cpu(), minlength=cfg.codebook_size)
-            now = time.perf_counter()
-            elapsed = elapsed0 + now - t_start
-            bar.update(1)
-            if step % 10 == 0 or step == s.steps:
-                bar.set_postfix(loss=f"{outp['loss'].item():.5f}",
-                                psnr=f"{10 * math.log10(1 / max(outp['mse'].item(), 1e-10)):.1f}",
-                                usage=f"{(recent > 0).float().mean():.0%}")
-            if step % 200 == 0:
-                recent.zero_()
-            if now - t_ckpt > s.checkpoint_seconds:
-                checkpoint()
-                t_ckpt = now
-    finally:
-        bar.close()
-        if step > 0:
-            checkpoint()
-
-    bundle.save_weights(out, "image_tokenizer", model)
-    metrics = evaluate(model, val_frames, val_light)
-    metrics["fps_batch1"] = measure_speed(model, val_frames, 1)
-    metrics["fps_batch64"] = measure_speed(model, val_frames, 64)
-    metrics["train_seconds"] = elapsed
-    metrics["steps"] = step
-    pick = torch.linspace(0, len(val_frames) - 1, 8).long()
-    with torch.no_grad():
-        recon = model.decode(model.encode(val_frames[pick])).cpu()
-    save_grid(out / "reconstructions.png", val_frames[pick], recon)
-    bundle.update_config(out, image_tokenizer_metrics=metrics)
-    return metrics
-
+    """Train (or resume training) the image tokenizer into the bundle `out`; returns its
+    held-out metrics."""
+    return TokenizerRun(data, out, preset, settings, device, max_frames, progress).run()

@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
                       max_minutes=args.max_minutes)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
-    if r.get("rank", 0) == 0:
+    if r.get("rank", 0) == 0 and r.get("finished"):
+        print(f"nothing to do: {args.out} is already trained to {r['steps']} steps (val loss "
+              f"{r['val_loss']:.4f}); raise --steps to train it further, or choose another --out")
+    elif r.get("rank", 0) == 0:
         print(f"trained {args.objective} ({r['params'] / 1e6:.1f}M params) for {r['steps']} steps in "
               f"{r['seconds'] / 60:.1f} min on {r['world_size']} process(es): val loss "
               f"{r['val_loss']:.4f}, {r['tokens_per_s']:.0f} tokens/s -> {args.out}")

@@ -1,0 +1,180 @@
+"""What every training run shares: the learning-rate schedule, resume from and save to a
+checkpoint, the logging and checkpoint cadence, and the stop on a loss that is no longer finite.
+
+A run is an object over a bundle folder. A subclass builds its model and optimizer (`setup`),
+takes one optimizer step (`train_step`, returning the loss as a device tensor), and says what
+happens after a step and at the logging cadence (`after_step`, `log`); `TrainingRun.loop` ties
+them together:
+
+    resume()                          model + optimizer + step from OUT/train_state.safetensors
+    while step < steps:               (or until max_seconds of training)
+        loss = train_step()           batches are drawn from (seed, step): a resumed run sees the
+        after_step(loss)              batches it would have seen
+        every log_every steps and at the end: check the loss is finite, log(loss)
+        every checkpoint_seconds: save()
+    save()                            also on the way out of a Ctrl-C or SIGTERM
+
+A loss that turns NaN or infinite stops the run with `NonFiniteLoss`; nothing is saved from
+then on, so the last checkpoint holds the last finite state and no bundle is written.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from worldsim.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from worldsim.errors import WorldsimError
+
+STATE_FILE = "train_state.safetensors"
+
+
+def lr_at(step: int, lr: float, warmup: int, steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay from `lr` to `min_ratio * lr` at
+    `steps`. `step` is the 0-based index of the step about to be taken."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def require_positive(settings: Any, *names: str) -> None:
+    """Settings that would fail only late in a run (after training, at the first validation)
+    are checked when it starts. The CLI checks them while parsing; this covers other callers."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise WorldsimError(f"{name} must be at least 1, got {getattr(settings, name)}")
+
+
+class NonFiniteLoss(WorldsimError):
+    """The loss became NaN or infinite: the run stopped without writing a bundle."""
+
+
+class TrainingRun:
+    """The loop, cadence, checkpointing and resume shared by every trainer (see the module
+    docstring). Subclasses set `model` and `opt` in `setup` and implement `train_step`."""
+
+    desc = "train"
+
+    def __init__(self, out: str | Path, steps: int, checkpoint_seconds: float, log_every: int = 10,
+                 max_seconds: float = 0.0, progress: bool = True, is_main: bool = True) -> None:
+        self.out = Path(out)
+        self.steps = steps
+        self.checkpoint_seconds = checkpoint_seconds
+        self.log_every = log_every
+        self.max_seconds = max_seconds
+        self.progress = progress
+        self.is_main = is_main  # the process that writes files (rank 0 under torchrun)
+        self.model: torch.nn.Module | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.step = 0  # optimizer steps taken
+        self.elapsed = 0.0  # seconds of training, over every resumed session
+        self.saved_step: int | None = None  # step of the checkpoint on disk
+        self.diverged = False
+        self._nonfinite: torch.Tensor | None = None  # () bool on the device: any loss not finite
+        self.last_loss: torch.Tensor | None = None
+        self.bar: tqdm | None = None
+
+    # -- subclass hooks --------------------------------------------------------------------------
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step at `self.step` (not yet incremented); returns the loss, () tensor."""
+        raise NotImplementedError
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        """After each step, `self.step` already counts it (validation cadence, statistics)."""
+
+    def log(self, loss: torch.Tensor) -> None:
+        """At the logging cadence, after the loss was checked to be finite."""
+
+    def any_nonfinite(self, flag: torch.Tensor) -> bool:
+        """Whether any process saw a non-finite loss; data-parallel runs reduce it across ranks
+        so that every rank stops at the same step."""
+        return bool(flag)
+
+    # -- shared ----------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def saved_state(self) -> dict[str, Any] | None:
+        """The checkpoint's header (step, seconds) without loading its tensors, or None."""
+        return read_checkpoint_state(self.state_path) if self.state_path.exists() else None
+
+    def resume(self) -> bool:
+        """Restore model, optimizer, step and training time from the checkpoint, if there is one."""
+        if not self.state_path.exists():
+            return False
+        st = load_checkpoint(self.state_path, self.model, self.opt)
+        self.step, self.elapsed = int(st["step"]), float(st.get("seconds", 0.0))
+        self.saved_step = self.step
+        if self.is_main:
+            print(f"resuming from step {self.step} ({self.state_path})")
+        return True
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def save(self) -> None:
+        """Checkpoint, unless nothing was trained or the state is no longer finite."""
+        if not self.is_main or self.step == 0 or self.step == self.saved_step:
+            return
+        if self.diverged or (self._nonfinite is not None and bool(self._nonfinite)):
+            return  # keep the last finite checkpoint
+        save_checkpoint(self.state_path, self.model, self.opt,
+                        {"step": self.step, "seconds": self.elapsed})
+        self.saved_step = self.step
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        if self._nonfinite is None or not self.any_nonfinite(self._nonfinite):
+            return
+        self.diverged = True
+        kept = (f"the checkpoint at step {self.saved_step} is kept" if self.saved_step
+                else "no checkpoint was written")
+        raise NonFiniteLoss(f"the loss became {float(loss.detach()):.4g} by step {self.step}, so the "
+                            f"run stopped without writing a bundle ({kept}); lower --lr or check "
+                            "the data")
+
+    def log_due(self) -> bool:
+        return self.step % self.log_every == 0 or self.step == self.steps
+
+    def loop(self) -> None:
+        """Train from `self.step` to `self.steps` (or `max_seconds`), checkpointing on the way."""
+        self.bar = tqdm(total=self.steps, initial=self.step, desc=self.desc, unit="step",
+                        disable=not (self.progress and self.is_main))
+        t_start = t_ckpt = time.perf_counter()
+        self.t_start, elapsed0 = t_start, self.elapsed
+        try:
+            while self.step < self.steps:
+                if self.max_seconds and self.elapsed > self.max_seconds:
+                    break
+                loss = self.last_loss = self.train_step()
+                self.step += 1
+                # Accumulated on the device: no host sync per step, checked at the log cadence.
+                bad = ~torch.isfinite(loss.detach())
+                self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+                now = time.perf_counter()
+                self.elapsed = elapsed0 + now - t_start
+                self.bar.update(1)
+                self.after_step(loss)
+                if self.log_due():
+                    self.check_finite(loss)
+                    self.log(loss)
+                if now - t_ckpt > self.checkpoint_seconds:
+                    self.check_finite(loss)
+                    self.save()
+                    t_ckpt = now
+        except BaseException:
+            # Ctrl-C, SIGTERM or an error: keep the finished work, if it is finite.
+            self.bar.close()
+            self.save()
+            raise
+        self.bar.close()
+        if self.last_loss is not None:
+            self.check_finite(self.last_loss)
+        self.save()
