@@ -24,7 +24,7 @@ def rng():
 @pytest.fixture(scope="session")
 def tiny_tokens(crafter_store, tmp_path_factory):
     """A tiny image tokenizer bundle and the crafter store tokenized with it: (bundle, shards)."""
-    from worldsim.tokens import tokenize_store
+    from worldsim.data.shards import tokenize_store
     from worldsim.train_tokenizer import TokenizerTrainSettings, train_tokenizer
 
     root = tmp_path_factory.mktemp("tok")

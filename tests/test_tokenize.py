@@ -5,7 +5,7 @@ import pytest
 
 from worldsim.cli import main
 from worldsim.data.store import CorruptEpisodeWarning, EpisodeStore
-from worldsim.tokens import TokenShards, tokenize_store
+from worldsim.data.shards import TokenShards, tokenize_store
 from worldsim.bundle import load_image_tokenizer
 
 

@@ -41,7 +41,7 @@ from worldsim.errors import WorldsimError
 from worldsim.fileio import file_sha256
 from worldsim.model import ModelConfig, WorldModel, preset_config
 from worldsim.objectives import Objective
-from worldsim.tokens import TokenShards
+from worldsim.data.shards import TokenShards
 from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
 
 LOG_FILE = "train_log.jsonl"

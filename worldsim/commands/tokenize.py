@@ -9,7 +9,7 @@ from worldsim.commands._args import device, existing_dir, out_dir, positive_int
 HELP = """\
 Encode every episode of a store into token shards that training memory-maps: frame tokens
 uint16 [T+1, N] and action tokens [T, A] per episode, packed into frames.npy / actions.npy with
-an index.json (see worldsim.tokens for the layout).
+an index.json (see worldsim.data.shards for the layout).
 
   worldsim tokenize --data data/crafter --tokenizer runs/tok --out data/crafter-tokens
 
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worldsim.tokens import tokenize_store
+    from worldsim.data.shards import tokenize_store
 
     s = tokenize_store(args.data, args.tokenizer, args.out, batch=args.batch, device=args.device,
                        progress=not args.no_progress)
