@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from worldsim.model import WorldModel
-from worldsim.evaluate import pooled_psnr_per_step
+from worldsim.metrics import pooled_psnr_per_step
 from worldsim.tokenizers.image import ImageTokenizer
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import SamplingSettings
