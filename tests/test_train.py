@@ -126,3 +126,161 @@ def test_checkpoint_whose_optimizer_does_not_fit_gives_a_clear_error(tmp_path):
     with pytest.raises(WorldsimError, match="ckpt.safetensors: its optimizer state does not fit"):
         load_checkpoint(tmp_path / "ckpt.safetensors", model, torch.optim.AdamW(model.parameters()))
     assert load_checkpoint(tmp_path / "ckpt.safetensors", model)["step"] == 1  # weights alone load
+
+
+def test_lr_schedule_warms_up_then_decays_to_its_floor():
+    from worldsim.trainer import lr_at
+
+    assert [lr_at(i, 1.0, 4, 100) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, 1.0, 4, 100) == 1.0  # the cosine starts at the peak
+    assert lr_at(52, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.55)  # halfway down
+    assert lr_at(100, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_at(10**6, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.1)  # stays at the floor
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_tokens, tmp_path, monkeypatch):
+    """Ctrl-C keeps a checkpoint; resuming from it gives the weights of a run never stopped
+    (batches drawn from (seed, step), optimizer state restored)."""
+    from safetensors.torch import load_file
+
+    from worldsim.train import WorldModelRun
+
+    tok, shards = tiny_tokens
+    s = TrainSettings(steps=4, batch=2, val_every=1000, val_batches=1, warmup=2, checkpoint_seconds=1e9)
+    train(shards, tok, tmp_path / "straight", preset="tiny", settings=s, progress=False)
+
+    real_step = WorldModelRun.train_step
+
+    def interrupted(self):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(WorldModelRun, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(shards, tok, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+    r = train(shards, tok, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
+    assert r["steps"] == 4
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_loss_stops_the_run_without_a_bundle(tiny_tokens, tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    from worldsim.cli import main
+    from worldsim.train import WorldModelRun
+
+    real_step = WorldModelRun.train_step
+
+    def diverging(self):
+        loss = real_step(self)
+        return loss * float("nan") if self.step >= 2 else loss  # the third step's loss is NaN
+
+    monkeypatch.setattr(WorldModelRun, "train_step", diverging)
+    out = tmp_path / "wm"
+    assert main(_args(tiny_tokens, out, "--steps", "20", "--batch", "2", "--checkpoint-seconds", "0")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "error: the loss became nan by step 3" in err and "the checkpoint at step 2 is kept" in err
+    assert not (out / "model.safetensors").exists()
+    with safe_open(str(out / STATE_FILE), "pt") as f:
+        assert json.loads(f.metadata()["state"])["step"] == 2  # the last finite state
+
+
+def test_rerun_of_a_finished_bundle_says_it_is_finished(tiny_tokens, tmp_path, capsys):
+    from worldsim.cli import main
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--steps", "2", "--batch", "2", "--val-every", "1000")
+    assert main(args) == 0
+    assert "trained ar" in capsys.readouterr().out
+    weights = tmp_path / "wm" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"nothing to do: {tmp_path / 'wm'} is already trained to 2 steps")
+    assert weights.stat().st_mtime_ns == before
+    assert main(args[:-4] + ["--steps", "3", "--batch", "2"]) == 0  # more steps: trains on
+    assert "trained ar" in capsys.readouterr().out and read_config(tmp_path / "wm")["model_metrics"]["steps"] == 3
+
+
+def test_shards_from_another_tokenizer_are_refused(tiny_tokens, tmp_path, capsys):
+    """The shards' index names their tokenizer's weights; a --tokenizer with other weights would
+    pair the model with codes it was not trained on."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.cli import main
+
+    tok, shards = tiny_tokens
+    other, copy = tmp_path / "other", tmp_path / "copy"
+    shutil.copytree(tok, other)
+    shutil.copytree(tok, copy)  # the same weights in another folder are fine
+    sd = load_file(str(other / "image_tokenizer.safetensors"))
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name] = sd[name] + 1
+    save_file(sd, str(other / "image_tokenizer.safetensors"))
+    base = ["train", "--shards", str(shards), "--out", str(tmp_path / "wm"), "--preset", "tiny",
+            "--no-progress", "--steps", "1", "--batch", "2", "--val-every", "1000"]
+    assert main(base + ["--tokenizer", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was tokenized with another image tokenizer" in err
+    assert not (tmp_path / "wm").exists()
+    assert main(base + ["--tokenizer", str(copy)]) == 0
+
+
+_SLOW_CHECKPOINT = """
+import os, sys, time
+real_fsync = os.fsync
+def slow_fsync(fd):  # the checkpoint write takes a while: time for a second Ctrl-C to land in it
+    if "train_state" in os.readlink(f"/proc/self/fd/{fd}"):
+        print("writing checkpoint", flush=True)
+        time.sleep(1.5)
+    real_fsync(fd)
+os.fsync = slow_fsync
+from worldsim.train_tokenizer import TokenizerRun
+real_step = TokenizerRun.train_step
+def announced_step(self):
+    if self.step == 2:
+        print("training", flush=True)
+    return real_step(self)
+TokenizerRun.train_step = announced_step
+from worldsim.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+def test_second_ctrl_c_cannot_tear_the_checkpoint(crafter_store, tmp_path):
+    """Ctrl-C stops training and writes the checkpoint on the way out; a second Ctrl-C during
+    that write waits until the file is in place, and the rerun resumes from it."""
+    out = tmp_path / "tok"
+    cmd = [sys.executable, "-c", _SLOW_CHECKPOINT, "train-tokenizer", "--data", str(crafter_store),
+           "--out", str(out), "--preset", "tiny", "--batch", "4", "--eval-frames", "8",
+           "--checkpoint-seconds", "1e9", "--no-progress"]
+    proc = subprocess.Popen(cmd + ["--steps", "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "training"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "writing checkpoint"
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+    assert "interrupted; finished work is kept" in proc.stderr.read()
+    assert not list(out.glob(".*.tmp"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / STATE_FILE), "pt") as f:
+        step = json.loads(f.metadata()["state"])["step"]
+    assert step >= 2
+    r = subprocess.run(cmd + ["--steps", str(step + 1)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from step {step}" in r.stdout
