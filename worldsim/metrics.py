@@ -85,11 +85,13 @@ def _gaussian_kernel(window: int, sigma: float, channels: int, device: torch.dev
 def ssim(a_BHWC: torch.Tensor | np.ndarray, b_BHWC: torch.Tensor | np.ndarray, window: int = 11,
          sigma: float = 1.5) -> torch.Tensor:
     """Per-frame SSIM, mean over channels and the valid region: (B,). Identical frames give 1."""
-    x = _f(a_BHWC).permute(0, 3, 1, 2) / 255  # (B, 3, H, W)
-    y = _f(b_BHWC).to(x.device).permute(0, 3, 1, 2) / 255
+    # float64: the variances are differences of nearly equal blurred moments, which float32
+    # rounds to noise of the order of SSIM's own constants.
+    x = _f(a_BHWC).double().permute(0, 3, 1, 2) / 255  # (B, 3, H, W)
+    y = _f(b_BHWC).double().to(x.device).permute(0, 3, 1, 2) / 255
     c = x.shape[1]
     window = min(window, x.shape[-1], x.shape[-2])  # tiny test frames
-    k = _gaussian_kernel(window, sigma, c, x.device)
+    k = _gaussian_kernel(window, sigma, c, x.device).double()
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, k, groups=c)
@@ -98,7 +100,7 @@ def ssim(a_BHWC: torch.Tensor | np.ndarray, b_BHWC: torch.Tensor | np.ndarray, w
     sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).float()
 
 
 # -- tiles ---------------------------------------------------------------------------------------
