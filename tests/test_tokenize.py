@@ -45,11 +45,54 @@ def test_tokenize_resumes_and_skips_corrupt(crafter_store, tiny_tokens, tmp_path
     bad.write_bytes(bad.read_bytes()[:100])
     with pytest.warns(CorruptEpisodeWarning, match="000001"):
         s = tokenize_store(data, tiny_tokens[0], tmp_path / "sh", progress=False)
-    assert s["episodes"] == 5 and s["tokenized"] == 6
+    assert s["episodes"] == 5 and s["tokenized"] == 5 and s["corrupt"] == 1
     index = json.loads((tmp_path / "sh" / "index.json").read_text())
     assert "000001" not in [e["id"] for e in index["episodes"]]
     assert main(["tokenize", "--data", str(crafter_store), "--tokenizer", str(tiny_tokens[0]),
                  "--out", str(tmp_path / "sh"), "--no-progress"]) == 0
-    assert "tokenized 0 episodes" not in capsys.readouterr().out  # 000001 was redone from good data
+    out = capsys.readouterr().out  # 000001 was redone from good data
+    assert out.startswith("tokenized 1 episodes (5 already there), ")
     s = tokenize_store(crafter_store, tiny_tokens[0], tmp_path / "sh", progress=False)
     assert s["tokenized"] == 0 and s["episodes"] == 6
+
+
+def test_summary_after_a_corrupt_episode_counts_it_apart(crafter_store, tiny_tokens, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(crafter_store, data)
+    bad = EpisodeStore(data).episode_path("000003")
+    bad.write_bytes(bad.read_bytes()[:100])
+    args = ["tokenize", "--data", str(data), "--tokenizer", str(tiny_tokens[0]), "--out",
+            str(tmp_path / "sh"), "--no-progress"]
+    for done in (0, 5):  # the second run finds the 5 good ones done and the corrupt one again
+        assert main(args) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith(f"tokenized {5 - done} episodes ({done} already there, 1 corrupt skipped), ")
+        # (Python shows a repeated warning once per process: check the first run's.)
+        assert done or (err.startswith("worldsim: warning: skipping corrupt episode") and "000003" in err)
+
+
+def test_shards_record_their_tokenizers_weights(crafter_store, tiny_tokens, tmp_path):
+    """Tokenizing into existing shards with another tokenizer of the same shape is refused:
+    the shards would mix codes of two tokenizers."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.errors import WorldsimError
+    from worldsim.fileio import file_sha256
+
+    tok = tiny_tokens[0]
+    index = json.loads((tiny_tokens[1] / "index.json").read_text())
+    assert index["tokenizer_sha256"] == file_sha256(tok / "image_tokenizer.safetensors")
+    other = tmp_path / "other"
+    shutil.copytree(tok, other)
+    sd = load_file(str(other / "image_tokenizer.safetensors"))
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[name] = sd[name] * 2
+    save_file(sd, str(other / "image_tokenizer.safetensors"))
+    shards = tmp_path / "sh"
+    shutil.copytree(tiny_tokens[1], shards)
+    with pytest.raises(WorldsimError, match="holds shards from another tokenizer"):
+        tokenize_store(crafter_store, other, shards, progress=False)

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     s = tokenize_store(args.data, args.tokenizer, args.out, batch=args.batch, device=args.device,
                        progress=not args.no_progress)
-    print(f"tokenized {s['tokenized']} episodes ({s['episodes'] - s['tokenized']} already there), "
+    corrupt = f", {s['corrupt']} corrupt skipped" if s["corrupt"] else ""
+    print(f"tokenized {s['tokenized']} episodes ({s['episodes'] - s['tokenized']} already there{corrupt}), "
           f"{s['new_frames']} frames at {s['new_frames'] / max(s['seconds'], 1e-9):.0f} frames/s; "
           f"{s['episodes']} episodes, {s['frames']} frames in {args.out}")
     return 0

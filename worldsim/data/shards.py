@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from worldsim.data.store import CorruptEpisode, EpisodeStore
 from worldsim.errors import WorldsimError
-from worldsim.fileio import atomic_open, atomic_save_npz, atomic_write_json
+from worldsim.fileio import atomic_open, atomic_save_npz, atomic_write_json, file_sha256
 from worldsim.tokenizers.action import action_tokenizer_from_config, make_action_tokenizer
 
 FORMAT = "worldsim.tokens"
@@ -45,7 +45,9 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
     from worldsim.bundle import load_image_tokenizer
 
     store = EpisodeStore(data)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    from worldsim.device import pick_device
+
+    dev = pick_device(device)
     image_tok = load_image_tokenizer(tokenizer_bundle, dev)
     cfg = image_tok.cfg
     if (cfg.height, cfg.width) != tuple(store.info.frame_size):
@@ -62,24 +64,28 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
               "grid": list(cfg.grid), "action_tokenizer": action_tok.to_config(),
               "env": store.info.env, "action_space": store.info.action_space.to_dict(),
               "frame_size": list(store.info.frame_size), "fps": store.info.fps,
-              "tokenizer": str(tokenizer_bundle), "data": str(data)}
+              "tokenizer": str(tokenizer_bundle), "data": str(data),
+              # which weights made the codes: train refuses a --tokenizer with other weights
+              "tokenizer_sha256": file_sha256(Path(tokenizer_bundle) / "image_tokenizer.safetensors")}
     old_index = out / "index.json"
     if old_index.exists():
         old = json.loads(old_index.read_text())
-        same = {k: old.get(k) for k in ("tokens_per_frame", "codebook_size", "action_tokenizer")}
+        same = {k: old.get(k) for k in ("tokens_per_frame", "codebook_size", "action_tokenizer",
+                                        "tokenizer_sha256") if k in old}
         if same != {k: header[k] for k in same}:
             raise WorldsimError(f"{out} holds shards from another tokenizer; choose another --out")
 
     ids = store.episode_ids()
     todo = [i for i in ids if not _part_ok(parts / f"{i}.npz")]
     t0 = time.perf_counter()
-    n_frames = 0
+    n_frames = corrupt = 0
     bar = tqdm(todo, desc="tokenize", unit="ep", disable=not progress or not todo)
     for eid in bar:
         try:
             ep = store.load(eid)
         except CorruptEpisode as e:
             warnings.warn(f"skipping corrupt episode {e}", CorruptEpisodeWarning, stacklevel=2)
+            corrupt += 1
             continue
         if getattr(image_tok, "uses_light", False):  # a tile tokenizer takes the recorded daylight
             light = ep.daylight if ep.daylight is not None else np.ones(len(ep.frames), np.float32)
@@ -93,8 +99,8 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
         n_frames += len(frames_TN)
         bar.set_postfix(fps=f"{n_frames / (time.perf_counter() - t0):.0f}")
     index = _pack(out, ids, header)
-    return {"episodes": len(index["episodes"]), "tokenized": len(todo), "frames": index["frames"],
-            "new_frames": n_frames, "seconds": time.perf_counter() - t0}
+    return {"episodes": len(index["episodes"]), "tokenized": len(todo) - corrupt, "corrupt": corrupt,
+            "frames": index["frames"], "new_frames": n_frames, "seconds": time.perf_counter() - t0}
 
 
 def _part_ok(path: Path) -> bool:

@@ -186,7 +186,8 @@ class EpisodeStore:
         """Read and validate one episode; raises CorruptEpisode with the reason."""
         path = self.episode_path(episode_id)
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # Our own handle: np.load leaks the one it opens when the zip directory is torn.
+            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
             raise CorruptEpisode(f"{path}: {type(e).__name__}: {e}") from e
