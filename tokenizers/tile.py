@@ -62,7 +62,7 @@ class TileTokenizerConfig:
     height: int = 72
     width: int = 72
     patch: int = 8  # one token per patch x patch tile
-    codebook_size: int = 512
+    codebook_size: int = 256  # Crafter's day frames hold about 90 distinct tiles
     light: str = "crafter"  # the light model: "crafter" or "none"
     lit_rows: int = 7  # tile rows under the light (Crafter: the 9x7 map; the 2 inventory rows are not lit)
 

@@ -53,11 +53,25 @@ def mask_ratios(shape: tuple[int, ...], generator: torch.Generator | None = None
     return torch.cos(math.pi / 2 * u)
 
 
+def corrupt_context(frames_BFN: torch.Tensor, rate: float, k: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each image token with a uniformly random code with probability `rate`."""
+    if rate <= 0:
+        return frames_BFN
+    hit = torch.rand(frames_BFN.shape, generator=generator).to(frames_BFN.device) < rate
+    codes = torch.randint(0, k, frames_BFN.shape, generator=generator).to(frames_BFN.device)
+    return torch.where(hit, codes, frames_BFN)
+
+
 def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
-                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                           generator: torch.Generator | None = None, context_noise: float = 0.0
+                           ) -> dict[str, torch.Tensor]:
     b, f, n = frames_BFN.shape
     K, L, dev = cfg.codebook_size, cfg.block_len, frames_BFN.device
-    clean = interleave(frames_BFN[:, :-1], actions_BFA[:, :-1])  # (B, (F-1)*L)
+    # What the model reads as context (clean blocks and previous-frame hints) may be corrupted;
+    # what it must predict never is.
+    context_BFN = corrupt_context(frames_BFN, context_noise, K, generator)
+    clean = interleave(context_BFN[:, :-1], actions_BFA[:, :-1])  # (B, (F-1)*L)
     target = frames_BFN[:, 1:]  # (B, F-1, N)
     m = (mask_ratios((b, f - 1), generator, dev) * n).ceil().clamp(1, n)  # tokens to mask
     scores = torch.rand((b, f - 1, n), generator=generator).to(dev)
@@ -66,7 +80,7 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
     noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
     pos_clean = torch.arange((f - 1) * L, device=dev)
     pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
-    hints_noisy = prev_frame_tokens(frames_BFN, K)[:, 1:].flatten(1)
+    hints_noisy = prev_frame_tokens(context_BFN, K)[:, 1:].flatten(1)
     hints_clean = torch.full_like(clean, K)
     return {"tokens": torch.cat([noisy.flatten(1), clean], 1),
             "positions": torch.cat([pos_noisy, pos_clean]).expand(b, -1),
@@ -79,9 +93,12 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
 class Objective(nn.Module):
     """Wraps the model so that forward returns the loss (what DistributedDataParallel wraps)."""
 
-    def __init__(self, model: WorldModel):
+    def __init__(self, model: WorldModel, context_noise: float = 0.0):
         super().__init__()
         self.model = model
+        if context_noise and model.cfg.objective != "block_diffusion":
+            raise ValueError("context noise is implemented for the block_diffusion objective only")
+        self.context_noise = context_noise
 
     def forward(self, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +108,8 @@ class Objective(nn.Module):
             x = ar_inputs(cfg, frames_BFN, actions_BFA)
             h = self.model.hidden(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
         else:
-            x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, generator)
+            x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, generator,
+                                       self.context_noise if self.training else 0.0)
             h = self.model.hidden(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
         sel = x["loss_mask"]
         # Only the positions with a loss go through the output head: the clean half of a block-

@@ -66,6 +66,9 @@ class TrainSettings:
     seed: int = 0
     checkpoint_seconds: float = 120.0
     max_minutes: float = 0.0  # stop early (and write the bundle) after this much training time
+    # block_diffusion: the fraction of context image tokens replaced by random codes, so the
+    # model learns to read past its own mistakes in long rollouts (targets stay clean)
+    context_noise: float = 0.0
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -218,7 +221,7 @@ class WorldModelRun(TrainingRun):
         s = self.s
         torch.manual_seed(s.seed)
         self.model = model = WorldModel(self.cfg).to(self.dev)
-        self.objective_mod: torch.nn.Module = Objective(model)
+        self.objective_mod: torch.nn.Module = Objective(model, context_noise=s.context_noise)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
@@ -245,7 +248,10 @@ class WorldModelRun(TrainingRun):
 
     def lr(self, step: int) -> float:
         s = self.s
-        return lr_at(step, s.lr, s.warmup, s.steps, s.min_lr_ratio)
+        # With a time budget the schedule also runs on the clock (one process only: ranks'
+        # clocks differ, and their learning rates must not).
+        frac = self.elapsed / (s.max_minutes * 60) if s.max_minutes and not self.ddp.enabled else 0.0
+        return lr_at(step, s.lr, s.warmup, s.steps, s.min_lr_ratio, frac)
 
     def train_step(self) -> torch.Tensor:
         s = self.s

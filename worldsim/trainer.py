@@ -34,12 +34,15 @@ from worldsim.errors import WorldsimError
 STATE_FILE = "train_state.safetensors"
 
 
-def lr_at(step: int, lr: float, warmup: int, steps: int, min_ratio: float = 0.1) -> float:
+def lr_at(step: int, lr: float, warmup: int, steps: int, min_ratio: float = 0.1,
+          time_fraction: float = 0.0) -> float:
     """Linear warmup over `warmup` steps, then cosine decay from `lr` to `min_ratio * lr` at
-    `steps`. `step` is the 0-based index of the step about to be taken."""
+    `steps`. `step` is the 0-based index of the step about to be taken. A run with a time budget
+    passes the fraction of it spent: the decay then follows whichever of steps and time is
+    further along, so a run that its budget ends still ends its cosine."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    t = min(1.0, max((step - warmup) / max(1, steps - warmup), time_fraction))
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import (device, existing_dir, nonneg_float, nonneg_int, out_dir,
-                                     positive_float, positive_int)
+from worldsim.commands._args import (device, existing_dir, fraction, nonneg_float, nonneg_int,
+                                     out_dir, positive_float, positive_int)
 
 HELP = """\
 Train the world model on token shards and write a playable bundle.
@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=positive_int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
     p.add_argument("--max-minutes", type=nonneg_float, default=0.0,
                    help="stop after this many minutes of training and write the bundle (default: no limit)")
+    p.add_argument("--context-noise", type=fraction, default=S.context_noise,
+                   help="block_diffusion: fraction of context image tokens replaced by random codes "
+                        "in training, to recover from its own mistakes in rollouts (default: 0)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     s = TrainSettings(steps=args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
                       warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
-                      max_minutes=args.max_minutes)
+                      max_minutes=args.max_minutes, context_noise=args.context_noise)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):

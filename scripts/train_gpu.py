@@ -1,0 +1,262 @@
+"""Train the default Crafter world model on a CUDA GPU in one short call, from carried inputs.
+
+Three steps, the middle one on the GPU machine:
+
+    python scripts/train_gpu.py prepare --shards data/crafter-tile-tokens --tokenizer runs/tok-tile \
+        --data data/crafter                       # here: pack the inputs into .gpu/ (< 64 MiB)
+    python scripts/train_gpu.py run --minutes 7   # there, from the repository root: train,
+                                                  # evaluate, bench; results into $OUT
+    python scripts/train_gpu.py unpack --results DIR --out runs/wm-gpu   # here: rebuild the bundle
+
+    python scripts/train_gpu.py smoke             # all three on this CPU, tiny, in about a minute
+
+`prepare` writes `.gpu/`: a snapshot of the committed code (`git archive HEAD`, so edits in the
+working tree cannot break the run), the token shards gzipped (codes of a 256-code tokenizer
+squeeze to about a tenth), the tokenizer bundle and the store's first validation episodes.
+`run` installs nothing: it maps the snapshot's packages with PYTHONPATH, trains with
+`worldsim train` under bf16 autocast for `--minutes` of training time (the learning-rate schedule
+runs on that clock, so the cosine ends when the time does), evaluates the bundle on the carried
+episodes with `worldsim eval` when the snapshot has it, and benches the decoders. What comes
+back fits the device's limits (at most 8 files of at most 16 MiB): the weights in bf16, split if
+they must be, the config, the training log, the eval report and the bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GPU = ROOT / ".gpu"  # ignored by git (.git/info/exclude), named in the device call's carry
+PART = 15 * 2**20  # weights come back in parts under the 16 MiB limit per file
+
+
+def sh(cmd: list[str], **kw) -> int:
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, **kw)
+
+
+# -- here ------------------------------------------------------------------------------------
+def prepare(args: argparse.Namespace) -> None:
+    dest = Path(args.dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "shards").mkdir(parents=True)
+    # The committed code only: helpers' or editors' half-made changes never reach the GPU.
+    ref = args.ref
+    if ref == "WORKTREE":  # the tracked files as they are now, without touching the index
+        ref = subprocess.run(["git", "-C", str(ROOT), "stash", "create"], check=True,
+                             capture_output=True, text=True).stdout.strip() or "HEAD"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+                             check=True, capture_output=True).stdout
+    (dest / "src.tar").write_bytes(archive)
+    shards = Path(args.shards)
+    for name in ("frames.npy", "actions.npy"):
+        with open(shards / name, "rb") as f, gzip.open(dest / "shards" / f"{name}.gz", "wb", 6) as g:
+            shutil.copyfileobj(f, g)
+    shutil.copy(shards / "index.json", dest / "shards" / "index.json")
+    shutil.copytree(args.tokenizer, dest / "tokenizer",
+                    ignore=shutil.ignore_patterns("*.png", "train_state*", "*.jsonl"))
+    if args.data:
+        _copy_val_episodes(Path(args.data), dest / "val", args.val_episodes)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"prepared {dest}: {size / 2**20:.1f} MiB (the device call's limit is 64 MiB with the checkout)")
+    if size > 56 * 2**20:
+        raise SystemExit("too large to carry: tokenize fewer episodes")
+
+
+def _copy_val_episodes(store: Path, out: Path, n: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from worldsim.data.store import EpisodeStore
+
+    s = EpisodeStore(store)
+    _, val = s.split()
+    (out / "episodes").mkdir(parents=True)
+    info = json.loads((store / "dataset.json").read_text())
+    keep = val[:n]
+    for eid in keep:
+        shutil.copy(s.episode_path(eid), out / "episodes" / s.episode_path(eid).name)
+    (out / "dataset.json").write_text(json.dumps(info))
+
+
+def unpack(args: argparse.Namespace) -> None:
+    """Rebuild a bundle from what `run` brought back: join the weight parts, copy the rest."""
+    res, out = Path(args.results), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = sorted(res.glob("model.safetensors.part*"))
+    if parts:
+        with open(out / "model.safetensors", "wb") as f:
+            for p in parts:
+                f.write(p.read_bytes())
+    for p in res.iterdir():
+        if not p.name.startswith("model.safetensors.part"):
+            shutil.copy(p, out / p.name)
+    print(f"bundle in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+
+
+# -- there -----------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    inputs = Path(args.inputs).resolve()
+    out = Path(os.environ.get("OUT") or args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    src = work / "src"
+    src.mkdir(parents=True)
+    with tarfile.open(inputs / "src.tar") as t:
+        t.extractall(src)
+    # No install: the three top-level packages map into the worldsim namespace by links.
+    for d in ("tokenizers", "inference", "client"):
+        (src / "worldsim" / d).symlink_to(f"../{d}")
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
+    shards = work / "shards"
+    shards.mkdir()
+    for name in ("frames.npy", "actions.npy"):
+        with gzip.open(inputs / "shards" / f"{name}.gz", "rb") as g, open(shards / name, "wb") as f:
+            shutil.copyfileobj(g, f)
+    shutil.copy(inputs / "shards" / "index.json", shards / "index.json")
+    py = [sys.executable, "-m", "worldsim"]
+    bundle = work / "bundle"
+    t0 = time.time()
+    rc = sh(py + ["train", "--shards", str(shards), "--tokenizer", str(inputs / "tokenizer"),
+                  "--out", str(bundle), "--objective", "block_diffusion", "--preset", args.preset,
+                  "--frames", str(args.frames), "--batch", str(args.batch), "--lr", str(args.lr),
+                  "--warmup", str(args.warmup), "--steps", str(args.steps),
+                  "--max-minutes", str(args.minutes), "--val-every", str(args.val_every),
+                  "--dtype", args.dtype, "--device", args.device, "--no-progress"] + args.train_args,
+            env=env)
+    print(f"train: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+    if not (bundle / "model.safetensors").exists():
+        return rc or 1
+    _bring_back(bundle, out, args.keep_fp32)
+    val = inputs / "val"
+    if val.exists() and (src / "worldsim" / "commands" / "eval.py").exists():
+        report = work / "report"
+        rc_e = sh(py + ["eval", "--bundle", str(bundle), "--data", str(val), "--episodes",
+                        str(args.eval_episodes), "--out", str(report), "--device", args.device]
+                  + args.eval_args, env=env)
+        for name in ("report.json", "report.md"):
+            if (report / name).exists():
+                shutil.copy(report / name, out / f"eval_{name}")
+        print(f"eval: exit {rc_e}", flush=True)
+    if args.bench:
+        with open(out / "bench.txt", "w") as f:
+            sh(py + ["bench", "--bundle", str(bundle), "--device", args.device, "--dtype", args.dtype,
+                     "--frames", "32", "--sessions", "1,16", "--json", str(out / "bench.json")],
+               env=env, stdout=f, stderr=subprocess.STDOUT)
+    return 0
+
+
+def _bring_back(bundle: Path, out: Path, keep_fp32: bool) -> None:
+    """The weights in bf16 (they load into any dtype) in parts under 16 MiB, config and log."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(bundle / "model.safetensors"))
+    if not keep_fp32:
+        sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in sd.items()}
+    tmp = bundle / "model.bf16.safetensors"
+    save_file(sd, str(tmp))
+    data = tmp.read_bytes()
+    for i in range(0, len(data), PART):
+        (out / f"model.safetensors.part{i // PART:02d}").write_bytes(data[i:i + PART])
+    for name in ("config.json", "train_log.jsonl", "image_tokenizer.safetensors"):
+        if (bundle / name).exists():
+            shutil.copy(bundle / name, out / name)
+
+
+# -- smoke -----------------------------------------------------------------------------------
+def smoke(args: argparse.Namespace) -> int:
+    """The whole recipe on this CPU with a tiny store, tokenizer and model, in about a minute."""
+    import tempfile
+
+    tmp = Path(args.work or tempfile.mkdtemp(prefix="worldsim-gpu-smoke-"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    py = [sys.executable, "-m", "worldsim"]
+    store, tok, shards = tmp / "store", tmp / "tok", tmp / "shards"
+    steps = [
+        py + ["collect", "--env", "crafter", "--episodes", "4", "--steps", "24", "--workers", "1",
+              "--out", str(store), "--no-progress"],
+        py + ["train-tokenizer", "--kind", "tile", "--data", str(store), "--out", str(tok),
+              "--no-progress"],
+        py + ["tokenize", "--data", str(store), "--tokenizer", str(tok), "--out", str(shards),
+              "--no-progress"],
+    ]
+    for cmd in steps:
+        if sh(cmd, env=env):
+            return 1
+    dest = tmp / "carry"
+    prepare(argparse.Namespace(dest=str(dest), ref=args.ref, shards=str(shards), tokenizer=str(tok),
+                               data=str(store), val_episodes=2))
+    results = tmp / "results"
+    rc = run(argparse.Namespace(inputs=str(dest), out=str(results), work=str(tmp / "work"),
+                                preset="tiny", frames=4, batch=2, lr=1e-3, warmup=2, steps=6,
+                                minutes=0.5, val_every=3, dtype="fp32", device="cpu",
+                                keep_fp32=False, eval_episodes=2, bench=False, train_args=[],
+                                eval_args=["--horizon", "3", "--context", "1"]))
+    if rc:
+        return rc
+    unpack(argparse.Namespace(results=str(results), out=str(tmp / "bundle")))
+    from_bundle = [sys.executable, "-c",
+                   "import sys; from worldsim.inference.engine import Engine; "
+                   "e = Engine.from_bundle(sys.argv[1]); print('bundle loads:', e.cfg.dim, 'wide')",
+                   str(tmp / "bundle")]
+    return sh(from_bundle, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="here: pack code, shards, tokenizer and validation episodes into .gpu/")
+    a.add_argument("--shards", required=True)
+    a.add_argument("--tokenizer", required=True)
+    a.add_argument("--data", help="the episode store, for validation episodes to evaluate on")
+    a.add_argument("--val-episodes", type=int, default=16)
+    a.add_argument("--ref", default="HEAD",
+                   help="the commit whose code runs there, or WORKTREE for the tracked files as they "
+                        "are now (default: HEAD)")
+    a.add_argument("--dest", default=str(GPU))
+    a.set_defaults(func=prepare)
+    r = sub.add_parser("run", help="on the GPU machine: train, evaluate and bench; results into $OUT")
+    r.add_argument("--inputs", default=str(GPU))
+    r.add_argument("--out", default="/tmp/worldsim-gpu-out", help="where results go when $OUT is unset")
+    r.add_argument("--work", default="/tmp/worldsim-gpu")
+    r.add_argument("--minutes", type=float, default=7.0, help="training time (default: 7)")
+    r.add_argument("--preset", default="crafter")
+    r.add_argument("--frames", type=int, default=8)
+    r.add_argument("--batch", type=int, default=64)
+    r.add_argument("--lr", type=float, default=2e-3)
+    r.add_argument("--warmup", type=int, default=200)
+    r.add_argument("--steps", type=int, default=100000, help="an upper bound; --minutes ends the run")
+    r.add_argument("--val-every", type=int, default=500)
+    r.add_argument("--dtype", default="bf16")
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--keep-fp32", action="store_true")
+    r.add_argument("--eval-episodes", type=int, default=16)
+    r.add_argument("--no-bench", dest="bench", action="store_false")
+    r.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
+                   help="extra arguments for `worldsim train` (last on the line)")
+    r.set_defaults(func=run, eval_args=[])
+    u = sub.add_parser("unpack", help="here: rebuild the bundle from the results")
+    u.add_argument("--results", required=True)
+    u.add_argument("--out", required=True)
+    u.set_defaults(func=unpack)
+    s = sub.add_parser("smoke", help="all steps on this CPU with tiny settings")
+    s.add_argument("--work", default=None)
+    s.add_argument("--ref", default="WORKTREE", help="the code to run (default: WORKTREE)")
+    s.set_defaults(func=smoke)
+    args = p.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Training recipe pieces: context noise, the time-budget schedule, and the GPU script's smoke run."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from worldsim.model import WorldModel, preset_config
+from worldsim.objectives import Objective, block_diffusion_inputs, corrupt_context
+from worldsim.trainer import lr_at
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_context_noise_corrupts_context_not_targets():
+    cfg = preset_config("tiny", objective="block_diffusion")
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, cfg.codebook_size, (8, cfg.frames, cfg.tokens_per_frame), generator=g)
+    actions = torch.randint(cfg.codebook_size, cfg.codebook_size + cfg.action_ids,
+                            (8, cfg.frames, cfg.action_tokens), generator=g)
+    plain = block_diffusion_inputs(cfg, frames, actions, torch.Generator().manual_seed(1))
+    noisy = block_diffusion_inputs(cfg, frames, actions, torch.Generator().manual_seed(1), 0.3)
+    n_noisy = (cfg.frames - 1) * cfg.tokens_per_frame
+    # Targets of the noisy frames are the real frames either way.
+    assert torch.equal(plain["targets"][:, :n_noisy], noisy["targets"][:, :n_noisy])
+    # The clean context differs on image tokens, at about the asked rate, never on actions.
+    clean_p, clean_n = plain["tokens"][:, n_noisy:], noisy["tokens"][:, n_noisy:]
+    is_action = clean_p >= cfg.codebook_size
+    assert torch.equal(clean_p[is_action], clean_n[is_action])
+    changed = (clean_p != clean_n)[~is_action].float().mean()
+    assert 0.2 < float(changed) < 0.35  # 0.3, less the random codes that equal the real one
+    assert not torch.equal(plain["prev"], noisy["prev"])  # the previous-frame hints read the context too
+    assert torch.equal(corrupt_context(frames, 0.0, cfg.codebook_size), frames)
+
+
+def test_context_noise_only_in_training_and_only_for_block_diffusion():
+    cfg = preset_config("tiny", objective="block_diffusion")
+    torch.manual_seed(0)
+    obj = Objective(WorldModel(cfg), context_noise=0.5)
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, cfg.codebook_size, (2, cfg.frames, cfg.tokens_per_frame), generator=g)
+    actions = torch.full((2, cfg.frames, cfg.action_tokens), cfg.codebook_size)
+    obj.eval()
+    a, _ = obj(frames, actions, torch.Generator().manual_seed(3))
+    b, _ = Objective(obj.model)(frames, actions, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)  # evaluation never corrupts
+    with pytest.raises(ValueError, match="block_diffusion"):
+        Objective(WorldModel(preset_config("tiny", objective="ar")), context_noise=0.1)
+
+
+def test_schedule_follows_the_time_budget():
+    # Step-based: halfway through the decay at the middle step.
+    mid = lr_at(550, 1.0, 100, 1000, 0.1)
+    assert math.isclose(mid, 0.1 + 0.9 * 0.5, rel_tol=1e-6)
+    # A time budget half spent at step 200 puts the schedule at its middle too...
+    assert math.isclose(lr_at(200, 1.0, 100, 100000, 0.1, time_fraction=0.5), mid, rel_tol=1e-6)
+    # ...and spent, at its floor, however few steps ran.
+    assert math.isclose(lr_at(300, 1.0, 100, 100000, 0.1, time_fraction=1.0), 0.1, rel_tol=1e-6)
+    # Warmup stays step-based.
+    assert lr_at(9, 1.0, 100, 1000, 0.1, time_fraction=0.9) == pytest.approx(0.1)
+
+
+def test_gpu_script_smoke_runs_end_to_end(tmp_path):
+    """scripts/train_gpu.py smoke: collect, fit tiles, tokenize, pack, train, bring back, load."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("the GPU script snapshots the code with git")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_gpu.py"), "smoke",
+                        "--work", str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "bundle loads" in r.stdout
+    parts = list((tmp_path / "results").glob("model.safetensors.part*"))
+    assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
+    assert (tmp_path / "bundle" / "model.safetensors").exists()
