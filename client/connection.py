@@ -55,8 +55,10 @@ class Connection:
     # -- opening and closing ------------------------------------------------------------------
     def open(self) -> "Connection":
         try:
+            # Entered as a context manager, which websockets >= 17.1 asks of a connection kept
+            # open; close() leaves it.
             self._ws = connect(self.url, compression=None, max_size=P.MAX_SERVER_MESSAGE,
-                               open_timeout=self.timeout)
+                               open_timeout=self.timeout).__enter__()
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
             raise ConnectionFailed(f"cannot connect to {self.url}: {e}") from None
         try:

@@ -243,7 +243,7 @@ class Scheduler:
             first = np.asarray(start.frames[-1])  # (H, W, 3) the real frame it starts from
             slot.truth_frame = first if start.truth is not None else None
             out = FrameOut(slot.index, slot.seq, first, slot.truth_frame, slot.step, None)
-        slot.deliver(out)
+        self._deliver(slot, out)
 
     def _free(self, slot: _Slot) -> None:
         if slot.session is not None:
@@ -338,7 +338,7 @@ class Scheduler:
                 log.exception("engine step failed; closing %d session(s)", len(items))
                 for s, _, _ in items:
                     self.close(s.sid)
-                    s.deliver(None)
+                    self._deliver(s, None)
                 continue
             self.batches += 1
             for s, action, t_in in items:
@@ -352,8 +352,15 @@ class Scheduler:
                         "passes": float(stats.passes), "steps": float(s.decoder.steps),
                         "batch": float(len(items)), "truth": truth_ms})
                 self.frames += 1
-                s.deliver(out)
+                self._deliver(s, out)
         self._last_step_s = time.perf_counter() - t0
+
+    def _deliver(self, s: _Slot, out: FrameOut | None) -> None:
+        try:
+            s.deliver(out)
+        except Exception:  # one broken receiver must not stop every other session's frames
+            log.exception("delivering a frame of session %d failed; closing it", s.sid)
+            self.close(s.sid)
 
     def _step_truth(self, s: _Slot, action: Any) -> tuple[np.ndarray | None, float]:
         if s.truth is None:

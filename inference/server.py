@@ -301,7 +301,7 @@ class FrameServer:
         try:
             server = await serve(self._handle, s.host, s.port, max_size=s.max_message,
                                  compression=None,  # frames are JPEG or small: deflate buys nothing
-                                 max_queue=64)
+                                 max_queue=64, close_timeout=2)
         except OSError as e:
             raise ServeError(f"cannot listen on {s.host}:{s.port}: {e.strerror or e}") from None
         async with server:
@@ -348,7 +348,7 @@ class FrameServer:
             conn.close_code, conn.close_reason = c.code, c.reason
             if c.error is not None:
                 await self._send_quietly(conn, c.error)
-            await ws.close(c.code, c.reason)
+            await self._close(ws, c.code, c.reason)
         except websockets.ConnectionClosed as e:
             rcvd = e.rcvd
             conn.close_code = rcvd.code if rcvd else ws.close_code or CLOSE_GOING_AWAY
@@ -362,6 +362,23 @@ class FrameServer:
             if ws.close_code is not None and conn.close_code == CLOSE_NORMAL and ws.close_code != CLOSE_NORMAL:
                 conn.close_code, conn.close_reason = ws.close_code, ws.close_reason or conn.close_reason
             log.info("%s", conn.summary())
+
+    @staticmethod
+    async def _close(ws: ServerConnection, code: int, reason: str) -> None:
+        """Close, reading (and dropping) what the client still sends meanwhile: a client
+        blocked on a full socket (a flood) could not otherwise answer the close."""
+        async def drain() -> None:
+            try:
+                while True:
+                    await ws.recv()
+            except websockets.ConnectionClosed:
+                pass
+
+        drainer = asyncio.create_task(drain())
+        try:
+            await ws.close(code, reason)
+        finally:
+            drainer.cancel()
 
     async def _recv(self, conn: Connection, timeout: float) -> bytes | str:
         try:
@@ -397,7 +414,10 @@ class FrameServer:
         outbox = conn.outbox
 
         def deliver(out: FrameOut | None) -> None:  # on the inference thread
-            loop.call_soon_threadsafe(outbox.put, out)
+            try:
+                loop.call_soon_threadsafe(outbox.put, out)
+            except RuntimeError:  # the loop has closed (the server is stopping): nobody to tell
+                pass
 
         conn.sid, fut = self.scheduler.open(start, deliver)
         try:

@@ -1,0 +1,107 @@
+"""The pygame client under SDL's dummy video driver, driven by synthetic key events through an
+embedded server (as `worldsim play` runs it)."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+pygame = pytest.importorskip("pygame")
+
+from worldsim.client.connection import Connection, ConnectionFailed  # noqa: E402
+from worldsim.client.game import GameWindow  # noqa: E402
+from worldsim.client.keymaps import CrafterKeymap, MineRLKeymap  # noqa: E402
+from worldsim.envs.crafter import CRAFTER_ACTIONS, CRAFTER_SPACE, CrafterEnv  # noqa: E402
+from worldsim.envs.minerl_space import MINERL_SPACE  # noqa: E402
+
+from _serving import SIZE, running_server, tiny_bundle  # noqa: E402
+
+# Keys held over the 30 frames: right, then left, then `do`.
+SCRIPT = {2: pygame.K_d, 11: pygame.K_a, 21: pygame.K_SPACE}
+
+
+def test_keymaps_turn_keys_into_actions():
+    crafter = CrafterKeymap(CRAFTER_SPACE.to_dict())
+    assert crafter.action([]) == CRAFTER_ACTIONS.index("noop")
+    assert crafter.action([pygame.K_w]) == CRAFTER_ACTIONS.index("move_up")
+    assert crafter.action([pygame.K_w, pygame.K_t]) == CRAFTER_ACTIONS.index("place_table")  # last pressed wins
+    assert crafter.action([pygame.K_6]) == CRAFTER_ACTIONS.index("make_iron_sword")
+    assert crafter.action([pygame.K_TAB]) == CRAFTER_ACTIONS.index("sleep")
+    minerl = MineRLKeymap(MINERL_SPACE.to_dict())
+    a = minerl.action([pygame.K_w, pygame.K_LSHIFT, pygame.K_3], buttons=[1], motion=(20, -10))
+    assert {k for k, v in a.items() if k != "camera" and v} == {"forward", "sneak", "hotbar.3", "attack"}
+    assert a["camera"] == pytest.approx([-1.5, 3.0])  # mouse up looks up; right turns right
+
+
+def test_a_bad_address_gives_one_line():
+    with pytest.raises(ConnectionFailed, match="cannot connect"):
+        Connection("ws://127.0.0.1:9", timeout=2).open()
+
+
+def test_window_plays_30_frames_from_synthetic_keys(tmp_path):
+    bundle = tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, fps=0, max_sessions=1) as server:
+        conn = Connection(server.url, encoding="raw", seed=5, ground_truth=True).open()
+        sent = {}
+        send = conn.send_action
+
+        def record_send(action):
+            seq = send(action)
+            sent[seq] = action
+            return seq
+
+        conn.send_action = record_send
+        window = GameWindow(conn, out_dir=tmp_path)
+        frames = []
+
+        def on_frame(w):
+            frames.append(w.frame)
+            n = w.frames_shown
+            if n in SCRIPT:
+                for key in w.held:
+                    pygame.event.post(pygame.event.Event(pygame.KEYUP, key=key))
+                pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=SCRIPT[n]))
+            if n == 2:
+                pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_F1))  # HUD on
+            if n in (5, 25):
+                pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_F9))  # record
+
+        try:
+            shown = window.run(max_frames=31, on_frame=on_frame)  # the first, real frame + 30
+            shot = window.screenshot(tmp_path / "play.png")
+        finally:
+            conn.close()
+            window.close()
+    assert shown == 31 and len(frames) == 30
+    assert pygame.image.load(str(shot)).get_size() == (2 * SIZE * window.scale + 8, SIZE * window.scale)
+    keep = os.environ.get("WORLDSIM_SCREENSHOT")  # set to refresh the committed docs/ image
+    if keep:
+        shutil.copyfile(shot, keep)
+
+    # The keys became the actions the keymap names, one per frame, in order.
+    actions = [sent[s] for s in sorted(sent)]
+    names = [CRAFTER_ACTIONS[a] for a in actions]
+    assert names[:1] == ["noop"] and "move_right" in names and "move_left" in names and names[-1] == "do"
+    assert names.index("move_right") < names.index("move_left") < names.index("do")
+    assert [f.seq for f in frames] == list(range(30)) and [f.step for f in frames] == list(range(1, 31))
+    # The real game beside the dream is Crafter under exactly those actions.
+    env = CrafterEnv(size=SIZE, seed=5)
+    env.reset()
+    for f in frames:
+        real, _, _ = env.step(actions[f.seq])
+        assert f.truth == real.tobytes()
+    truths = [np.frombuffer(f.truth, np.uint8) for f in frames]
+    assert not np.array_equal(truths[0], truths[10])  # walking right moved the view
+    assert len({f.image for f in frames}) > 1  # the dream is not frozen
+
+    # F9 twice recorded the frames between as an episode and an mp4.
+    from worldsim.data.store import EpisodeStore
+
+    store = EpisodeStore(tmp_path / "recordings")
+    (eid,) = store.episode_ids()
+    ep = store.load(eid)
+    assert ep.frames.shape[1:] == (SIZE, SIZE, 3) and len(ep.frames) == len(ep.actions) + 1 >= 15
+    assert ep.frames[0].tobytes() in {f.truth for f in frames}  # the real game's frames were kept
+    assert list(tmp_path.glob("worldsim-*.mp4"))

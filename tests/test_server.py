@@ -1,0 +1,301 @@
+"""The frame server against real websockets clients on a loopback port (no mocks)."""
+
+import io
+import os
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from worldsim import protocol as P
+from worldsim.envs.crafter import CRAFTER_SPACE
+from worldsim.envs.minerl_space import MINERL_SPACE
+from worldsim.inference.scheduler import held_action, merge_actions
+from worldsim.inference.server import ServeError, ServerSettings
+
+from _serving import SIZE, running_server, tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_bundle(tmp_path_factory.mktemp("serve") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    """A frame per input (fps 0), room for 4 sessions."""
+    with running_server(bundle, fps=0, max_sessions=4, max_rate=100) as s:
+        yield s
+
+
+def recv(ws, timeout=10.0):
+    return P.unpack(ws.recv(timeout))
+
+
+def open_ws(url):
+    # Entered as a context manager, which websockets >= 17.1 asks of a connection kept open.
+    return connect(url, compression=None, max_size=P.MAX_SERVER_MESSAGE, open_timeout=10).__enter__()
+
+
+def join(url, **hello):
+    """Connect and say hello: (socket, welcome, first frame, errors before the first frame)."""
+    ws = open_ws(url)
+    ws.send(P.pack(P.Hello(seed=hello.pop("seed", 1), **hello)))
+    welcome, errors = None, []
+    while True:
+        msg = recv(ws)
+        if isinstance(msg, P.Welcome):
+            welcome = msg
+        elif isinstance(msg, P.Error):
+            errors.append(msg)
+        elif isinstance(msg, P.Frame):
+            assert welcome is not None, "a frame before welcome"
+            ws.send(P.pack(P.Ack(index=msg.index)))
+            return ws, welcome, msg, errors
+
+
+def play(ws, seq, action, errors=None):
+    """Send an action; the first frame that includes it (acknowledging every frame)."""
+    ws.send(P.pack(P.Action(seq=seq, action=action)))
+    while True:
+        msg = recv(ws)
+        if isinstance(msg, P.Frame):
+            ws.send(P.pack(P.Ack(index=msg.index)))
+            if msg.seq >= seq:
+                return msg
+        elif errors is not None:
+            errors.append(msg)
+        else:
+            raise AssertionError(f"unexpected {msg}")
+
+
+def jpeg_pixels(data):
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def wait_until(cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def test_a_session_plays_50_frames_with_ground_truth(server):
+    ws, welcome, first, errors = join(server.url, ground_truth=True, encoding="raw")
+    assert not errors and welcome.ground_truth and welcome.action_space == CRAFTER_SPACE.to_dict()
+    assert (welcome.width, welcome.height) == (SIZE, SIZE) and welcome.fps == 0
+    assert first.seq == -1 and first.decoder is None and first.image == first.truth  # the real start
+    frames = [play(ws, seq, [2, 2, 3, 5, 4][seq % 5]) for seq in range(50)]
+    assert [f.seq for f in frames] == list(range(50))
+    assert [f.step for f in frames] == list(range(1, 51))  # the game clock from a fresh reset
+    assert len({f.index for f in frames}) == 50
+    for f in frames:
+        assert f.decoder == "block_diffusion" and f.timings["passes"] == 2
+        assert len(f.image) == len(f.truth) == SIZE * SIZE * 3
+    truths = {f.truth for f in frames}
+    assert len(truths) > 5  # the real game moved under the actions
+    ws.close()
+
+
+def test_jpeg_frames_decode_to_the_frame_size(server):
+    ws, welcome, first, _ = join(server.url, encoding="jpeg", quality=90)
+    assert jpeg_pixels(first.image).shape == (SIZE, SIZE, 3) and first.truth is None
+    assert jpeg_pixels(play(ws, 0, 1).image).shape == (SIZE, SIZE, 3)
+    ws.close()
+
+
+def test_two_sessions_get_frames_at_once(server):
+    a, _, _, _ = join(server.url, seed=1)
+    b, _, _, _ = join(server.url, seed=2)
+    order = []
+    for seq in range(15):
+        a.send(P.pack(P.Action(seq=seq, action=2)))
+        b.send(P.pack(P.Action(seq=seq, action=1)))
+        for name, ws in (("a", a), ("b", b)):
+            while True:
+                msg = recv(ws)
+                assert isinstance(msg, P.Frame)
+                ws.send(P.pack(P.Ack(index=msg.index)))
+                if msg.seq == seq:
+                    order.append(name)
+                    break
+    assert order == ["a", "b"] * 15  # neither waited for the other to finish
+    a.close()
+    b.close()
+
+
+def test_decoder_config_and_reset(server):
+    ws, welcome, first, _ = join(server.url, seed=4)
+    assert welcome.decoders == ["block_diffusion"] and welcome.steps == 2
+    ws.send(P.pack(P.Config(steps=3)))
+    assert play(ws, 0, 2).timings["passes"] == 3
+    ws.send(P.pack(P.Config(decoder="ar")))  # an AR decoder on a block-diffusion model
+    errors = []
+    play(ws, 1, 2, errors)
+    assert errors and errors[0].code == P.BAD_FIELD and "does not fit" in errors[0].message
+    ws.send(P.pack(P.Reset()))
+    while True:
+        msg = recv(ws)
+        if isinstance(msg, P.Frame):
+            ws.send(P.pack(P.Ack(index=msg.index)))
+            if msg.decoder is None:  # the real frame a reset starts from
+                break
+    assert msg.step == 0 and msg.image == first.image  # the same seed: the same world
+    ws.close()
+
+
+def test_a_slow_client_sees_only_recent_frames_and_memory_stays_flat(bundle):
+    with running_server(bundle, fps=50, max_sessions=2) as s:
+        ws, _, _, _ = join(s.url)
+        ws.send(P.pack(P.Action(seq=0, action=2)))
+        indexes, pending, rss = [], [], []
+        for i in range(10):
+            time.sleep(0.2)
+            rss.append(resident_mb())
+            msg = recv(ws)
+            assert isinstance(msg, P.Frame)
+            indexes.append(msg.index)
+            ws.send(P.pack(P.Ack(index=msg.index)))
+            for c in s.server.stats()["connections"]:
+                pending.append((c["outbox"], c["unacked"], c["write_buffer"]))
+        ws.close()
+    gaps = np.diff(indexes)
+    # Without the one-slot outbox and the send window, buffers would hand this client every
+    # frame in order (gaps of 1), each older than the last.
+    assert gaps[2:].min() >= 3, indexes
+    for outbox, unacked, buffered in pending:
+        assert outbox <= 1 and unacked <= 2 and buffered < 64 * 1024
+    if rss[0] is not None:  # ~50 frames were dropped per read: none of them piled up anywhere
+        assert rss[-1] - rss[2] < 32, rss
+
+
+def resident_mb():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return None
+
+
+def test_scheduler_merges_inputs_between_frames():
+    assert merge_actions(5, 0, CRAFTER_SPACE) == 5  # a tap survives a release before the frame
+    assert merge_actions(5, 2, CRAFTER_SPACE) == 2  # the newest input wins
+    a = {**MINERL_SPACE.noop(), "forward": 1, "camera": [1.0, 2.0]}
+    b = {**MINERL_SPACE.noop(), "jump": 1, "camera": [0.5, -4.0]}
+    m = merge_actions(a, b, MINERL_SPACE)
+    assert m["forward"] == 1 and m["jump"] == 1 and m["camera"] == [1.5, -2.0]  # held stay held, motion sums
+    assert held_action(m, MINERL_SPACE)["camera"] == [0.0, 0.0]
+
+
+# -- bad input: each gets an error or a close with a reason; the bystander plays on ----------
+def bad_messages():
+    wrong = st.one_of(st.text(max_size=5), st.floats(allow_nan=True), st.binary(max_size=5),
+                      st.lists(st.integers(-9, 9), max_size=2), st.booleans())
+    return st.one_of(
+        st.binary(min_size=1, max_size=200),  # mostly malformed msgpack
+        st.builds(lambda v: {"type": "action", "seq": v, "action": 1}, wrong),
+        st.builds(lambda v: {"type": "action", "seq": 1, "action": v}, wrong),
+        st.builds(lambda v: {"type": "action", "seq": v, "action": 1},
+                  st.integers(-2**63, -1) | st.integers(min_value=2**53, max_value=2**63 - 1)),
+        st.builds(lambda v: {"type": "action", "seq": 1, "action": v}, st.integers(17, 65535)),
+        st.builds(lambda v: {"type": "config", "steps": v}, st.integers(-2**63, 0) | st.integers(257, 2**64 - 1)),
+        st.builds(lambda t: {"type": t}, st.text(max_size=12).filter(lambda t: t not in P.SCHEMA)),
+    ).map(lambda m: m if isinstance(m, bytes) else msgpack.packb(m, use_bin_type=True))
+
+
+@settings(max_examples=25, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=bad_messages())
+def test_bad_messages_get_an_error_and_the_session_goes_on(server, data):
+    ws, _, _, _ = join(server.url)
+    try:
+        ws.send(data)
+        errors = []
+        frame = play(ws, 0, 3, errors)  # the same session still plays
+        assert frame.seq == 0
+        assert len(errors) == 1 and errors[0].code in (P.BAD_MESSAGE, P.UNKNOWN_TYPE, P.BAD_FIELD, P.BAD_ACTION)
+    finally:
+        ws.close()
+
+
+def test_oversized_messages_and_floods_close_with_a_reason_while_others_play(server):
+    bystander, _, _, _ = join(server.url, seed=3)
+    big, _, _, _ = join(server.url)
+    big.send(msgpack.packb({"type": "reset", "pad": "x" * 10_000}))
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            recv(big)
+    assert e.value.rcvd.code == 1009  # message too big
+    flood, _, _, _ = join(server.url)
+    errors = []
+    try:
+        for i in range(2000):
+            flood.send(P.pack(P.Ack(index=0)))
+    except ConnectionClosed:  # closed while still flooding
+        pass
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            errors.append(recv(flood))
+    assert e.value.rcvd.code == 1008 and "flooding" in e.value.rcvd.reason
+    assert any(isinstance(m, P.Error) and m.code == P.RATE_LIMITED for m in errors)
+    assert play(bystander, 0, 2).seq == 0  # the other session never noticed
+    bystander.close()
+
+
+def test_session_limit_refuses_politely_and_a_wrong_token_is_refused(bundle):
+    with running_server(bundle, fps=0, max_sessions=2, token="s3cret") as s:
+        with pytest.raises(ConnectionClosed) as e:
+            join(s.url, token="guess")
+        assert e.value.rcvd.code == 1008 and e.value.rcvd.reason == "bad token"
+        a, _, _, _ = join(s.url, token="s3cret")
+        b, _, _, _ = join(s.url, token="s3cret")
+        ws = open_ws(s.url)
+        ws.send(P.pack(P.Hello(token="s3cret")))
+        msg = recv(ws)
+        assert isinstance(msg, P.Error) and msg.code == P.SERVER_FULL
+        with pytest.raises(ConnectionClosed) as e:
+            recv(ws)
+        assert e.value.rcvd.code == 1013 and "server full: 2 of 2" in e.value.rcvd.reason
+        a.close()
+        assert wait_until(lambda: s.server.sessions == 1, 1.0)
+        c, _, _, _ = join(s.url, token="s3cret")  # a freed place is taken again
+        assert play(c, 0, 1).seq == 0
+        b.close()
+        c.close()
+
+
+def test_a_client_that_vanishes_mid_frame_frees_its_session_within_a_second(server):
+    engine = server.server.scheduler.engine
+    before = len(engine.free_rows)
+    ws, _, _, _ = join(server.url)
+    assert len(engine.free_rows) == before - 1
+    ws.send(P.pack(P.Action(seq=0, action=2)))
+    ws.socket.close()  # no close frame: the process died mid-frame
+    t0 = time.monotonic()
+    assert wait_until(lambda: len(engine.free_rows) == before and server.server.scheduler.active == 0
+                      and server.server.sessions == 0, 1.0)
+    assert time.monotonic() - t0 <= 1.0
+
+
+def test_idle_clients_are_closed(bundle):
+    with running_server(bundle, fps=0, idle_timeout=0.3) as s:
+        ws, _, _, _ = join(s.url)
+        with pytest.raises(ConnectionClosed) as e:
+            recv(ws, timeout=5)
+        assert e.value.rcvd.code == 1001 and "idle" in e.value.rcvd.reason
+
+
+def test_other_addresses_need_a_token_or_insecure():
+    with pytest.raises(ServeError, match="--token"):
+        ServerSettings(host="0.0.0.0").check()
+    ServerSettings(host="0.0.0.0", token="t").check()
+    ServerSettings(host="0.0.0.0", insecure=True).check()
+    ServerSettings(host="::1").check()
