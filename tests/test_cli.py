@@ -93,6 +93,11 @@ BAD_INPUTS = [
     ("train-tokenizer --data {dir} --out {new} --max-frames 0", "argument --max-frames: must be at least 1, got 0"),
     ("train-tokenizer --data {dir} --out {file}", "argument --out: {file} is an existing file"),
     ("train-tokenizer --data {dir} --out {new} --lr 0", "argument --lr: must be greater than 0, got 0"),
+    ("bench --preset tiny --frames 0", "argument --frames: must be at least 1, got 0"),
+    ("bench --preset tiny --context 0", "argument --context: must be at least 1, got 0"),
+    ("bench --preset tiny --threshold 1.5", "argument --threshold: must be between 0 and 1, got 1.5"),
+    ("bench --preset tiny --temperature -1", "argument --temperature: must be 0 or more, got -1"),
+    ("bench --bundle {new}", "argument --bundle: no such folder: {new}"),
 ]
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from worldsim.commands._args import (device, existing_dir, fraction, nonneg_float, nonneg_int,
+                                     positive_int)
+
 HELP = """\
 Time every decoder valid for a model on the same context and actions: forward passes per frame,
 ms per frame (median, p95), frames/s, the ratio to `ar`, aggregate frames/s with several
@@ -21,27 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="compare decoders: passes, ms/frame, frames/s, PSNR, memory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="a trained bundle")
+    src.add_argument("--bundle", type=existing_dir, help="a trained bundle")
     src.add_argument("--preset", help="a randomly initialised model preset: tiny | crafter | mineworld-300m")
-    p.add_argument("--data", help="episode store for real context, actions and ground truth (with --bundle)")
+    p.add_argument("--data", type=existing_dir, help="episode store for real context, actions and ground truth (with --bundle)")
     p.add_argument("--decoders", default="all",
                    help="comma list of ar, diagonal, block_diffusion (default: all that apply)")
-    p.add_argument("--frames", type=int, default=64, help="frames per decoder (default: 64)")
-    p.add_argument("--ar-frames", type=int, default=0, help="frames for ar, which is slow (default: --frames)")
+    p.add_argument("--frames", type=positive_int, default=64, help="frames per decoder (default: 64)")
+    p.add_argument("--ar-frames", type=nonneg_int, default=0, help="frames for ar, which is slow (default: --frames)")
     p.add_argument("--sessions", default="1,4,16", help="batch sizes for aggregate frames/s (default: 1,4,16)")
     p.add_argument("--ar-sessions", default=None,
                    help="batch sizes for ar, which is slow (default: --sessions)")
-    p.add_argument("--session-frames", type=int, default=8, help="frames per batched run (default: 8)")
-    p.add_argument("--context", type=int, default=1, help="context frames (default: 1)")
-    p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame, K (default: 4)")
-    p.add_argument("--threshold", type=float, default=None, help="block-diffusion confidence threshold")
-    p.add_argument("--window", type=int, default=2, help="diagonal window w (default: 2)")
+    p.add_argument("--session-frames", type=positive_int, default=8, help="frames per batched run (default: 8)")
+    p.add_argument("--context", type=positive_int, default=1, help="context frames (default: 1)")
+    p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame, K (default: 4)")
+    p.add_argument("--threshold", type=fraction, default=None, help="block-diffusion confidence threshold")
+    p.add_argument("--window", type=positive_int, default=2, help="diagonal window w (default: 2)")
     p.add_argument("--graphs", action="store_true",
                    help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.set_defaults(func=run)
 
