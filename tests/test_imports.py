@@ -15,7 +15,7 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 TRAINING = {"worldsim.train", "worldsim.train_tokenizer", "worldsim.objectives", "worldsim.checkpoint",
-            "worldsim.evaluate", "worldsim.data.shards", "worldsim.commands"}
+            "worldsim.evaluation", "worldsim.idm", "worldsim.data.shards", "worldsim.commands"}
 LAUNCHER = ("torch.distributed.run", "torch.distributed.launch", "torch.distributed.launcher",
             "torch.distributed.elastic")
 

@@ -15,7 +15,8 @@ from worldsim.commands._args import Parser
 from worldsim.errors import WorldsimError
 
 # In the order `worldsim --help` lists them.
-COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "bench", "info", "serve", "play")
+COMMANDS = ("collect", "train-tokenizer", "tokenize", "train", "train-idm", "bench", "eval", "info", "serve",
+            "play")
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:

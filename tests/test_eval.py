@@ -1,0 +1,155 @@
+"""`worldsim eval`: the report folder, its repeatability, corrupt episodes, decoder specs, and
+the action-sensitivity gap."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from worldsim.cli import main
+from worldsim.errors import WorldsimError
+
+REPORT_FILES = ("report.json", "report.md", "psnr.png", "ssim.png", "changed_tiles.png",
+                "rollout_00.mp4", "rollouts.gif")
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_tokens, tmp_path_factory):
+    from worldsim.train import TrainSettings, train
+
+    tok, shards = tiny_tokens
+    out = tmp_path_factory.mktemp("eval") / "wm"
+    train(shards, tok, out, objective="block_diffusion", preset="tiny",
+          settings=TrainSettings(steps=2, batch=2, val_every=1000, val_batches=1, warmup=1), progress=False)
+    return out
+
+
+def _eval(bundle, data, out, *extra):
+    return main(["eval", "--bundle", str(bundle), "--data", str(data), "--episodes", "3", "--horizon", "4",
+                 "--videos", "1", "--threads", "1", "--no-progress", "--out", str(out), *extra])
+
+
+def _numbers(report: dict) -> dict:
+    return {k: report[k] for k in ("quality", "tokenizer", "action_sensitivity", "episodes", "bundle_hash")}
+
+
+def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundle, crafter_store, tmp_path, capsys):
+    other = tmp_path / "store"  # another path: used whole, not as the training store's held-out split
+    shutil.copytree(crafter_store, other)
+    assert _eval(tiny_bundle, other, tmp_path / "a") == 0
+    summary = capsys.readouterr().out
+    for name in REPORT_FILES:
+        assert (tmp_path / "a" / name).stat().st_size > 0, name
+    r = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert r["episodes"]["count"] == 3 and r["episodes"]["source"].startswith("whole store")
+    assert r["settings"]["decoders"] == ["block_diffusion:4"]  # every decoder valid for the model
+    q = r["quality"]
+    assert set(q) == {"block_diffusion:4", "copy-last", "tokenizer"}
+    bd = q["block_diffusion:4"]["rollout"]["all"]
+    assert len(bd["per_step"]["psnr"]) == 4 and 0 < bd["overall"]["psnr"] < 100
+    assert "teacher_forced" in q["block_diffusion:4"]
+    assert q["copy-last"]["teacher_forced"]["all"]["overall"]["changed_tile_acc"] in (0.0, None)
+    assert r["speed"]["block_diffusion:4"]["ms_per_frame_median"] > 0
+    assert r["speed"]["block_diffusion:4"]["passes_per_frame"] == 4
+    assert r["action_sensitivity"]["all"]["tokens"] > 0
+    assert 0 <= r["tokenizer"]["all"]["flicker"] <= 1
+    assert len(r["bundle_hash"]) == 64 and "worldsim" in r["code"]
+    assert "block_diffusion:4" in (tmp_path / "a" / "report.md").read_text()
+    assert summary.startswith("eval (3 episodes x 4 frames): block_diffusion:4:") and "report.md" in summary
+
+    assert _eval(tiny_bundle, other, tmp_path / "b") == 0
+    again = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert _numbers(again) == _numbers(r)
+
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b" / "report.json")]) == 0
+    table = capsys.readouterr().out
+    assert "1:a block_diffusion:4" in table and "2:b block_diffusion:4" in table and "changed-tile acc" in table
+
+
+def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, crafter_store, tmp_path):
+    from worldsim.bundle import read_config
+    from worldsim.data.store import EpisodeStore, split_ids
+    from worldsim.evaluation.episodes import held_out_ids
+
+    ids, note = held_out_ids(EpisodeStore(crafter_store), read_config(tiny_bundle))
+    assert note.startswith("validation split")
+    assert ids == split_ids(EpisodeStore(crafter_store).episode_ids(), 0.05)[1]
+
+
+def test_a_corrupt_episode_is_skipped_with_a_warning_naming_it(tiny_bundle, crafter_store, tmp_path, capsys):
+    data = tmp_path / "store"
+    shutil.copytree(crafter_store, data)
+    victim = sorted((data / "episodes").glob("*.npz"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # torn
+    assert main(["eval", "--bundle", str(tiny_bundle), "--data", str(data), "--episodes", "6",
+                 "--horizon", "2", "--videos", "0", "--no-teacher-forced", "--no-progress",
+                 "--threads", "1", "--out", str(tmp_path / "r")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "skipping" in line]
+    assert len(err) == 1 and err[0].startswith("worldsim: warning: skipping corrupt episode")
+    assert str(victim) in err[0]
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert r["episodes"]["count"] == 5 and victim.stem not in {w["episode"] for w in r["episodes"]["windows"]}
+
+
+def test_decoder_specs():
+    from worldsim.evaluation import parse_decoder
+    from worldsim.evaluation.run import decoder_label
+
+    assert decoder_label(parse_decoder("diagonal:3")) == "diagonal:3"
+    d = parse_decoder("block_diffusion:8:t0.9")
+    assert (d.name, d.steps, d.threshold) == ("block_diffusion", 8, 0.9)
+    for bad in ("beam", "ar:2", "diagonal:x", "block_diffusion:4:0.9"):
+        with pytest.raises(WorldsimError, match="bad decoder"):
+            parse_decoder(bad)
+
+
+def test_eval_refuses_a_decoder_the_model_was_not_trained_for(tiny_bundle, crafter_store, tmp_path, capsys):
+    assert _eval(tiny_bundle, crafter_store, tmp_path / "r", "--decoder", "diagonal:2") == 2
+    assert "does not fit a model trained with 'block_diffusion'" in capsys.readouterr().err
+
+
+def _action_driven_episode(steps: int = 48, n: int = 16, k: int = 64, actions: int = 17):
+    """Token frames drawn by the action taken: frame t+1 holds (3 a_t + i) mod K at slot i, so
+    only a model that reads the action can predict it."""
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randint(0, actions, (steps,), generator=g)
+    first = torch.randint(0, k, (1, n), generator=g)
+    rest = (3 * acts[:, None] + torch.arange(n)) % k
+    return torch.cat([first, rest]), acts
+
+
+def test_action_gap_is_positive_when_the_model_uses_actions_and_zero_when_it_cannot():
+    from worldsim.evaluation.sensitivity import action_sensitivity
+    from worldsim.model import WorldModel, preset_config
+    from worldsim.objectives import Objective
+
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", objective="ar")
+    model = WorldModel(cfg)
+    frames, acts = _action_driven_episode()
+    K, F_ = cfg.codebook_size, cfg.frames
+    act_tok = acts[:, None] + K  # (T, 1) action ids follow the image codes
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    starts = torch.arange(0, len(acts) - F_ + 1)
+    for step in range(80):  # overfit the one episode
+        pick = starts[torch.randint(0, len(starts), (8,))]
+        fr = torch.stack([frames[s:s + F_] for s in pick])
+        ac = torch.stack([act_tok[s:s + F_] for s in pick])
+        loss, _ = Objective(model)(fr, ac)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    w = torch.arange(0, len(acts) - F_ + 1, F_)
+    fr = torch.stack([frames[s:s + F_] for s in w])  # (W, F, N)
+    ac = torch.stack([act_tok[s:s + F_] for s in w])  # (W, F, 1)
+    changed = torch.ones(len(w), F_, dtype=torch.bool)
+    changed[:, 0] = False
+    gap = action_sensitivity(model, fr, ac, changed)["all"]["gap"]
+    assert gap > 0.25, gap  # nats per token; the shuffled actions draw other frames
+    with torch.no_grad():
+        model.tok_emb.weight[K:K + cfg.action_ids] = 0  # every action looks the same
+    zeroed = action_sensitivity(model, fr, ac, changed)["all"]
+    assert abs(zeroed["gap"]) < 1e-6 and zeroed["loss_true"] > 0

@@ -1,0 +1,80 @@
+"""Which real windows an evaluation runs on: held-out episodes of the bundle's training store,
+or any other store whole.
+
+A bundle records the token shards it was trained on (`training.shards`), and the shards record
+the episode store they came from (`data` in their index.json) and the episode ids; training held
+out `split_ids(ids, training.val_fraction)[1]`. When `--data` is that store, only those
+validation episodes are used; any other store is used whole (a store collected with unseen
+seeds tests generalisation).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldsim.data.store import EpisodeStore, split_ids
+from worldsim.errors import WorldsimError
+
+
+@dataclass
+class Window:
+    """`length` consecutive real frames of one episode and the actions between them."""
+    episode: str
+    start: int  # game step of the first frame (recorded episodes start at step 0)
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    actions: np.ndarray  # (T-1,) or (T-1, D), the on-disk form
+    daylight: np.ndarray | None  # (T,) float32, 1.0 at noon
+
+
+def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[str], str]:
+    """(episode ids to draw from, a note saying which and why)."""
+    ids = store.episode_ids()
+    training = bundle_cfg.get("training") or {}
+    shards = training.get("shards")
+    if not shards:
+        return ids, "whole store (the bundle records no training data)"
+    index_path = Path(shards) / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        warnings.warn(f"cannot read {index_path}, the shards the model was trained on, to tell whether "
+                      f"{store.root} was its training store; using every episode of it", stacklevel=2)
+        return ids, f"whole store (training shards {shards} unreadable)"
+    source = index.get("data")
+    if source is None or Path(source).resolve() != store.root.resolve():
+        return ids, f"whole store (the model was trained on {source})"
+    trained = [e["id"] for e in index.get("episodes", [])]
+    _, val = split_ids(trained, float(training.get("val_fraction", 0.05)))
+    have = set(ids)
+    # Episodes added to the store after tokenizing were never trained on: they count as held out.
+    val = sorted((set(val) & have) | (have - set(trained)))
+    return val, f"validation split of the training store ({len(val)} of {len(ids)} episodes)"
+
+
+def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int, seed: int) -> list[Window]:
+    """Up to `count` windows of `length` frames, one per episode, episodes and starts drawn with
+    `seed`. Corrupt episodes are skipped with a warning that names them; short ones silently."""
+    rng = np.random.default_rng(seed)
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    out: list[Window] = []
+    for ep in store.iter_episodes(order):
+        if len(ep.frames) < length:
+            continue
+        t0 = int(rng.integers(0, len(ep.frames) - length + 1))
+        light = None if ep.daylight is None else np.asarray(ep.daylight[t0:t0 + length], np.float32)
+        out.append(Window(ep.id, t0, ep.frames[t0:t0 + length], ep.actions[t0:t0 + length - 1], light))
+        if len(out) == count:
+            break
+    if not out:
+        raise WorldsimError(f"no readable episode in {store.root} has {length} frames "
+                            f"(context + horizon); lower --horizon or --context")
+    if len(out) < count:
+        warnings.warn(f"only {len(out)} episodes of {store.root} have {length} frames; "
+                      f"evaluating on {len(out)} instead of {count}", stacklevel=2)
+    return out

@@ -1,0 +1,260 @@
+"""The report folder of `worldsim eval`, its one-line summary, and `--compare`.
+
+    OUT/report.json        every number, the settings, the bundle's hash, the code version
+    OUT/report.md          the tables a person reads first
+    OUT/psnr.png, ssim.png, changed_tiles.png   against the horizon, one line per decoder
+    OUT/rollout_NN.mp4     real | each decoder, a few episodes
+    OUT/rollouts.gif       two episodes, small enough for a README
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from worldsim.errors import WorldsimError
+from worldsim.fileio import atomic_write_json
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _db(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _num(v: float | None, fmt: str = ".3f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+# The headline rows, in order: (name, how to read it from one source of a report, format).
+def _headline_rows() -> list[tuple[str, Any, Any]]:
+    def q(phase: str, subset: str, key: str):
+        return lambda r, src: _get(r, "quality", src, phase, subset, "overall", key)
+
+    return [
+        ("PSNR dB", q("rollout", "all", "psnr"), _db),
+        ("PSNR dB, day", q("rollout", "day", "psnr"), _db),
+        ("PSNR dB, night", q("rollout", "night", "psnr"), _db),
+        ("SSIM", q("rollout", "all", "ssim"), lambda v: _num(v, ".4f")),
+        ("changed-tile acc, rollout", q("rollout", "all", "changed_tile_acc"), _pct),
+        ("changed-tile acc, day", q("rollout", "day", "changed_tile_acc"), _pct),
+        ("changed-tile acc, 1 step (teacher forced)", q("teacher_forced", "all", "changed_tile_acc"), _pct),
+        ("changed-token acc, rollout", q("rollout", "all", "changed_token_acc"), _pct),
+        ("changed-token acc, 1 step", q("teacher_forced", "all", "changed_token_acc"), _pct),
+        ("scroll agreement (real scrolls)", q("rollout", "all", "scroll_agreement"), _pct),
+        ("scroll agreement, 1 step", q("teacher_forced", "all", "scroll_agreement"), _pct),
+        ("false scroll (real still)", q("rollout", "all", "false_scroll"), _pct),
+        ("PSNR drift dB (last - first quarter)", lambda r, src: _get(r, "quality", src, "rollout", "all", "drift", "psnr"), _db),
+        ("IDM F1 (movement), rollout", lambda r, src: _idm(r, src), lambda v: _num(v, ".3f")),
+        ("ms/frame median", lambda r, src: _get(r, "speed", src, "ms_per_frame_median"), lambda v: _num(v, ".1f")),
+        ("ms/frame p95", lambda r, src: _get(r, "speed", src, "ms_per_frame_p95"), lambda v: _num(v, ".1f")),
+        ("frames/s", lambda r, src: _get(r, "speed", src, "frames_per_s"), lambda v: _num(v, ".1f")),
+    ]
+
+
+def _idm(r: dict[str, Any], src: str) -> float | None:
+    if not isinstance(r.get("idm"), dict):
+        return None
+    if src == "copy-last":
+        return None
+    if src == "tokenizer":
+        return None
+    return _get(r, "idm", "decoders", src, "headline")
+
+
+def sources(r: dict[str, Any]) -> list[str]:
+    """Decoders first, then the baselines."""
+    return [k for k in r["quality"] if k not in ("copy-last", "tokenizer")] + ["copy-last", "tokenizer"]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    s = r["settings"]
+    srcs = sources(r)
+    ep = r["episodes"]
+    out = [f"# worldsim eval: {r['bundle']}",
+           "",
+           f"{ep['count']} episodes ({ep['source']}) of `{r['data']}`, {s['context']} context frame(s), "
+           f"{s['horizon']} dreamed frames under the recorded actions; {ep['day_frames']} day and "
+           f"{ep['night_frames']} night target frames. Objective `{r['objective']}`, temperature "
+           f"{s['temperature']}, seed {s['seed']}. Bundle sha256 `{r['bundle_hash'][:16]}`, code "
+           f"{r['code'].get('commit', r['code']['worldsim'])[:12]}{' (dirty)' if r['code'].get('dirty') else ''}.",
+           "",
+           "Changed-tile accuracy: among tiles whose real pixels change visibly from t to t+1 (mean "
+           "absolute difference above 4/255), the share the dream matches within the same bound. "
+           "One step ahead copy-last scores 0 by construction; along a rollout it keeps the last "
+           "context frame, which matches tiles that return to how they looked then. PSNR is "
+           "pooled over episodes; night is daylight below 0.5.",
+           "",
+           "## Headline", ""]
+    rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()]
+    out += [_table(["metric"] + srcs, rows), ""]
+    out += ["![PSNR](psnr.png) ![SSIM](ssim.png) ![changed tiles](changed_tiles.png)", ""]
+
+    sens = r["action_sensitivity"]
+    out += ["## Action sensitivity", "",
+            f"Teacher-forced loss (nats per image token) on {sens['windows']} real windows of "
+            f"{sens['frames_per_window']} frames, with the recorded actions and with actions "
+            "shuffled across the batch. A model that ignores its actions shows no gap.", ""]
+    rows = [[subset, str(sens[subset]["tokens"]), _num(sens[subset]["loss_true"], ".4f"),
+             _num(sens[subset]["loss_shuffled"], ".4f"), _num(sens[subset]["gap"], ".4f")]
+            for subset in ("all", "changed")]
+    out += [_table(["frames", "tokens", "true actions", "shuffled", "gap"], rows), ""]
+
+    tok = r["tokenizer"]
+    out += ["## Tokenizer codes on the real frames", "",
+            "Flicker: tokens that change between consecutive real frames on tiles that do not change visibly.", ""]
+    rows = [[subset, str(tok[subset]["pairs"]), _pct(tok[subset]["flicker"]), _pct(tok[subset]["token_change"]),
+             _pct(tok[subset]["tile_change"])] for subset in ("all", "day", "night") if tok[subset]["pairs"]]
+    out += [_table(["frame pairs", "pairs", "code flicker", "tokens changed", "tiles changed visibly"], rows), ""]
+
+    if isinstance(r.get("idm"), dict):
+        idm = r["idm"]
+        out += ["## Inverse dynamics", "",
+                f"IDM `{idm['folder']}` predicts the action between consecutive frames; scored against "
+                "the actions that drove the dream. `real` is its score on the real frames (the ceiling).", ""]
+        groups = [k for k, v in idm["real"].items() if isinstance(v, dict)]
+        rows = [["real (ceiling)"] + [_num(_get(idm["real"], g, "macro_f1")) for g in groups]]
+        rows += [[k] + [_num(_get(v, g, "macro_f1")) for g in groups] for k, v in idm["decoders"].items()]
+        out += [_table(["frames"] + [f"{g} macro F1" for g in groups], rows), ""]
+    else:
+        out += ["Inverse dynamics: " + str(r.get("idm")), ""]
+
+    out += ["## Drift (last quarter of the horizon minus the first)", ""]
+    keys = ["psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll"]
+    rows = []
+    for src in srcs:
+        drift = _get(r, "quality", src, "rollout", "all", "drift") or {}
+        rows.append([src] + [_num(drift.get(k), ".3f") for k in keys])
+    out += [_table(["source"] + keys, rows), ""]
+
+    out += ["## Speed", "", "All episodes as one batch; a frame's time includes its image decode.", ""]
+    rows = [[k, _num(v["passes_per_frame"], ".0f"), _num(v["ms_per_frame_median"], ".2f"),
+             _num(v["ms_per_frame_p95"], ".2f"), _num(v["frames_per_s"], ".1f"), str(v["batch"]), v["device"]]
+            for k, v in r["speed"].items()]
+    out += [_table(["decoder", "passes/frame", "ms/frame median", "p95", "frames/s", "batch", "device"], rows), ""]
+    out += [f"LPIPS: {r['lpips']}. FVD: {r['fvd']}.", ""]
+    vids = [f for f in r.get("files", {}) if f.endswith(".mp4")]
+    if vids or "rollouts.gif" in r.get("files", {}):
+        out += ["## Videos", "", "Real | each decoder (the first frames are the real context).", ""]
+        if "rollouts.gif" in r["files"]:
+            out += ["![rollouts](rollouts.gif)", ""]
+        out += [f"- [{v}]({v})" for v in vids] + [""]
+    return "\n".join(out)
+
+
+def write_report(folder: Path, r: dict[str, Any], clips: dict[str, np.ndarray], fps: int,
+                 videos: int) -> dict[str, str]:
+    """Write every file of the report folder; returns {file name: what it is}."""
+    from worldsim.evaluation.media import line_plot, side_by_side, write_videos
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    srcs = sources(r)
+    h = r["settings"]["horizon"]
+    for name, key, title, ylabel in (
+            ("psnr.png", "psnr", "PSNR against the horizon (pooled over episodes)", "dB"),
+            ("ssim.png", "ssim", "SSIM against the horizon", "SSIM"),
+            ("changed_tiles.png", "changed_tile_acc", "changed-tile accuracy against the horizon", "share")):
+        series = {src: _get(r, "quality", src, "rollout", "all", "per_step", key) or [None] * h for src in srcs
+                  if not (key == "changed_tile_acc" and src == "tokenizer")}
+        line_plot(folder / name, title, ylabel, series, xs=list(range(1, h + 1)))
+        files[name] = "plot"
+    n = min(videos, len(clips["real"]))
+    if n:
+        context = r["settings"]["context"]
+        per_ep = [side_by_side({k: v[i] for k, v in clips.items()}, scale=3, context=context) for i in range(n)]
+        gif = np.concatenate([side_by_side({k: v[i] for k, v in clips.items()}, scale=2, context=context)
+                              for i in range(min(2, n))], 1)
+        for k, v in write_videos(folder, per_ep, gif, fps).items():
+            files[k] = v if k == "mp4_error" else "video"
+    files["report.json"] = "numbers"
+    files["report.md"] = "tables"
+    r["files"] = files
+    atomic_write_json(folder / "report.json", _jsonable(r))
+    (folder / "report.md").write_text(markdown(r))
+    return files
+
+
+def _jsonable(x: Any) -> Any:
+    """NaN and infinities become null: report.json stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def summary_line(r: dict[str, Any], out: str | Path) -> str:
+    parts = []
+    for src in sources(r)[:-2]:
+        q = _get(r, "quality", src, "rollout", "all", "overall") or {}
+        tf = _get(r, "quality", src, "teacher_forced", "all", "overall") or {}
+        sp = r["speed"].get(src, {})
+        text = (f"{src}: {_db(q.get('psnr'))} dB, changed tiles {_pct(q.get('changed_tile_acc'))}"
+                f" ({_pct(tf.get('changed_tile_acc'))} one step)")
+        if q.get("scroll_agreement") is not None:
+            text += f", scroll {_pct(q.get('scroll_agreement'))}"
+        text += f", {_num(sp.get('frames_per_s'), '.1f')} frames/s"
+        parts.append(text)
+    cl = _get(r, "quality", "copy-last", "rollout", "all", "overall", "psnr")
+    tk = _get(r, "quality", "tokenizer", "rollout", "all", "overall", "psnr")
+    gap = _get(r, "action_sensitivity", "all", "gap")
+    return (f"eval ({r['episodes']['count']} episodes x {r['settings']['horizon']} frames): " + "; ".join(parts)
+            + f"; copy-last {_db(cl)} dB, tokenizer {_db(tk)} dB; action gap {_num(gap, '.3f')} nats"
+            + f"; flicker {_pct(_get(r, 'tokenizer', 'day', 'flicker'))} (day) -> {Path(out) / 'report.md'}")
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    try:
+        r = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WorldsimError(f"cannot read the report {p}: {e}") from None
+    if not isinstance(r, dict) or r.get("format") != "worldsim.eval":
+        raise WorldsimError(f"{p} is not a worldsim eval report")
+    return r
+
+
+def compare(paths: Sequence[str | Path]) -> str:
+    """Two or more reports' headline numbers side by side: one column per report and decoder
+    (and one per report for copy-last), one row per headline metric."""
+    if len(paths) < 2:
+        raise WorldsimError("--compare needs two or more reports")
+    reports = [(str(p), load_report(p)) for p in paths]
+    cols: list[tuple[str, dict[str, Any], str]] = []
+    for i, (p, r) in enumerate(reports):
+        name = Path(p).name if Path(p).is_dir() else Path(p).parent.name
+        for src in sources(r)[:-1]:  # decoders and copy-last; the tokenizer's ceiling is in report.md
+            cols.append((f"{i + 1}:{name} {src}", r, src))
+    rows = [[metric] + [fmt(get(r, src)) for _, r, src in cols] for metric, get, fmt in _headline_rows()]
+    sens = [["action gap (nats)"] + [_num(_get(r, "action_sensitivity", "all", "gap"), ".4f") for _, r, _ in cols],
+            ["code flicker, day"] + [_pct(_get(r, "tokenizer", "day", "flicker")) for _, r, _ in cols]]
+    legend = "\n".join(f"{i + 1}: {p} ({r['bundle']}, {r['episodes']['count']} episodes, "
+                       f"horizon {r['settings']['horizon']})" for i, (p, r) in enumerate(reports))
+    return legend + "\n\n" + _table(["metric"] + [c[0] for c in cols], rows + sens)

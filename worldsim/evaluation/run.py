@@ -1,0 +1,431 @@
+"""`evaluate`: dream from real context with the recorded actions, on every decoder, and measure
+the dream against the real game beside the copy-last-frame baseline and the tokenizer's ceiling.
+
+One run, all episodes as one batch through the engine per decoder:
+1. windows of real frames from held-out episodes (`episodes.py`);
+2. per decoder, a rollout of `horizon` frames from `context` real frames (timed: ms per frame,
+   image decode included), and, teacher forced, one frame ahead from real context at every step;
+3. per frame, against the real frame: squared error, SSIM, changed tiles, changed tokens, scroll
+   (worldsim.metrics); pooled per horizon step and overall, day and night frames apart, with
+   the drift from the first quarter of the horizon to the last;
+4. the tokenizer's code flicker on the real frames, the action-sensitivity gap
+   (`sensitivity.py`), and, with an inverse dynamics model, its F1 on the dream against its F1
+   on the real frames;
+5. a report folder (`report.py`, `media.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim import bundle, metrics
+from worldsim.data.store import EpisodeStore
+from worldsim.errors import WorldsimError
+from worldsim.evaluation.episodes import held_out_ids, select_windows
+from worldsim.evaluation.sensitivity import action_sensitivity
+from worldsim.inference.engine import DecoderSettings, Engine, valid_decoders
+from worldsim.inference.sampling import SamplingSettings
+from worldsim.tokenizers.action import action_tokenizer_from_config
+
+BASELINES = ("copy-last", "tokenizer")
+
+
+@dataclass
+class EvalSettings:
+    episodes: int = 16  # MineWorld's protocol: 16 episodes, 1 context frame, 15 generated
+    context: int = 1
+    horizon: int = 15
+    decoders: list[str] = field(default_factory=list)  # specs; empty: every valid decoder
+    seed: int = 0
+    temperature: float = 0.0  # greedy by default: the dream most likely under the model
+    videos: int = 4  # episodes drawn side by side (real | each decoder)
+    teacher_forced: bool = True  # also dream one frame ahead from real context at every step
+    device: str = "auto"
+
+
+# -- decoders ----------------------------------------------------------------------------------
+def parse_decoder(spec: str, temperature: float = 0.0) -> DecoderSettings:
+    """`ar`, `diagonal:W` or `block_diffusion:K`, the last optionally `:tT` (a confidence threshold)."""
+    parts = spec.strip().split(":")
+    name, rest = parts[0], parts[1:]
+    sampling = SamplingSettings(temperature=temperature)
+    try:
+        if name == "ar" and not rest:
+            return DecoderSettings("ar", sampling=sampling)
+        if name == "diagonal" and len(rest) <= 1:
+            return DecoderSettings("diagonal", window=int(rest[0]) if rest else 2, sampling=sampling)
+        if name == "block_diffusion" and len(rest) <= 2:
+            steps = int(rest[0]) if rest else 4
+            threshold = None
+            if len(rest) == 2:
+                if not rest[1].startswith("t"):
+                    raise ValueError
+                threshold = float(rest[1][1:])
+            return DecoderSettings("block_diffusion", steps=steps, threshold=threshold, sampling=sampling)
+    except ValueError:
+        pass
+    raise WorldsimError(f"bad decoder {spec!r}: use ar, diagonal:W or block_diffusion:K[:tT] "
+                        "(for example diagonal:2, block_diffusion:8:t0.9)")
+
+
+def decoder_label(d: DecoderSettings) -> str:
+    if d.name == "diagonal":
+        return f"diagonal:{d.window}"
+    if d.name == "block_diffusion":
+        return f"block_diffusion:{d.steps}" + (f":t{d.threshold:g}" if d.threshold is not None else "")
+    return d.name
+
+
+def default_decoders(objective: str) -> list[str]:
+    return [decoder_label(DecoderSettings(n).resolve(objective)) for n in valid_decoders(objective)]
+
+
+# -- the image tokenizer, with daylight where it takes it ---------------------------------------
+class Codec:
+    """encode/decode through the bundle's image tokenizer, passing the frames' daylight to a
+    tokenizer that takes it (`uses_light`, or a `light` parameter) and not to one that does not."""
+
+    def __init__(self, tokenizer: Any, batch: int = 256):
+        self.tok, self.batch = tokenizer, batch
+        self.uses_light = bool(getattr(tokenizer, "uses_light", False)) or \
+            "light" in inspect.signature(tokenizer.encode).parameters
+
+    def _kw(self, light_B: np.ndarray | None, i: int) -> dict[str, Any]:
+        if not self.uses_light or light_B is None:
+            return {}
+        return {"light": torch.as_tensor(light_B[i:i + self.batch], dtype=torch.float32)}
+
+    def encode(self, frames_BHWC: np.ndarray, light_B: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> int64 codes (B, N) on the CPU."""
+        return torch.cat([self.tok.encode(torch.from_numpy(np.ascontiguousarray(frames_BHWC[i:i + self.batch])),
+                                          **self._kw(light_B, i)).cpu()
+                          for i in range(0, len(frames_BHWC), self.batch)]).long()
+
+    def decode(self, codes_BN: torch.Tensor, light_B: np.ndarray | None = None) -> np.ndarray:
+        """codes (B, N) -> uint8 (B, H, W, 3)."""
+        return torch.cat([self.tok.decode(codes_BN[i:i + self.batch], **self._kw(light_B, i)).cpu()
+                          for i in range(0, len(codes_BN), self.batch)]).numpy()
+
+
+# -- per-frame measurements --------------------------------------------------------------------
+def frame_stats(real_prev: np.ndarray, real: np.ndarray, gen_prev: np.ndarray, gen: np.ndarray,
+                tile: int, map_rows: int | None, tok_prev: torch.Tensor | None = None,
+                tok_real: torch.Tensor | None = None, tok_gen: torch.Tensor | None = None
+                ) -> dict[str, np.ndarray]:
+    """Every per-frame count for frames (B, S, H, W, 3) and tokens (B, S, N): (B, S) arrays."""
+    b, s = real.shape[:2]
+
+    def flat(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x.reshape(b * s, *x.shape[2:])))
+
+    rp, r, gp, g = flat(real_prev), flat(real), flat(gen_prev), flat(gen)
+    out = {"se": metrics.mse(g, r), "ssim": metrics.ssim(g, r)}
+    out["tile_hit"], out["tile_changed"] = metrics.changed_tile_counts(rp, r, g, tile)
+    if tok_gen is not None:
+        out["tok_hit"], out["tok_changed"] = metrics.changed_token_counts(
+            tok_prev.flatten(0, 1), tok_real.flatten(0, 1), tok_gen.flatten(0, 1))
+    if map_rows is not None:
+        out.update(metrics.scroll_counts(rp, r, gp, g, tile, map_rows))
+    return {k: v.reshape(b, s).double().numpy() for k, v in out.items()}
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def pool(stats: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, Any]:
+    """Pool per-frame stats over the selected frames (a bool mask of their shape)."""
+    n = int(sel.sum())
+    if n == 0:
+        return {"frames": 0}
+    out: dict[str, Any] = {"frames": n,
+                           "psnr": float(metrics.psnr_from_mse(float(stats["se"][sel].mean()))),
+                           "ssim": float(stats["ssim"][sel].mean()),
+                           "changed_tile_acc": _ratio(stats["tile_hit"][sel].sum(), stats["tile_changed"][sel].sum()),
+                           "changed_tiles": int(stats["tile_changed"][sel].sum())}
+    if "tok_hit" in stats:
+        out["changed_token_acc"] = _ratio(stats["tok_hit"][sel].sum(), stats["tok_changed"][sel].sum())
+    if "agree" in stats:
+        out["scroll_agreement"] = _ratio(stats["agree"][sel].sum(), stats["real_scroll"][sel].sum())
+        out["false_scroll"] = _ratio(stats["false_scroll"][sel].sum(), stats["real_still"][sel].sum())
+        out["real_scroll_steps"] = int(stats["real_scroll"][sel].sum())
+    return out
+
+
+DRIFT_KEYS = ("psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll")
+
+
+def summarise(stats: dict[str, np.ndarray], night_BS: np.ndarray) -> dict[str, Any]:
+    """Per subset (all, day, night): overall, per horizon step, and drift (last quarter of the
+    horizon minus the first)."""
+    b, s = night_BS.shape
+    q = max(1, s // 4)
+    steps = np.arange(s)[None, :].repeat(b, 0)
+    out = {}
+    for subset, sel in (("all", np.ones_like(night_BS)), ("day", ~night_BS), ("night", night_BS)):
+        overall = pool(stats, sel)
+        if overall["frames"] == 0:
+            out[subset] = {"overall": overall}
+            continue
+        per_step = [pool(stats, sel & (steps == t)) for t in range(s)]
+        first, last = pool(stats, sel & (steps < q)), pool(stats, sel & (steps >= s - q))
+        drift = {k: (last[k] - first[k]) if last.get(k) is not None and first.get(k) is not None else None
+                 for k in DRIFT_KEYS if k in overall}
+        out[subset] = {"overall": overall, "drift": drift,
+                       "per_step": {k: [p.get(k) for p in per_step] for k in overall if k != "frames"}}
+    return out
+
+
+# -- provenance --------------------------------------------------------------------------------
+def bundle_hash(folder: str | Path) -> str:
+    """sha256 over the bundle's config.json and weights (not its training state)."""
+    h = hashlib.sha256()
+    folder = Path(folder)
+    for p in sorted(folder.glob("*")):
+        if p.name == "config.json" or (p.suffix == ".safetensors" and not p.name.startswith("train_state")):
+            h.update(p.name.encode())
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> dict[str, Any]:
+    from worldsim import __version__
+
+    out: dict[str, Any] = {"worldsim": __version__}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode == 0:
+            out["commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10)
+            out["dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    out["torch"] = torch.__version__
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------------
+def _open(engine: Engine, context, actions, seed: int, start_step: int):
+    if "start_step" in inspect.signature(engine.open).parameters:
+        return engine.open(context, actions, seed=seed, start_step=start_step)
+    return engine.open(context, actions, seed=seed)
+
+
+def _tokens_of(session, image: np.ndarray, codec: Codec, light: float | None) -> torch.Tensor:
+    last = getattr(session, "last_frame", None)
+    if last is not None:
+        return last.reshape(-1).cpu().long()
+    return codec.encode(image[None], None if light is None else np.array([light]))[0]
+
+
+def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | None = None,
+             idm: str | Path | None = None, out: str | Path | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation and write the report folder; returns the report (as report.json)."""
+    from worldsim.device import pick_device
+    from worldsim.evaluation import report as report_mod
+
+    s = settings or EvalSettings()
+    if s.episodes < 1 or s.context < 1 or s.horizon < 1:
+        raise WorldsimError("--episodes, --context and --horizon must be at least 1")
+    t_run = time.perf_counter()
+    cfg = bundle.read_config(bundle_dir)
+    dev = pick_device(s.device)
+    model = bundle.load_world_model(bundle_dir, dev)
+    image_tok = bundle.load_image_tokenizer(bundle_dir, dev)
+    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    codec = Codec(image_tok)
+    store = EpisodeStore(data)
+    tcfg = image_tok.cfg
+    if (tcfg.height, tcfg.width) != tuple(store.info.frame_size):
+        raise WorldsimError(f"{bundle_dir} takes {tcfg.height}x{tcfg.width} frames but {data} holds "
+                            f"{store.info.frame_size[0]}x{store.info.frame_size[1]}")
+    if "action_space" in cfg and cfg["action_space"] != store.info.action_space.to_dict():
+        raise WorldsimError(f"{data} records {store.info.action_space.name} actions, not the "
+                            f"action space {bundle_dir} was trained on")
+    objective = model.cfg.objective
+    specs = s.decoders or default_decoders(objective)
+    decoders = []
+    for spec in specs:
+        try:
+            decoders.append(parse_decoder(spec, s.temperature).resolve(objective))
+        except ValueError as e:
+            raise WorldsimError(str(e)) from None
+    labels = [decoder_label(d) for d in decoders]
+    if len(set(labels)) != len(labels):
+        raise WorldsimError(f"a decoder is given twice: {', '.join(specs)}")
+
+    # -- real windows -------------------------------------------------------------------------
+    C, H = s.context, s.horizon
+    F_ = model.cfg.frames
+    ids, source_note = held_out_ids(store, cfg)
+    windows = select_windows(store, ids, s.episodes, max(C + H, F_), s.seed)
+    B = len(windows)
+    frames = np.stack([w.frames for w in windows])  # (B, T, H, W, 3)
+    T = frames.shape[1]
+    has_light = all(w.daylight is not None for w in windows)
+    light = np.stack([w.daylight for w in windows]) if has_light else None  # (B, T)
+    night = light < metrics.NIGHT if has_light else np.zeros((B, T), bool)
+    acts = torch.from_numpy(np.stack([action_tok.encode_array(w.actions) for w in windows])).long()  # (B, T-1, A)
+    tile = tcfg.height // tcfg.grid[0]
+    crafter = store.info.env == "crafter"
+    # Crafter's view: 7 rows of map over 2 rows of inventory (at 9 rows of tiles).
+    map_rows = (tcfg.grid[0] * 7) // 9 if crafter else None
+    img_shape = frames.shape[2:]
+
+    def light_of(ts: slice) -> np.ndarray | None:  # (B * frames,) daylight of frames ts of every window
+        return None if light is None else light[:, ts].reshape(-1)
+
+    real_tok = codec.encode(frames.reshape(-1, *img_shape), light_of(slice(None))).view(B, T, -1)
+
+    n_units = len(decoders) * H * (2 if s.teacher_forced else 1)
+    bar = tqdm(total=n_units, desc="eval", unit="frame-batch", disable=not progress)
+    horizon = slice(C, C + H)
+    real_prev, real = frames[:, C - 1:C + H - 1], frames[:, horizon]
+    tok_prev, tok_real = real_tok[:, C - 1:C + H - 1], real_tok[:, horizon]
+    night_H = night[:, horizon]
+    quality: dict[str, Any] = {}
+
+    # Baselines: copy-last (the last context frame, forever) and the tokenizer's ceiling.
+    last = np.repeat(frames[:, C - 1:C], H, 1)
+    st = frame_stats(real_prev, real, last, last, tile, map_rows, tok_prev, tok_real,
+                     real_tok[:, C - 1:C].expand(-1, H, -1))
+    quality["copy-last"] = {"rollout": summarise(st, night_H)}
+    # One step ahead, copy-last repeats real frame t: it matches no changed tile, by construction.
+    st = frame_stats(real_prev, real, real_prev, real_prev, tile, map_rows, tok_prev, tok_real, tok_prev)
+    quality["copy-last"]["teacher_forced"] = summarise(st, night_H)
+    recon = codec.decode(real_tok[:, C - 1:C + H].reshape(B * (H + 1), -1),
+                         light_of(slice(C - 1, C + H))).reshape(B, H + 1, *img_shape)
+    st = frame_stats(real_prev, real, recon[:, :-1], recon[:, 1:], tile, map_rows)
+    quality["tokenizer"] = {"rollout": summarise(st, night_H)}
+
+    speed: dict[str, Any] = {}
+    dreams: dict[str, np.ndarray] = {}
+    gen_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for d, label in zip(decoders, labels):
+        engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed)
+        # Rollout: C real frames, then H dreamed ones under the recorded actions.
+        sessions = [_open(engine, real_tok[i, :C], acts[i, :C - 1], s.seed + i, windows[i].start)
+                    for i in range(B)]
+        images = np.zeros((B, H, *img_shape), np.uint8)
+        toks = torch.zeros(B, H, real_tok.shape[-1], dtype=torch.long)
+        step_ms, passes, decode_ms = [], [], []
+        for t in range(H):
+            t0 = time.perf_counter()
+            res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
+            step_ms.append((time.perf_counter() - t0) * 1000)
+            for i, sess in enumerate(sessions):
+                img, stats = res[sess]
+                images[i, t] = img
+                toks[i, t] = _tokens_of(sess, img, codec, None if light is None else light[i, C + t])
+            passes.append(stats.passes)
+            decode_ms.append(stats.decode_ms)
+            bar.update(1)
+        for sess in sessions:
+            sess.close()
+        gen_prev = np.concatenate([frames[:, C - 1:C], images[:, :-1]], 1)
+        st = frame_stats(real_prev, real, gen_prev, images, tile, map_rows, tok_prev, tok_real, toks)
+        quality[label] = {"rollout": summarise(st, night_H)}
+        dreams[label] = images
+        gen_pairs[label] = (gen_prev, images)
+        ms = np.array(step_ms) / B
+        speed[label] = {"ms_per_frame_median": float(np.median(ms)), "ms_per_frame_p95": float(np.percentile(ms, 95)),
+                        "frames_per_s": float(1000 / np.median(ms)), "batch": B,
+                        "ms_per_batch_step_median": float(np.median(step_ms)),
+                        "passes_per_frame": float(np.mean(passes)),
+                        "decode_ms_per_batch_step": float(np.median(decode_ms)), "device": str(dev)}
+        if s.teacher_forced:
+            # One frame ahead from real context at every step: dynamics without compounding error.
+            tf = np.zeros_like(images)
+            tf_toks = torch.zeros_like(toks)
+            for t in range(H):
+                first = max(0, C + t - F_)
+                sessions = [_open(engine, real_tok[i, first:C + t], acts[i, first:C + t - 1],
+                                  s.seed + i, windows[i].start + first) for i in range(B)]
+                res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
+                for i, sess in enumerate(sessions):
+                    tf[i, t] = res[sess][0]
+                    tf_toks[i, t] = _tokens_of(sess, tf[i, t], codec, None if light is None else light[i, C + t])
+                    sess.close()
+                bar.update(1)
+            st = frame_stats(real_prev, real, real_prev, tf, tile, map_rows, tok_prev, tok_real, tf_toks)
+            quality[label]["teacher_forced"] = summarise(st, night_H)
+            gen_pairs[label + " (teacher forced)"] = (real_prev, tf)
+        del engine
+    bar.close()
+
+    # -- the tokenizer's codes on the real frames ------------------------------------------------
+    pair_night = night[:, 1:].reshape(-1)
+    tokenizer = {"uses_light": codec.uses_light, "codebook_size": int(getattr(tcfg, "codebook_size", 0)),
+                 "kind": (cfg.get("image_tokenizer") or {}).get("kind", "vq")}
+    for subset, sel in (("all", None), ("day", ~pair_night), ("night", pair_night)):
+        tokenizer[subset] = metrics.code_flicker(real_tok, frames, tile, pairs_T=sel)
+
+    # -- action sensitivity ------------------------------------------------------------------------
+    n_win = T // F_
+    act_pad = torch.cat([acts, acts[:, -1:]], 1)  # (B, T, A): the last action conditions nothing
+    changed = torch.zeros(B, T, dtype=torch.bool)
+    changed[:, 1:] = (metrics.tile_mad(frames[:, :-1].reshape(-1, *img_shape), frames[:, 1:].reshape(-1, *img_shape),
+                                       tile) > metrics.VISIBLE).any(1).view(B, T - 1)
+    sl = slice(0, n_win * F_)
+    sens = action_sensitivity(model, real_tok[:, sl].reshape(B * n_win, F_, -1),
+                              act_pad[:, sl].reshape(B * n_win, F_, -1),
+                              changed[:, sl].reshape(B * n_win, F_), seed=s.seed)
+
+    # -- inverse dynamics ------------------------------------------------------------------------
+    idm_report: dict[str, Any] | None = None
+    if idm is not None:
+        from worldsim.idm import load_idm
+
+        model_idm = load_idm(idm, dev)
+        if model_idm.space != store.info.action_space:
+            raise WorldsimError(f"the inverse dynamics model in {idm} predicts {model_idm.space.name} "
+                                f"actions, not {store.info.action_space.name}")
+        truth = np.stack([model_idm.labels(w.actions[C - 1:C - 1 + H]) for w in windows])  # (B, H, A)
+        truth = truth.reshape(B * H, -1)
+
+        def score(prev: np.ndarray, nxt: np.ndarray) -> dict[str, Any]:
+            return model_idm.score(prev.reshape(-1, *img_shape), nxt.reshape(-1, *img_shape), truth)
+
+        idm_report = {"folder": str(idm), "real": score(real_prev, real),
+                      "heldout_at_training": (model_idm.info.get("idm_metrics") or {}).get("heldout"),
+                      "decoders": {k: score(*v) for k, v in gen_pairs.items()}}
+
+    # -- report ----------------------------------------------------------------------------------
+    out_dir = Path(out) if out is not None else Path(bundle_dir).resolve().parent / f"{Path(bundle_dir).resolve().name}-eval"
+    report = {
+        "format": "worldsim.eval", "version": 1,
+        "bundle": str(bundle_dir), "bundle_hash": bundle_hash(bundle_dir), "data": str(data),
+        "code": code_version(), "settings": {**asdict(s), "decoders": labels},
+        "objective": objective, "env": store.info.env,
+        "episodes": {"count": B, "source": source_note,
+                     "windows": [{"episode": w.episode, "start": w.start} for w in windows],
+                     "night_frames": int(night_H.sum()), "day_frames": int((~night_H).sum())},
+        "quality": quality, "speed": speed, "tokenizer": tokenizer, "action_sensitivity": sens,
+        "idm": idm_report if idm_report is not None else "not computed (pass --idm DIR from `worldsim train-idm`)",
+        "lpips": "not computed (needs backbone weights; none given)",
+        "fvd": "not computed (needs backbone weights; none given)",
+        "seconds": None,
+    }
+    clips = {"real": frames[:, :C + H]}
+    for label in labels:
+        clips[label] = np.concatenate([frames[:, :C], dreams[label]], 1)
+    report["seconds"] = time.perf_counter() - t_run
+    report["files"] = report_mod.write_report(out_dir, report, clips, fps=max(1, store.info.fps // 2),
+                                              videos=s.videos)
+    return report
