@@ -105,3 +105,28 @@ def test_window_plays_30_frames_from_synthetic_keys(tmp_path):
     assert ep.frames.shape[1:] == (SIZE, SIZE, 3) and len(ep.frames) == len(ep.actions) + 1 >= 15
     assert ep.frames[0].tobytes() in {f.truth for f in frames}  # the real game's frames were kept
     assert list(tmp_path.glob("worldsim-*.mp4"))
+
+
+def test_worldsim_play_runs_an_embedded_server(tmp_path, capsys):
+    from worldsim.cli import main
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    assert main(["play", "--bundle", str(bundle), "--frames", "4", "--fps", "0", "--device", "cpu",
+                 "--seed", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "worldsim play: 4 frames from ws://127.0.0.1:" in out
+
+
+def test_play_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    from worldsim.cli import main
+    from worldsim.commands.serve import DEFAULT_BUNDLE
+
+    import worldsim
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(worldsim.__file__)))
+    if os.path.exists(os.path.join(root, DEFAULT_BUNDLE, "config.json")):
+        pytest.skip("the shipped model is present")
+    monkeypatch.chdir(tmp_path)
+    assert main(["play"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--bundle" in err and str(DEFAULT_BUNDLE) in err

@@ -16,9 +16,11 @@ from worldsim import protocol as P
 from worldsim.envs.crafter import CRAFTER_SPACE
 from worldsim.envs.minerl_space import MINERL_SPACE
 from worldsim.inference.scheduler import held_action, merge_actions
-from worldsim.inference.server import ServeError, ServerSettings
+from worldsim.cli import main
+from worldsim.data.store import EpisodeStore
+from worldsim.inference.server import Game, ServeError, ServerSettings
 
-from _serving import SIZE, running_server, tiny_bundle
+from _serving import SIZE, running_server, scene_store, tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +301,43 @@ def test_other_addresses_need_a_token_or_insecure():
     ServerSettings(host="0.0.0.0", token="t").check()
     ServerSettings(host="0.0.0.0", insecure=True).check()
     ServerSettings(host="::1").check()
+
+
+def test_a_recorded_scene_starts_at_its_frame(bundle, tmp_path):
+    store = scene_store(tmp_path / "scene")
+    ep = EpisodeStore(store).load("000000")
+    with running_server(bundle, fps=0, scene=f"{store}:000000:5") as s:
+        ws, welcome, first, errors = join(s.url, ground_truth=True, encoding="raw")
+        assert not welcome.ground_truth and errors[0].code == P.UNAVAILABLE  # a recording has no game
+        assert first.step == 5 and first.image == ep.frames[5].tobytes()
+        frame = play(ws, 0, 2)
+        assert frame.step == 6 and frame.truth is None
+        ws.close()
+    with pytest.raises(ServeError, match="has frames 0..12"):
+        Game.from_bundle(bundle, scene=f"{store}:000000:40")
+    with pytest.raises(ServeError, match="no episode 'x'"):
+        Game.from_bundle(bundle, scene=f"{store}:x")
+
+
+def test_minerl_button_actions(tmp_path):
+    b = tiny_bundle(tmp_path / "minerl", game="minerl")
+    with pytest.raises(ServeError, match="recorded episode"):
+        Game.from_bundle(b)  # no simulator to reset
+    store = scene_store(tmp_path / "scene", game="minerl")
+    with running_server(b, fps=0, scene=str(store)) as s:
+        ws, welcome, first, _ = join(s.url)
+        assert welcome.action_space == MINERL_SPACE.to_dict() and first.step == 0
+        frame = play(ws, 0, {"forward": 1, "jump": True, "camera": [5.0, -3.0]})
+        assert frame.seq == 0 and frame.step == 1
+        for bad in ({"fly": 1}, 3):
+            errors = []
+            ws.send(P.pack(P.Action(seq=1, action=bad)))
+            play(ws, 2, {}, errors)
+            assert [e.code for e in errors] == [P.BAD_ACTION]
+        ws.close()
+
+
+def test_serve_refuses_an_open_address_without_a_token(bundle, capsys):
+    assert main(["serve", "--bundle", str(bundle), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldsim serve: error:") and "--token" in err and len(err.splitlines()) == 1
