@@ -87,6 +87,20 @@ def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
     assert r.stdout.count("trained ar") == 1  # only rank 0 reports
 
 
+def test_torchrun_ranks_stop_together_on_a_time_budget(tiny_tokens, tmp_path):
+    """--max-minutes under torchrun: the ranks agree on the step to stop at (stopping on each
+    rank's own clock would leave one waiting in an all-reduce the other never joins)."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29519", "-m", "worldsim",
+           *_args(tiny_tokens, out, "--steps", "100000", "--batch", "2", "--val-every", "1000",
+                  "--max-minutes", "0.03")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = read_config(out)["model_metrics"]
+    assert 0 < m["steps"] < 100000 and m["replicas_identical"] is True
+
+
 def test_checkpoint_whose_optimizer_does_not_fit_gives_a_clear_error(tmp_path):
     """A checkpoint from a model whose parameters were laid out differently (say, projections
     not yet fused) names the file and says what to do, instead of a bare optimizer error."""

@@ -297,6 +297,17 @@ class WorldModelRun(TrainingRun):
                                     "grad_norm": float(self.grad_norm), "lr": self.lr(self.step - 1),
                                     "tokens_per_s": tps, "seconds": self.elapsed}) + "\n")
 
+    def out_of_time(self) -> bool:
+        if not self.ddp.enabled:
+            return super().out_of_time()
+        # Ranks' clocks differ: stopping on one rank's clock alone would leave the others
+        # waiting in the next gradient all-reduce. Agree, at steps every rank reaches.
+        if self.step % self.s.log_every:
+            return False
+        flag = torch.tensor(float(super().out_of_time()), device=self.dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
     def any_nonfinite(self, flag: torch.Tensor) -> bool:
         if self.ddp.enabled:
             flag = flag.to(torch.float32)

@@ -94,6 +94,10 @@ class TrainingRun:
     def log(self, loss: torch.Tensor) -> None:
         """At the logging cadence, after the loss was checked to be finite."""
 
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent (asked before each step when there is one)."""
+        return self.elapsed > self.max_seconds
+
     def any_nonfinite(self, flag: torch.Tensor) -> bool:
         """Whether any process saw a non-finite loss; data-parallel runs reduce it across ranks
         so that every rank stops at the same step."""
@@ -129,12 +133,20 @@ class TrainingRun:
             return
         if self.diverged or (self._nonfinite is not None and bool(self._nonfinite)):
             return  # keep the last finite checkpoint
+        # Under data parallelism another rank's NaN reaches these weights through the averaged
+        # gradients before this rank's loss shows it: look at the weights themselves.
+        if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()):
+            return
         save_checkpoint(self.state_path, self.model, self.opt,
                         {"step": self.step, "seconds": self.elapsed})
         self.saved_step = self.step
 
-    def check_finite(self, loss: torch.Tensor) -> None:
-        if self._nonfinite is None or not self.any_nonfinite(self._nonfinite):
+    def check_finite(self, loss: torch.Tensor, every_rank: bool = True) -> None:
+        """Raise NonFiniteLoss if a loss since the start was not finite. `every_rank` asks all
+        processes (a collective: only where every rank checks at the same step)."""
+        if self._nonfinite is None:
+            return
+        if not (self.any_nonfinite(self._nonfinite) if every_rank else bool(self._nonfinite)):
             return
         self.diverged = True
         kept = (f"the checkpoint at step {self.saved_step} is kept" if self.saved_step
@@ -154,7 +166,7 @@ class TrainingRun:
         self.t_start, elapsed0 = t_start, self.elapsed
         try:
             while self.step < self.steps:
-                if self.max_seconds and self.elapsed > self.max_seconds:
+                if self.max_seconds and self.out_of_time():
                     break
                 loss = self.last_loss = self.train_step()
                 self.step += 1
@@ -169,7 +181,9 @@ class TrainingRun:
                     self.check_finite(loss)
                     self.log(loss)
                 if now - t_ckpt > self.checkpoint_seconds:
-                    self.check_finite(loss)
+                    # Ranks' clocks differ, so this step may be checkpoint time on one rank only:
+                    # no collective here (torchrun stops the other ranks if this one raises).
+                    self.check_finite(loss, every_rank=False)
                     self.save()
                     t_ckpt = now
         except BaseException:
