@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from worldsim.model import WorldModel, preset_config
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import prefill
-from worldsim.inference.engine import DECODERS
+from worldsim.inference.engine import DECODERS, DecoderSettings
 from worldsim.inference.sampling import GREEDY
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=1)
     p.add_argument("--frames", type=int, default=20)
     args = p.parse_args()
-    objective = "block_diffusion" if args.decoder == "block_diffusion" else "ar"
+    objective = DECODERS[args.decoder].OBJECTIVE
     full = preset_config(args.preset, objective=objective)
     cfg = preset_config(args.preset, objective=objective, grid=(4, 5), tokens_per_frame=20,
                         dim=4 * full.n_heads, ffn_dim=8, codebook_size=16,
@@ -58,18 +58,18 @@ def main() -> None:
     cache = KVCache(cfg, b, blocks)
     rows = list(range(b))
     prefill(model, cache, rows, frames, acts)
-    kw = {"steps": args.steps} if args.decoder == "block_diffusion" else {}
-    decode = DECODERS[args.decoder]
+    own = DecoderSettings(args.decoder, steps=args.steps).own()  # the decoder's own settings
+    decode = DECODERS[args.decoder].decode
     for _ in range(blocks + 2):  # past the window filling up: every frame rolls it, as in a long session
-        decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, **kw)
+        decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, own)
     ms = []
     for _ in range(args.frames):
         t0 = time.perf_counter()
-        _, stats = decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, **kw)
+        _, stats = decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, own)
         ms.append((time.perf_counter() - t0) * 1000)
     counter = CountOps()
     with counter:
-        decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, **kw)
+        decode(model, cache, rows, frames[:, -1], acts[:, 0], GREEDY, None, own)
     ms.sort()
     n_ops = sum(counter.ops.values())
     print(f"{args.preset} {args.decoder} ({stats.passes} passes, {b} session(s)): host "

@@ -36,9 +36,26 @@ packed copy (pinned and asynchronous on CUDA), so a frame's passes queue up with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from worldsim.model import ModelConfig, apply_rope, rope_freqs
+
+
+@dataclass
+class PassPlan:
+    """What one forward needs from the cache, made by `KVCache.prepare` and read by the model's
+    attention layers through `KVCache.update` (and its rotations directly). Static-buffer replays
+    (`worldsim.inference.graphs`) swap in a copy that lives at fixed addresses."""
+
+    rows: slice | torch.Tensor  # the sessions' rows: a slice (views) when consecutive
+    full: bool  # the rows are the whole batch (the cache's tensors, not views of them)
+    mask: torch.Tensor | None  # (B, 1, T, S) additive; None: every query sees every slot
+    freqs: torch.Tensor  # (B, T, 1, head_dim/2) rotations of the new tokens
+    write: torch.Tensor  # (B*T,) rows of the flat per-layer views that the new tokens fill
+
+    TENSORS = ("mask", "freqs", "write")  # what a replay copies into its static buffers
 
 
 class KVCache:
@@ -74,7 +91,7 @@ class KVCache:
         self.count = torch.zeros(batch, dtype=torch.long)
         self.filled = torch.zeros((batch, self.slots), dtype=torch.bool)
         self.frames_seen = torch.zeros(batch, dtype=torch.long)
-        self._plan: dict | None = None
+        self.plan: PassPlan | None = None  # the next forward's, set by `prepare`
 
     @property
     def k(self) -> torch.Tensor:
@@ -218,28 +235,21 @@ class KVCache:
             bias.masked_fill_(~mask, float("-inf"))
             bias = bias[:, None]
         sel = self._rows(rows)
-        self._plan = {"full": isinstance(sel, slice) and sel == slice(0, self.batch), "rows": sel,
-                      "mask": bias, "freqs": self._freqs[pos], "write": write}
+        self.plan = PassPlan(rows=sel, full=isinstance(sel, slice) and sel == slice(0, self.batch),
+                             mask=bias, freqs=self._freqs[pos], write=write)
         return pos
-
-    def rope_new(self) -> torch.Tensor:
-        """Rotations for the new tokens, (B, T, 1, head_dim/2): the model rotates its queries
-        and keys with these."""
-        assert self._plan is not None, "call prepare() before the forward"
-        return self._plan["freqs"]
 
     def update(self, layer: int, kv_BT2HD: torch.Tensor, k_rot_BTHD: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """New unrotated keys and values (B, T, 2 * kv_heads, D) and rotated keys
         (B, T, kv_heads, D) -> the cache's rotated keys and values for these rows, each
         (B, kv_heads, S, D), and the mask (B, 1, T, S), or None when every query sees every slot."""
-        p = self._plan
+        p = self.plan
         assert p is not None, "call prepare() before the forward"
         if kv_BT2HD.dtype != self.kv.dtype:  # e.g. a float32 cache under autocast
             kv_BT2HD, k_rot_BTHD = kv_BT2HD.to(self.kv.dtype), k_rot_BTHD.to(self.kv.dtype)
-        self._kv_flat[layer].index_copy_(0, p["write"], kv_BT2HD.flatten(0, 1))
-        self._kr_flat[layer].index_copy_(0, p["write"], k_rot_BTHD.flatten(0, 1))
-        if p["full"]:
-            return self._k_attn[layer], self._v_attn[layer], p["mask"]
-        rows = p["rows"]
-        return self._k_attn[layer][rows], self._v_attn[layer][rows], p["mask"]
+        self._kv_flat[layer].index_copy_(0, p.write, kv_BT2HD.flatten(0, 1))
+        self._kr_flat[layer].index_copy_(0, p.write, k_rot_BTHD.flatten(0, 1))
+        if p.full:
+            return self._k_attn[layer], self._v_attn[layer], p.mask
+        return self._k_attn[layer][p.rows], self._v_attn[layer][p.rows], p.mask

@@ -10,15 +10,44 @@ block). Either way the newest frame's tokens and the action taken at it are what
 from __future__ import annotations
 
 import time
+import typing
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator, Mapping, TypeVar
 
 import torch
 
 from worldsim.model import WorldModel
 from worldsim.sequence import ar_inputs, block_causal, interleave
 from worldsim.inference.cache import KVCache
+
+S = TypeVar("S")
+
+
+def settings_from_dict(cls: type[S], d: Mapping[str, Any], decoder: str) -> S:
+    """A decoder's frozen settings from a plain dict (a config message, a command line), strictly:
+    an unknown key or a value of the wrong type raises ValueError with one line that names it;
+    ranges are checked by the settings' own `__post_init__`."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{decoder} decoder settings must be a map, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {decoder} decoder setting(s) {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(known) or 'none'}")
+    values = {}
+    for name, v in d.items():
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        ok = (v is None and type(None) in allowed) or \
+            (isinstance(v, bool) and bool in allowed) or \
+            (isinstance(v, int) and not isinstance(v, bool) and (int in allowed or float in allowed)) or \
+            (isinstance(v, float) and float in allowed)
+        if not ok:
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{decoder} decoder setting {name!r} must be {want}, got {v!r}")
+        values[name] = float(v) if float in allowed and isinstance(v, int) and not isinstance(v, bool) else v
+    return cls(**values)
 
 
 @dataclass

@@ -8,21 +8,45 @@ Cost: N forward passes per frame (81 on Crafter's 9x9 grid, 336 on MineWorld's 1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 
-from worldsim.model import WorldModel
+from worldsim.model import ModelConfig, WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, StageClock, pass_logits, prev_hint_for
+from worldsim.inference.common import FrameStats, StageClock, pass_logits, prev_hint_for, settings_from_dict
+from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings, sample
+
+NAME = "ar"
+OBJECTIVE = "ar"  # the model must be trained with next-token prediction
+AUTO = False  # `auto` takes diagonal for next-token models: the same model, fewer passes
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Nothing to set: one token per pass, in raster order."""
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+        return settings_from_dict(cls, d, NAME)
+
+
+def passes_per_frame(cfg: ModelConfig, settings: Settings) -> int:
+    return cfg.tokens_per_frame
 
 
 @torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
-           action_BA: torch.Tensor, settings: SamplingSettings,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, FrameStats]:
-    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N)."""
+           action_BA: torch.Tensor, sampling: SamplingSettings,
+           generator: torch.Generator | list[torch.Generator] | None = None,
+           settings: Settings = Settings(), graphs: PassGraphs | None = None
+           ) -> tuple[torch.Tensor, FrameStats]:
+    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N). `graphs` is not used: only
+    block diffusion replays its passes."""
     cfg = model.cfg
-    if cfg.objective != "ar":
+    if cfg.objective != OBJECTIVE:
         raise ValueError("the ar decoder needs a model trained with the ar objective")
     N, L, K = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
@@ -44,7 +68,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         stats.passes += 1
         stats.tokens_per_pass.append(t)
         with clock("sample"):
-            tok, _ = sample(logits, settings, generator)
+            tok, _ = sample(logits, sampling, generator)
         frame[:, i] = tok
         tokens, positions = tok[:, None], base + i
     return frame, clock.add_to(stats)

@@ -11,15 +11,45 @@ Cost: K forward passes per frame (4-8), fewer with a threshold on easy frames.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
+from typing import Any, Mapping
 
 import torch
 
-from worldsim.model import WorldModel
+from worldsim.model import ModelConfig, WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, StageClock, pass_logits
+from worldsim.inference.common import FrameStats, StageClock, pass_logits, settings_from_dict
 from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings, sample
+
+NAME = "block_diffusion"
+OBJECTIVE = "block_diffusion"  # masked within the frame, causal across frames
+AUTO = True  # `auto` takes it for block-diffusion models: the only decoder they have
+
+
+@dataclass(frozen=True)
+class Settings:
+    steps: int = 4  # K: passes per frame (at most, with a threshold)
+    threshold: float | None = None  # also unmask every token whose confidence is above this
+    # Replay each pass shape from static buffers, captured as a CUDA graph on CUDA
+    # (worldsim.inference.graphs); elsewhere it only adds copies.
+    graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"block_diffusion steps must be at least 1, got {self.steps}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"block_diffusion threshold must lie in [0, 1], got {self.threshold}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+        return settings_from_dict(cls, d, NAME)
+
+
+def passes_per_frame(cfg: ModelConfig, settings: Settings) -> int:
+    """At most: with a threshold an easy frame takes fewer."""
+    return settings.steps
 
 
 def masked_after(n: int, steps: int) -> list[int]:
@@ -37,18 +67,19 @@ def masked_after(n: int, steps: int) -> list[int]:
 
 @torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
-           action_BA: torch.Tensor, settings: SamplingSettings,
-           generator: torch.Generator | None = None, steps: int = 4,
-           threshold: float | None = None, graphs: PassGraphs | None = None
+           action_BA: torch.Tensor, sampling: SamplingSettings,
+           generator: torch.Generator | list[torch.Generator] | None = None,
+           settings: Settings = Settings(), graphs: PassGraphs | None = None
            ) -> tuple[torch.Tensor, FrameStats]:
-    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `steps` passes.
+    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `settings.steps` passes.
 
     Without a threshold nothing here waits for the device: every pass's count of tokens to
     unmask is known in advance, so the host queues all passes back to back. With `graphs`,
-    passes replay captured CUDA graphs (see `worldsim.inference.graphs`)."""
+    passes replay from static buffers (see `worldsim.inference.graphs`)."""
     cfg = model.cfg
-    if cfg.objective != "block_diffusion":
+    if cfg.objective != OBJECTIVE:
         raise ValueError("the block_diffusion decoder needs a model trained with block diffusion")
+    steps, threshold = settings.steps, settings.threshold
     N, L, K = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
     clock = StageClock(dev)
@@ -76,7 +107,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):
-            tok, conf = sample(logits, settings, generator)
+            tok, conf = sample(logits, sampling, generator)
             masked = frame == cfg.mask_id
             conf = conf.masked_fill(~masked, -1.0)
             if threshold is None:  # the schedule alone: the same count for every row

@@ -10,30 +10,54 @@ Cost: (rows-1)*w + cols forward passes per frame (25 at w=2 on 9x9; 50 on 14x24)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import torch
 
-from worldsim.model import WorldModel
+from worldsim.model import ModelConfig, WorldModel
 from worldsim.inference.cache import KVCache
-from worldsim.inference.common import FrameStats, StageClock, prev_hint_for
+from worldsim.inference.common import FrameStats, StageClock, prev_hint_for, settings_from_dict
+from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings, sample
 
+NAME = "diagonal"
+OBJECTIVE = "ar"  # training-free: any next-token model
+AUTO = True  # `auto` takes it for next-token models: ar's frames' quality in far fewer passes
 
-def passes_per_frame(rows: int, cols: int, window: int) -> int:
-    w = max(1, min(window, cols))
-    return (rows - 1) * w + cols
+
+@dataclass(frozen=True)
+class Settings:
+    window: int = 2  # w: how far a row runs ahead of the next; w >= cols is `ar`
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"diagonal window must be at least 1, got {self.window}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
+        return settings_from_dict(cls, d, NAME)
+
+
+def passes_per_frame(cfg: ModelConfig, settings: Settings) -> int:
+    rows, cols = cfg.grid
+    return (rows - 1) * min(settings.window, cols) + cols
 
 
 @torch.inference_mode()
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
-           action_BA: torch.Tensor, settings: SamplingSettings,
-           generator: torch.Generator | None = None, window: int = 2) -> tuple[torch.Tensor, FrameStats]:
-    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N)."""
+           action_BA: torch.Tensor, sampling: SamplingSettings,
+           generator: torch.Generator | list[torch.Generator] | None = None,
+           settings: Settings = Settings(), graphs: PassGraphs | None = None
+           ) -> tuple[torch.Tensor, FrameStats]:
+    """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N). `graphs` is not used: a
+    diagonal pass changes shape from one to the next."""
     cfg = model.cfg
-    if cfg.objective != "ar":
+    if cfg.objective != OBJECTIVE:
         raise ValueError("the diagonal decoder needs a model trained with the ar objective")
     R, C = cfg.grid
     N, L, K, A = cfg.tokens_per_frame, cfg.block_len, cfg.codebook_size, cfg.action_tokens
-    w = max(1, min(window, C))
+    w = min(settings.window, C)
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
     clock = StageClock(dev)
     stats = FrameStats()
@@ -42,7 +66,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     frame = torch.zeros(b, N, dtype=torch.long, device=dev)
     sampled_at: dict[int, int] = {}  # slot -> pass that sampled it
     persisted: set[int] = set()
-    for p in range(passes_per_frame(R, C, w)):
+    for p in range(passes_per_frame(cfg, settings)):
         # Each input: (token (B,), position offset from `base`, persist, slot it predicts or -1).
         inputs: list[tuple[torch.Tensor, int, bool, int]] = []
         if p == 0:  # frame t's last token and action t close block t; the action predicts (0, 0)
@@ -84,7 +108,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         stats.passes += 1
         stats.tokens_per_pass.append(len(inputs))
         with clock("sample"):
-            tok, _ = sample(logits, settings, generator)
+            tok, _ = sample(logits, sampling, generator)
         for j, (_, s) in enumerate(predict):
             frame[:, s] = tok[:, j]
             sampled_at[s] = p

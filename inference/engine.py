@@ -1,6 +1,6 @@
 """The engine: sessions that turn player actions into frames, stepped together as one batch.
 
-    engine = Engine.from_bundle("assets/crafter", decoder=DecoderSettings("block_diffusion", steps=4))
+    engine = Engine.from_bundle("runs/wm", decoder=DecoderSettings("block_diffusion", steps=4))
     session = engine.open(context_frames, context_actions)   # prefill
     frame, stats = session.step(action)                       # one dreamed frame, uint8 (H, W, 3)
     frames = engine.step({s1: a1, s2: a2})                    # many sessions, one batch
@@ -8,19 +8,25 @@
 Each session owns one row of a shared, preallocated KV cache; sessions may open and close at
 any frame, and `Engine.step` runs whichever sessions it is given as one batch. A step includes
 the image decode; `FrameStats` splits its time into model passes, sampling and image decode.
+
+Decoders describe themselves: each `decode_*` module exports its `NAME`, the `OBJECTIVE` its
+model must be trained with, whether `auto` picks it (`AUTO`), a frozen `Settings` dataclass
+with a strict `from_dict`, `passes_per_frame(cfg, settings)` and `decode`. The registry, the
+decoders valid for a model and the `auto` rule below are derived from them alone.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from types import ModuleType
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from worldsim.model import WorldModel
+from worldsim.model import ModelConfig, WorldModel
 from worldsim.tokenizers.action import ActionTokenizer
 from worldsim.tokenizers.image import ImageTokenizer
 from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal
@@ -29,21 +35,29 @@ from worldsim.inference.common import FrameStats, StageClock, prefill
 from worldsim.inference.graphs import PassGraphs
 from worldsim.inference.sampling import SamplingSettings
 
-# The decoding strategies, by name; each module states its algorithm and cost.
-DECODERS: dict[str, Callable[..., tuple[torch.Tensor, FrameStats]]] = {
-    "ar": decode_ar.decode,  # N passes per frame, exact
-    "diagonal": decode_diagonal.decode,  # (rows-1)*w + cols passes, training-free
-    "block_diffusion": decode_block_diffusion.decode,  # K passes, needs a block-diffusion model
-}
+# The decoding strategies, by name; each module states its algorithm, cost and settings.
+DECODERS: dict[str, ModuleType] = {m.NAME: m for m in (decode_ar, decode_diagonal, decode_block_diffusion)}
 
 
 def valid_decoders(objective: str) -> list[str]:
-    return ["block_diffusion"] if objective == "block_diffusion" else ["ar", "diagonal"]
+    """The decoders that fit a model trained with `objective`, in registry order."""
+    return [name for name, m in DECODERS.items() if m.OBJECTIVE == objective]
+
+
+def auto_decoder(objective: str) -> str:
+    """What `auto` means for a model trained with `objective` (the one rule: engine, bench, eval)."""
+    picks = [name for name in valid_decoders(objective) if DECODERS[name].AUTO]
+    if not picks:
+        raise ValueError(f"no decoder fits a model trained with {objective!r}")
+    return picks[0]
 
 
 @dataclass
 class DecoderSettings:
-    name: str = "auto"  # auto: block_diffusion for block-diffusion models, diagonal for AR ones
+    """A decoder by name, with the settings of every decoder side by side (what commands, the
+    server and the bench pass around); `own()` is the named decoder's own frozen `Settings`."""
+
+    name: str = "auto"  # auto: auto_decoder(objective): block_diffusion or diagonal
     steps: int = 4  # block_diffusion: passes per frame
     threshold: float | None = None  # block_diffusion: unmask every token above this confidence
     window: int = 2  # diagonal: how far a row runs ahead of the next
@@ -53,25 +67,33 @@ class DecoderSettings:
     graphs: bool = False
 
     def resolve(self, objective: str) -> "DecoderSettings":
-        name = self.name
-        if name == "auto":
-            name = "block_diffusion" if objective == "block_diffusion" else "diagonal"
+        """`auto` replaced by its decoder, checked against the model's objective and the
+        decoder's own settings (ValueError with one line); settings the decoder does not have
+        are left as they are, except `graphs`, which is off where it does not apply."""
+        name = auto_decoder(objective) if self.name == "auto" else self.name
         if name not in DECODERS:
             raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
-        if name not in valid_decoders(objective):
+        if DECODERS[name].OBJECTIVE != objective:
             raise ValueError(f"decoder {name!r} does not fit a model trained with {objective!r}; "
                              f"use {' or '.join(valid_decoders(objective))}")
-        if self.steps < 1 or self.window < 1:
-            raise ValueError("steps and window must be at least 1")
-        return DecoderSettings(name, self.steps, self.threshold, self.window, self.sampling,
-                               self.graphs and name == "block_diffusion")
+        has_graphs = any(f.name == "graphs" for f in fields(DECODERS[name].Settings))
+        out = replace(self, name=name, graphs=self.graphs and has_graphs)
+        out.own()  # validates
+        return out
 
-    def kwargs(self) -> dict[str, Any]:
-        if self.name == "block_diffusion":
-            return {"steps": self.steps, "threshold": self.threshold}
-        if self.name == "diagonal":
-            return {"window": self.window}
-        return {}
+    @property
+    def module(self) -> ModuleType:
+        if self.name not in DECODERS:
+            raise ValueError(f"decoder {self.name!r} is not resolved; call resolve(objective)")
+        return DECODERS[self.name]
+
+    def own(self) -> Any:
+        """The named decoder's `Settings`, from the fields it has."""
+        cls = self.module.Settings
+        return cls.from_dict({f.name: getattr(self, f.name) for f in fields(cls)})
+
+    def passes_per_frame(self, cfg: ModelConfig) -> int:
+        return self.module.passes_per_frame(cfg, self.own())
 
 
 class Engine:
@@ -89,7 +111,8 @@ class Engine:
         # being written for next-token models.
         blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
         self.cache = KVCache(self.cfg, max_sessions, max(blocks, sink + 1), sink, self.device, dtype)
-        self.graphs = PassGraphs(model, self.cache) if self.decoder.graphs else None
+        self.graphs: PassGraphs | None = None  # made when a decoder first asks for replays
+        self._own: tuple[DecoderSettings, Any] | None = None  # self.decoder and its own settings
         self.free_rows = list(range(max_sessions))
         self.seed_source = torch.Generator().manual_seed(seed)  # seeds unseeded sessions
         self._ids = itertools.count()
@@ -164,10 +187,13 @@ class Engine:
         last = torch.cat([s.last_frame for s in sessions])  # (B, N)
         acts = self._action_tokens([inputs[s] for s in sessions])  # (B, A)
         gen = [s.generator for s in sessions]  # each session draws from its own generator
-        d = self.decoder
-        extra = {"graphs": self.graphs} if self.graphs is not None else {}
-        frame, stats = DECODERS[d.name](self.model, self.cache, rows, last, acts, d.sampling, gen,
-                                        **d.kwargs(), **extra)
+        d = self.decoder  # may be swapped between steps (the server's per-session decoders)
+        if self._own is None or self._own[0] != d:
+            self._own = (replace(d), d.own())
+        if d.graphs and self.graphs is None:  # `resolve` leaves it on only where it applies
+            self.graphs = PassGraphs(self.model, self.cache)
+        frame, stats = d.module.decode(self.model, self.cache, rows, last, acts, d.sampling, gen,
+                                       self._own[1], self.graphs if d.graphs else None)
         images = None
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)

@@ -20,15 +20,15 @@ capture itself needs a GPU.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from worldsim.model import WorldModel
-from worldsim.inference.cache import KVCache
+from worldsim.inference.cache import KVCache, PassPlan
 from worldsim.inference.common import pass_logits
 
-PLAN_KEYS = ("mask", "freqs", "write")
 
 
 class PassGraphs:
@@ -49,28 +49,28 @@ class PassGraphs:
             keep: int) -> torch.Tensor:
         """Logits (B, keep, K) of the last `keep` tokens of a pass that `cache.prepare` has
         just planned. The result is a static buffer: read it before the next `run`."""
-        plan = self.cache._plan
+        plan = self.cache.plan
         assert plan is not None, "call cache.prepare() before run()"
-        rows = plan["rows"]
+        rows = plan.rows
         if not isinstance(rows, slice):  # scattered rows: index copies, no fixed addresses
             e = {"tokens": tokens_BT, "pos": pos_BT, "prev": prev_BT, "keep": keep}
             return self._forward(e)
-        key = (rows.start, rows.stop, tokens_BT.shape[1], keep, plan["mask"] is None)
+        key = (rows.start, rows.stop, tokens_BT.shape[1], keep, plan.mask is None)
         e = self.entries.get(key)
         if e is None:
+            static = {k: getattr(plan, k).clone() for k in PassPlan.TENSORS if getattr(plan, k) is not None}
             e = {"tokens": tokens_BT.clone(), "pos": pos_BT.clone(), "prev": prev_BT.clone(),
-                 "keep": keep, "plan": {**plan, **{k: plan[k].clone() for k in PLAN_KEYS
-                                                   if plan[k] is not None}}}
-            self.cache._plan = e["plan"]
+                 "keep": keep, "plan": replace(plan, **static)}
+            self.cache.plan = e["plan"]
             e["out"] = self._record(e) if self.capture else None
             self.entries[key] = e
         else:
             for name, src in (("tokens", tokens_BT), ("pos", pos_BT), ("prev", prev_BT)):
                 e[name].copy_(src)
-            for k in PLAN_KEYS:
-                if plan[k] is not None:
-                    e["plan"][k].copy_(plan[k])
-            self.cache._plan = e["plan"]
+            for k in PassPlan.TENSORS:
+                if getattr(plan, k) is not None:
+                    getattr(e["plan"], k).copy_(getattr(plan, k))
+            self.cache.plan = e["plan"]
         self.replays += 1
         if not self.capture:
             return self._forward(e)

@@ -9,7 +9,7 @@ from worldsim.sequence import ar_inputs, interleave
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import prefill
-from worldsim.inference.decode_diagonal import passes_per_frame
+from worldsim.inference import decode_diagonal
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import GREEDY, SamplingSettings
 
@@ -110,7 +110,7 @@ def test_diagonal_pass_count_and_narrow_window_runs():
     s = e.open(frames, actions)
     _, stats = s.step(1)
     r, c = model.cfg.grid
-    assert stats.passes == passes_per_frame(r, c, 2) == (r - 1) * 2 + c
+    assert stats.passes == decode_diagonal.passes_per_frame(model.cfg, decode_diagonal.Settings(window=2)) == (r - 1) * 2 + c
     assert int(s.last_frame.max()) < model.cfg.codebook_size
 
 
@@ -281,7 +281,7 @@ def test_decoding_a_frame_never_reads_the_device(decoder):
     cache = KVCache(cfg, 2, blocks=3, device="meta")
     prefill(model, cache, [0, 1], frames, acts)
     for _ in range(4):  # the window rolls
-        frame, stats = DECODERS[decoder](model, cache, [0, 1], frames[:, -1], acts[:, -1], GREEDY, None)
+        frame, stats = DECODERS[decoder].decode(model, cache, [0, 1], frames[:, -1], acts[:, -1], GREEDY, None)
     assert frame.device.type == "meta" and frame.shape == (2, cfg.tokens_per_frame)
     assert stats.passes > 0
 
@@ -343,7 +343,7 @@ def test_unmasked_pass_once_every_slot_is_visible():
     def noisy_pass(new_mask):
         base = int(cache.current_block([0])[0]) * L
         pos = cache.prepare([0], base + L + torch.arange(N)[None], persist, new_mask)
-        return model(noisy, pos, cache=cache), cache._plan["mask"]
+        return model(noisy, pos, cache=cache), cache.plan.mask
 
     _, mask = noisy_pass(None)
     assert mask is not None  # two of three blocks empty: their slots are masked

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from worldsim.model import WorldModel
 from worldsim.metrics import pooled_psnr_per_step
 from worldsim.tokenizers.image import ImageTokenizer
-from worldsim.inference.engine import DecoderSettings, Engine
+from worldsim.inference.engine import DECODERS, DecoderSettings, Engine
 from worldsim.inference.sampling import SamplingSettings
 
 
@@ -117,15 +117,14 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
     device = next(model.parameters()).device
     rows = []
     for d in decoders:
-        objective = "block_diffusion" if d.name == "block_diffusion" else "ar"
+        objective = DECODERS[d.name].OBJECTIVE
         m = _with_objective(model, objective)
         n = ar_frames if d.name == "ar" else frames
         if progress:
             print(f"  {d.name}: {n} frames ...", flush=True)
         r = run_decoder(m, image_tok, action_tok, d, inputs, n)
         r["speed_only"] = objective != model.cfg.objective  # weights not trained for this decoder
-        r["settings"] = {"steps": d.steps, "window": d.window, "threshold": d.threshold,
-                         "graphs": d.graphs and d.name == "block_diffusion"}
+        r["settings"] = asdict(d.resolve(objective).own())  # the decoder's own settings
         r["sessions_fps"] = {}
         for b in (ar_sessions if d.name == "ar" and ar_sessions is not None else sessions):
             if b > 1:
@@ -143,6 +142,16 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
             "threads": torch.get_num_threads(), "rows": rows}
 
 
+# How a decoder's settings read in the table; a setting at its off value is left out.
+_LABELS = {"steps": "K", "window": "w", "threshold": "t"}
+
+
+def _setting_label(key: str, value: Any) -> str:
+    if value is None or value is False:
+        return ""
+    return key if value is True else f"{_LABELS.get(key, key)}={value}"
+
+
 def format_table(result: dict[str, Any]) -> str:
     sessions = sorted({b for r in result["rows"] for b in r["sessions_fps"]})
     head = ["decoder", "passes/frame", "ms median", "ms p95", "frames/s", "x ar"]
@@ -152,12 +161,7 @@ def format_table(result: dict[str, Any]) -> str:
         head += ["PSNR", "copy-last", "PSNR 1-3", "copy 1-3"]
     lines = []
     for r in result["rows"]:
-        name = r["decoder"]
-        if name == "block_diffusion":
-            name += f" K={r['settings']['steps']}" + (f" t={r['settings']['threshold']}" if r['settings']['threshold'] else "")
-            name += " graphs" if r["settings"].get("graphs") else ""
-        if name == "diagonal":
-            name += f" w={r['settings']['window']}"
+        name = " ".join(x for x in [r["decoder"], *(_setting_label(k, v) for k, v in r["settings"].items())] if x)
         if r["speed_only"]:
             name += " *"
         row = [name, f"{r['passes_per_frame']:.1f}", f"{r['ms_median']:.1f}", f"{r['ms_p95']:.1f}",

@@ -179,8 +179,9 @@ class Attention(nn.Module):
         H, Hkv = self.n_heads, self.n_kv
         qkv = self.wqkv(x_BTC).view(b, t, H + 2 * Hkv, self.hd)  # (B, T, heads, D)
         if cache is not None:
-            # The cache rotates by window-relative positions (see worldsim.inference.cache).
-            freqs = cache.rope_new()
+            # The cache's plan for this forward rotates by window-relative positions (see
+            # worldsim.inference.cache).
+            freqs = cache.plan.freqs
         qk = apply_rope(qkv[:, :, :H + Hkv], freqs)  # (B, T, H + Hkv, D)
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, D)
         if cache is None:

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--preset", help="a randomly initialised model preset: tiny | crafter | mineworld-300m")
     p.add_argument("--data", type=existing_dir, help="episode store for real context, actions and ground truth (with --bundle)")
     p.add_argument("--decoders", default="all",
-                   help="comma list of ar, diagonal, block_diffusion (default: all that apply)")
+                   help="comma list of decoders: ar, diagonal, block_diffusion (default: all that apply)")
     p.add_argument("--frames", type=positive_int, default=64, help="frames per decoder (default: 64)")
     p.add_argument("--ar-frames", type=nonneg_int, default=0, help="frames for ar, which is slow (default: --frames)")
     p.add_argument("--sessions", default="1,4,16", help="batch sizes for aggregate frames/s (default: 1,4,16)")
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     from worldsim.bench import BenchInputs, bench, format_table
     from worldsim.errors import WorldsimError
-    from worldsim.inference.engine import DecoderSettings, valid_decoders
+    from worldsim.inference.engine import DECODERS, DecoderSettings, valid_decoders
     from worldsim.inference.sampling import SamplingSettings
 
     if args.threads:
@@ -69,16 +69,23 @@ def run(args: argparse.Namespace) -> int:
     if image_tok is not None:
         image_tok = image_tok.to(dev)
     objective = model.cfg.objective
-    names = ["ar", "diagonal", "block_diffusion"] if args.preset else \
-        (["ar"] + valid_decoders(objective) if objective == "block_diffusion" else valid_decoders(objective))
+    # A preset's random weights time every decoder; a trained model, the decoders that fit it,
+    # and `ar` beside them as the baseline of the ratios (speed only, where it does not fit).
+    names = list(DECODERS) if args.preset else \
+        list(dict.fromkeys(["ar", *valid_decoders(objective)]))
     if args.decoders != "all":
         names = [n.strip() for n in args.decoders.split(",")]
         for n in names:
-            if n not in ("ar", "diagonal", "block_diffusion"):
-                raise WorldsimError(f"unknown decoder {n!r}")
+            if n not in DECODERS:
+                raise WorldsimError(f"unknown decoder {n!r}; choose from {', '.join(DECODERS)}")
     sampling = SamplingSettings(temperature=args.temperature)
     decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
                                 sampling=sampling, graphs=args.graphs) for n in names]
+    for d in decoders:  # each decoder checks its own settings before anything runs
+        try:
+            d.resolve(DECODERS[d.name].OBJECTIVE)
+        except ValueError as e:
+            raise WorldsimError(str(e)) from None
     try:
         sessions = [int(x) for x in args.sessions.split(",") if x]
         ar_sessions = [int(x) for x in args.ar_sessions.split(",") if x] if args.ar_sessions else None
