@@ -120,11 +120,9 @@ class Engine:
     @classmethod
     def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "Engine":
         from worldsim import bundle
-        from worldsim.tokenizers.action import action_tokenizer_from_config
 
-        cfg = bundle.read_config(folder)
         return cls(bundle.load_world_model(folder, device), bundle.load_image_tokenizer(folder, device),
-                   action_tokenizer_from_config(cfg["action_tokenizer"]), **kwargs)
+                   bundle.load_action_tokenizer(folder), **kwargs)
 
     # -- sessions ------------------------------------------------------------------------------
     def open(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,

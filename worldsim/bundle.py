@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import torch
 from safetensors.torch import load_file, save
@@ -24,7 +24,10 @@ from worldsim.fileio import atomic_open, atomic_write_json
 
 if TYPE_CHECKING:
     from worldsim.model import WorldModel
+    from worldsim.tokenizers.action import ActionTokenizer
     from worldsim.tokenizers.image import ImageTokenizer
+
+T = TypeVar("T")
 
 FORMAT = "worldsim.bundle"
 VERSION = 1
@@ -76,11 +79,26 @@ def load_weights(folder: str | os.PathLike, component: str, module: torch.nn.Mod
         sd = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise BundleError(f"cannot read {path}: {e}") from e
-    missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
+    try:
+        missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
+    except RuntimeError as e:  # torch lists every size mismatch, one per line: name the first
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        first = lines[0].removesuffix(".") if lines else str(e).splitlines()[0]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise BundleError(f"{path} does not match the config: {first}{more}") from None
     if missing or unexpected:
         raise BundleError(f"{path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     return module
+
+
+def build_component(folder: str | os.PathLike, component: str, build: Callable[[], T]) -> T:
+    """`build()` (a component from its config), with a config it refuses (an unknown key, a
+    value out of range) reported as one line that names the bundle and the component."""
+    try:
+        return build()
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{Path(folder) / 'config.json'}: bad {component} config: {e}") from None
 
 
 # -- loaders: a bundle's components, built from its config --------------------------------------
@@ -95,28 +113,40 @@ def load_world_model(folder: str | os.PathLike, device: str | torch.device = "cp
     if cfg is None:
         raise BundleError(f"bundle {folder} has no world model")
     with torch.device("meta"):  # no memory and no init: every parameter is assigned from the file
-        model = WorldModel(ModelConfig.from_dict(cfg))
+        model = build_component(folder, "model", lambda: WorldModel(ModelConfig.from_dict(cfg)))
     load_weights(folder, "model", model)
     return model.to(device).eval()
+
+
+def load_action_tokenizer(folder: str | os.PathLike) -> "ActionTokenizer":
+    """The action tokenizer from a bundle's config.json (it has no weights)."""
+    from worldsim.tokenizers.action import action_tokenizer_from_config
+
+    cfg = read_config(folder).get("action_tokenizer")
+    if cfg is None:
+        raise BundleError(f"bundle {folder} has no action tokenizer")
+    return build_component(folder, "action_tokenizer", lambda: action_tokenizer_from_config(cfg))
 
 
 def _load_vq_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.nn.Module:
     from worldsim.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 
-    model = ImageTokenizer(ImageTokenizerConfig.from_dict(cfg))
+    model = build_component(folder, "image_tokenizer",
+                            lambda: ImageTokenizer(ImageTokenizerConfig.from_dict(cfg)))
+    return load_weights(folder, "image_tokenizer", model)
+
+
+def _load_tile_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.nn.Module:
+    from worldsim.tokenizers.tile import TileTokenizer, TileTokenizerConfig
+
+    model = build_component(folder, "image_tokenizer",
+                            lambda: TileTokenizer(TileTokenizerConfig.from_dict(cfg)))
     return load_weights(folder, "image_tokenizer", model)
 
 
 # Image tokenizers by the "kind" in their config (absent means "vq", the bundles made before
 # there was a second kind): kind -> loader(config without "kind", bundle folder) -> module with
 # weights. Each kind's module offers encode(uint8 (B, H, W, 3)) -> (B, N), decode, and `cfg`.
-def _load_tile_tokenizer(cfg: dict[str, Any], folder: str | os.PathLike) -> torch.nn.Module:
-    from worldsim.tokenizers.tile import TileTokenizer, TileTokenizerConfig
-
-    model = TileTokenizer(TileTokenizerConfig.from_dict(cfg))
-    return load_weights(folder, "image_tokenizer", model)
-
-
 IMAGE_TOKENIZER_LOADERS: dict[str, Callable[[dict[str, Any], str | os.PathLike], torch.nn.Module]] = {
     "vq": _load_vq_tokenizer,
     "tile": _load_tile_tokenizer,  # one code per tile, light factored out (tokenizers/tile.py)

@@ -146,12 +146,11 @@ def _load(args, dev):
                                                          [act() for _ in range(64)])
     from worldsim import bundle
     from worldsim.data.store import EpisodeStore
-    from worldsim.tokenizers.action import action_tokenizer_from_config
 
     cfg = bundle.read_config(args.bundle)
     model = bundle.load_world_model(args.bundle, dev)
     image_tok = bundle.load_image_tokenizer(args.bundle, dev)
-    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    action_tok = bundle.load_action_tokenizer(args.bundle)
     if args.data:
         store = EpisodeStore(args.data)
         _, val = store.split(0.05)
