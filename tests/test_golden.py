@@ -20,7 +20,7 @@ from worldsim.inference.sampling import GREEDY, SamplingSettings
 
 GOLDEN = Path(__file__).parent / "data" / "golden_decoders.npz"
 SAMPLED = SamplingSettings(temperature=1.0, top_k=20, top_p=0.9)
-CASES = {  # name -> (objective, decoder settings)
+CASES = {  # name -> (objective, decoder settings[, sharpen])
     "ar_greedy": ("ar", DecoderSettings("ar", sampling=GREEDY)),
     "ar_sampled": ("ar", DecoderSettings("ar", sampling=SAMPLED)),
     "diagonal_greedy": ("ar", DecoderSettings("diagonal", window=2, sampling=GREEDY)),
@@ -31,14 +31,23 @@ CASES = {  # name -> (objective, decoder settings)
                                                                    sampling=SAMPLED)),
     "block_diffusion_threshold": ("block_diffusion", DecoderSettings(
         "block_diffusion", steps=4, threshold=0.3, sampling=SamplingSettings(temperature=1.0))),
+    # Matrices scaled up: greedy tokens that depend on their context (see test_decoders.tiny).
+    "ar_sharp": ("ar", DecoderSettings("ar", sampling=GREEDY), 6.0),
+    "diagonal_sharp": ("ar", DecoderSettings("diagonal", window=2, sampling=GREEDY), 6.0),
+    "block_diffusion_sharp": ("block_diffusion", DecoderSettings("block_diffusion", steps=4,
+                                                                 sampling=GREEDY), 6.0),
 }
 PLAN = [1, 4, 4, 2, 5, 0, 16, 3]  # 8 frames: the tiny model's window (3-4 blocks) rolls
 
 
-def dream(objective: str, settings: DecoderSettings) -> np.ndarray:
+def dream(objective: str, settings: DecoderSettings, sharpen: float = 1.0) -> np.ndarray:
     """Two sessions with different contexts and seeds, stepped together -> tokens (2, T, N)."""
     torch.manual_seed(0)
     model = WorldModel(preset_config("tiny", objective=objective)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(sharpen)
     cfg = model.cfg
     act = make_action_tokenizer(CRAFTER_SPACE, offset=cfg.codebook_size)
     eng = Engine(model, None, act, settings, max_sessions=2, seed=3)
