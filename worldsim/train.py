@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,33 +42,11 @@ from worldsim.fileio import file_sha256
 from worldsim.model import ModelConfig, WorldModel, preset_config
 from worldsim.objectives import Objective
 from worldsim.data.shards import TokenShards
+from worldsim.train_settings import TrainSettings
 from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
 
 LOG_FILE = "train_log.jsonl"
 __all__ = ["LOG_FILE", "STATE_FILE", "TrainSettings", "WorldModelRun", "train"]
-
-
-@dataclass
-class TrainSettings:
-    steps: int = 2000
-    batch: int = 8  # windows per step per process
-    frames: int = 0  # window length F; 0: the preset's
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    dtype: str = "auto"  # auto | bf16 | fp32
-    val_fraction: float = 0.05
-    val_every: int = 100
-    val_batches: int = 4
-    log_every: int = 10
-    seed: int = 0
-    checkpoint_seconds: float = 120.0
-    max_minutes: float = 0.0  # stop early (and write the bundle) after this much training time
-    # block_diffusion: the fraction of context image tokens replaced by random codes, so the
-    # model learns to read past its own mistakes in long rollouts (targets stay clean)
-    context_noise: float = 0.0
 
 
 def cpu_has_fast_bf16() -> bool:

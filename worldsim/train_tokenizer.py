@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,10 @@ from worldsim.device import pick_device
 from worldsim.errors import WorldsimError
 from worldsim.metrics import NIGHT, psnr, psnr_from_mse, ssim
 from worldsim.tokenizers.image import PRESETS, ImageTokenizer, ImageTokenizerConfig, code_stats
+from worldsim.train_settings import TokenizerTrainSettings
 from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
 
 __all__ = ["STATE_FILE", "TokenizerRun", "TokenizerTrainSettings", "train_tokenizer"]
-
-
-@dataclass
-class TokenizerTrainSettings:
-    steps: int = 10000
-    batch: int = 32
-    lr: float = 2e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    val_fraction: float = 0.05
-    eval_frames: int = 4096
-    seed: int = 0
-    checkpoint_seconds: float = 120.0
 
 
 def load_frames(store: EpisodeStore, ids: list[str], limit: int | None = None,

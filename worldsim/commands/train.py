@@ -30,7 +30,7 @@ def window_frames(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from worldsim.train import TrainSettings as S
+    from worldsim.train_settings import TrainSettings as S
 
     p = sub.add_parser("train", help="train the world model on token shards",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -25,7 +25,7 @@ writes reconstructions.png (originals over reconstructions) into --out."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from worldsim.train_tokenizer import TokenizerTrainSettings as S
+    from worldsim.train_settings import TokenizerTrainSettings as S
 
     p = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer on an episode store",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,46 @@
+"""The settings of the training runs, apart from the runs: the CLI reads their defaults while
+building its parsers, and this module imports no torch, so `worldsim --help` stays instant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainSettings:
+    """The world model's training (worldsim.train)."""
+
+    steps: int = 2000
+    batch: int = 8  # windows per step per process
+    frames: int = 0  # window length F; 0: the preset's
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # auto | bf16 | fp32
+    val_fraction: float = 0.05
+    val_every: int = 100
+    val_batches: int = 4
+    log_every: int = 10
+    seed: int = 0
+    checkpoint_seconds: float = 120.0
+    max_minutes: float = 0.0  # stop early (and write the bundle) after this much training time
+    # block_diffusion: the fraction of context image tokens replaced by random codes, so the
+    # model learns to read past its own mistakes in long rollouts (targets stay clean)
+    context_noise: float = 0.0
+
+
+@dataclass
+class TokenizerTrainSettings:
+    """The VQ image tokenizer's training (worldsim.train_tokenizer)."""
+
+    steps: int = 10000
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    val_fraction: float = 0.05
+    eval_frames: int = 4096
+    seed: int = 0
+    checkpoint_seconds: float = 120.0
