@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import existing_dir, nonneg_float, nonneg_int, out_dir, positive_int
+from worldsim.commands._args import device, existing_dir, nonneg_float, nonneg_int, out_dir, positive_int
 
 HELP = """\
 Dream from real context frames with the recorded actions, on every decoder, and judge the dream
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", type=nonneg_int, default=4, help="episodes drawn as mp4 (default: 4)")
     p.add_argument("--no-teacher-forced", action="store_true",
                    help="skip the one-step-ahead dreams (halves the time)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--compare", nargs="+", metavar="REPORT",
@@ -70,8 +70,5 @@ def run(args: argparse.Namespace) -> int:
                      decoders=list(args.decoder), seed=args.seed, temperature=args.temperature,
                      videos=args.videos, teacher_forced=not args.no_teacher_forced, device=args.device)
     r = evaluate(args.bundle, args.data, s, idm=args.idm, out=args.out, progress=not args.no_progress)
-    from pathlib import Path
-
-    out = args.out or Path(args.bundle).resolve().parent / f"{Path(args.bundle).resolve().name}-eval"
-    print(summary_line(r, out))
+    print(summary_line(r, r["out"]))
     return 0

@@ -410,7 +410,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     out_dir = Path(out) if out is not None else Path(bundle_dir).resolve().parent / f"{Path(bundle_dir).resolve().name}-eval"
     report = {
         "format": "worldsim.eval", "version": 1,
-        "bundle": str(bundle_dir), "bundle_hash": bundle_hash(bundle_dir), "data": str(data),
+        "bundle": str(bundle_dir), "bundle_hash": bundle_hash(bundle_dir), "data": str(data), "out": str(out_dir),
         "code": code_version(), "settings": {**asdict(s), "decoders": labels},
         "objective": objective, "env": store.info.env,
         "episodes": {"count": B, "source": source_note,
