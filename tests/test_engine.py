@@ -166,20 +166,28 @@ def test_seeded_rollout_repeats(objective, decoder):
 
 
 def test_long_session_bounded_memory_and_positions():
+    """The window rolls three times over: the kept slots never outgrow the window, positions
+    stay those of a window (a block's position is its rank in it), and a frame deep into the
+    session sees the same positions as the first frame after the window filled."""
     model = tiny("block_diffusion")
     cfg = model.cfg
     frames, actions = context(cfg)
     e = engine(model, DecoderSettings("block_diffusion", steps=1, sampling=GREEDY), max_sessions=1)
-    nbytes = e.cache.nbytes
     s = e.open(frames, actions)
+    blocks, L = e.cache.blocks, cfg.block_len
     rng = np.random.default_rng(0)
-    for i in range(10_000):
+    full = 0
+    for i in range(4 * blocks):  # the first `blocks` frames fill the window, then it rolls 3 times
         s.step(int(rng.integers(0, 17)))
-        if i % 997 == 0:
-            pos = e.cache.slot_positions([0])
-            assert int(pos.max()) < e.cache.blocks * cfg.block_len
-    assert e.cache.nbytes == nbytes and e.cache.k.shape[2] == e.cache.slots
-    assert int(e.cache.frames_seen[0]) >= 10_000
+        filled = e.cache.filled[0]
+        assert not bool(filled[e.cache.block_slots:].any())  # scratch slots are never kept
+        n_blocks = int(filled.sum()) // L
+        assert n_blocks <= blocks and int(filled.sum()) == n_blocks * L
+        # Ranks in the window, without gaps: frame 4 * blocks sees what the window's first did.
+        pos = e.cache.slot_positions([0])[0][filled[:e.cache.block_slots]]
+        assert sorted(pos.tolist()) == list(range(n_blocks * L))
+        full += n_blocks == blocks
+    assert full >= 3 * blocks and int(e.cache.frames_seen[0]) == 4 * blocks + 1
     assert torch.isfinite(e.cache.k).all() and torch.isfinite(e.cache.v).all()
     assert int(s.last_frame.max()) < cfg.codebook_size
 

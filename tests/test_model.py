@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -113,6 +115,10 @@ def test_every_preset_builds_and_runs_one_step(preset):
     cfg = preset_config(preset, frames=2)
     if preset == "mineworld-300m":
         assert 315e6 < cfg.num_params() < 325e6  # "about 321M"
+    with torch.device("meta"):  # the whole model, as shapes only: no memory, no initialisation
+        assert WorldModel(cfg).num_params() == cfg.num_params()
+    # One training step of the preset's shape; one layer, since every layer is the same code.
+    cfg = dataclasses.replace(cfg, n_layers=1)
     model = WorldModel(cfg)
     assert model.num_params() == cfg.num_params()
     frames, actions = random_window(cfg, b=1, f=2)

@@ -1,6 +1,5 @@
 """Sampling: temperature divides logits, top-k and top-p keep what they should, greedy is argmax."""
 
-
 import pytest
 import torch
 
