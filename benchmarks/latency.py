@@ -134,8 +134,10 @@ class StartLine:
 
 
 async def lockstep(url: str, seconds: float | None, frames: int | None, seed: int, warmup: int = 3,
-                   start: StartLine | None = None) -> dict:
-    """One client: send an action, wait for the frame that includes it, acknowledge, repeat."""
+                   start: "StartLine | None" = None, ahead: int = 1) -> dict:
+    """One client: send an action, wait for the frame that includes it, acknowledge, repeat.
+    With `ahead` > 1 it keeps that many actions sent ahead of the frames, as a player who
+    holds a key does: the session always has an input waiting when a frame is done."""
     from websockets.asyncio.client import connect
 
     from worldsim import protocol as P
@@ -150,29 +152,62 @@ async def lockstep(url: str, seconds: float | None, frames: int | None, seed: in
         if start is not None:
             await start.wait()
         t_end = time.monotonic() + seconds if seconds else None
+        sent: dict[int, float] = {}
         seq = 0
+        timings: list[dict] = []
         while (frames is None or count < frames + warmup) and (t_end is None or time.monotonic() < t_end):
-            sent = time.perf_counter()
-            await ws.send(P.pack(P.Action(seq=seq, action=int(rng.integers(0, 17)))))
+            while len(sent) < ahead:
+                sent[seq] = time.perf_counter()
+                await ws.send(P.pack(P.Action(seq=seq, action=int(rng.integers(0, 17)))))
+                seq += 1
             while True:
                 msg = P.unpack(await ws.recv())
                 if isinstance(msg, P.Frame):
                     await ws.send(P.pack(P.Ack(index=msg.index)))
-                    if msg.seq >= seq:
+                    done = [s for s in sent if s <= msg.seq]
+                    if done:
                         break
+            now = time.perf_counter()
             if count >= warmup:
-                lat.append((time.perf_counter() - sent) * 1e3)
+                lat.append((now - sent[max(done)]) * 1e3)
+                timings.append(msg.timings)
+            for s in done:
+                del sent[s]
             count += 1
-            seq += 1
-    return {"frames": count, "latency": lat}
+    return {"frames": count, "latency": lat, "timings": timings}
 
 
-async def many(url: str, sessions: int, seconds: float) -> list[dict]:
+async def many(url: str, seeds: list[int], seconds: float, ahead: int, barrier=None) -> list[dict]:
     # Opening a session generates a Crafter world (about a second of the server's CPU): every
     # client starts its clock once all have their sessions.
-    start = StartLine(sessions)
-    return await asyncio.gather(*[lockstep(url, seconds, None, seed=i, warmup=0, start=start)
-                                  for i in range(sessions)])
+    start = StartLine(len(seeds))
+    tasks = [asyncio.create_task(lockstep(url, seconds, None, seed=i, warmup=0, start=start, ahead=ahead))
+             for i in seeds]
+    if barrier is not None:  # the other client processes' sessions too
+        await start.event.wait()
+        await asyncio.to_thread(barrier.wait)
+    return await asyncio.gather(*tasks)
+
+
+def client_process(url, seeds, seconds, ahead, barrier, results) -> None:
+    results.put(asyncio.run(many(url, seeds, seconds, ahead, barrier)))
+
+
+def many_processes(url: str, sessions: int, seconds: float, ahead: int, procs: int) -> list[dict]:
+    """`sessions` clients spread over `procs` processes, so that one Python process's speed
+    does not cap what the server is measured at."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(procs), ctx.Queue()
+    groups = [list(range(sessions))[i::procs] for i in range(procs)]
+    ps = [ctx.Process(target=client_process, args=(url, g, seconds, ahead, barrier, results)) for g in groups]
+    for p in ps:
+        p.start()
+    out = [r for _ in ps for r in results.get(timeout=seconds + 300)]
+    for p in ps:
+        p.join()
+    return out
 
 
 def main() -> None:
@@ -186,6 +221,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=64, help="frames for the latency run (default: 64)")
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--seconds", type=float, default=20.0, help="length of the many-session run (default: 20)")
+    p.add_argument("--ahead", type=int, default=2,
+                   help="actions each of the many sessions keeps sent ahead of its frames (default: 2)")
+    p.add_argument("--client-procs", type=int, default=4, help="processes for the many clients (default: 4)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -203,14 +241,16 @@ def main() -> None:
             one = asyncio.run(lockstep(url, None, args.frames, seed=0))
             lat = one["latency"]
             med, p95 = statistics.median(lat), float(np.percentile(lat, 95))
+            split = {k: statistics.median(t.get(k, 0.0) for t in one["timings"]) for k in ("model", "decode", "encode")}
             print(f"served, 1 session: action-to-frame latency {med:.1f} ms median, p95 {p95:.1f} ms "
-                  f"(engine {eng['ms_median']:.1f} ms/frame: +{med - eng['ms_median']:.1f} ms)", flush=True)
-            runs = asyncio.run(many(url, args.sessions, args.seconds))
+                  f"(engine {eng['ms_median']:.1f} ms/frame: +{med - eng['ms_median']:.1f} ms); in the server: "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items()), flush=True)
+            runs = many_processes(url, args.sessions, args.seconds, args.ahead, max(1, min(args.client_procs, args.sessions)))
             counts = [r["frames"] for r in runs]
             agg = sum(counts) / args.seconds
             fair = min(counts) / max(counts) if max(counts) else 0.0
             all_lat = [x for r in runs for x in r["latency"]]
-            print(f"served, {args.sessions} sessions for {args.seconds:g} s: {agg:.1f} frames/s aggregate "
+            print(f"served, {args.sessions} sessions ({args.ahead} actions ahead) for {args.seconds:g} s: {agg:.1f} frames/s aggregate "
                   f"(engine batched: {eng['batched_fps']:.1f}); slowest/fastest session {fair:.2f} "
                   f"({min(counts)}/{max(counts)} frames); latency median {statistics.median(all_lat):.1f} ms",
                   flush=True)
@@ -225,7 +265,8 @@ def main() -> None:
                   "device": args.device, "engine": eng, "latency_ms_median": med, "latency_ms_p95": p95,
                   "latency_minus_engine_ms": med - eng["ms_median"], "sessions": args.sessions,
                   "aggregate_fps": agg, "fairness": fair, "frames_per_session": counts,
-                  "loadavg": os.getloadavg()[0], "server_log_tail": out.splitlines()[-3:]}
+                  "server_split_ms": split, "ahead": args.ahead,
+                  "loadavg": os.getloadavg()[0], "server_log": out.splitlines()[-40:]}
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
 

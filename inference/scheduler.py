@@ -111,7 +111,7 @@ class _Slot:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, space: ActionSpace, fps: float, gather_s: float = 0.003):
+    def __init__(self, engine: Engine, space: ActionSpace, fps: float, gather_s: float = 0.010):
         if fps < 0 or not math.isfinite(fps):
             raise ValueError(f"fps must be >= 0, got {fps}")
         self.engine, self.space, self.fps = engine, space, float(fps)
@@ -129,6 +129,7 @@ class Scheduler:
         self._next_sid = 0
         self._stop = False
         self._last_step_s = 0.0
+        self._last_batch: set[int] = set()  # ids of the sessions stepped last
         self.frames = 0
         self.batches = 0
         self._thread = threading.Thread(target=self._run, name="worldsim-inference", daemon=True)
@@ -294,11 +295,14 @@ class Scheduler:
             self._free(slot)
 
     def _gather(self, ready: list[_Slot], now: float) -> list[_Slot]:
-        """With fps 0, sessions in lockstep send their inputs a moment apart: wait briefly for
-        the others so that they share a batch instead of alternating between two."""
-        live = sum(s.session is not None and not s.paused for s in self._slots.values())
-        deadline = now + min(self.gather_s, 0.25 * self._last_step_s)
-        while len(ready) < live and not self._commands and not self._stop:
+        """With fps 0, players in lockstep answer their frames a moment apart: wait briefly
+        for the sessions of the last batch so that they share this one, instead of splitting
+        into batches that alternate (each a full model step). Sessions that were not in the
+        last batch are not waited for, so a lone player never waits."""
+        expected = {s.sid for s in self._slots.values()
+                    if s.sid in self._last_batch and s.session is not None and not s.paused}
+        deadline = now + min(self.gather_s, 0.5 * self._last_step_s)
+        while not expected <= {s.sid for s in ready} and not self._commands and not self._stop:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -354,6 +358,7 @@ class Scheduler:
                 self.frames += 1
                 self._deliver(s, out)
         self._last_step_s = time.perf_counter() - t0
+        self._last_batch = {s.sid for s, _, _ in batch}
 
     def _deliver(self, s: _Slot, out: FrameOut | None) -> None:
         try:
