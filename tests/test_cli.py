@@ -166,3 +166,14 @@ def test_warnings_print_on_their_own_line_under_a_progress_bar(capsys):
     # must begin one of the pieces, not follow the bar's text.
     pieces = re.split(r"[\r\n]", err)
     assert any(p.startswith("worldsim: warning: skipping corrupt episode 000001") for p in pieces), err
+
+
+def test_main_leaves_the_callers_handlers_as_they_were(capsys):
+    """main() sets its SIGTERM handler and warning printer for the command's run only, so a
+    program that calls it (the tests do) keeps its own."""
+    import signal
+    import warnings
+
+    before = signal.getsignal(signal.SIGTERM), warnings.showwarning
+    assert main(["info"]) == 0
+    assert (signal.getsignal(signal.SIGTERM), warnings.showwarning) == before

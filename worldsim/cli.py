@@ -49,8 +49,9 @@ def _terminate(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Set for the command's run only: main() also runs inside other programs (the tests).
+    old_showwarning, old_sigterm = warnings.showwarning, signal.signal(signal.SIGTERM, _terminate)
     warnings.showwarning = _warning_line
-    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except WorldsimError as e:
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worldsim {args.command}: interrupted; finished work is kept, run again to resume",
               file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = old_showwarning
+        signal.signal(signal.SIGTERM, old_sigterm)
 
 
 if __name__ == "__main__":
