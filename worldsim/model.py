@@ -191,6 +191,10 @@ class Attention(nn.Module):
             # (B, Hkv, S, D) views and the mask over [cached ; new] tokens.
             k, v, mask = cache.update(self.layer, qkv[:, :, H:], qk[:, :, H:])
             causal = False
+            # Folding pays only for a few queries (token-by-token passes: 1, or 1 + A = 12 on
+            # MineWorld). Measured on one CPU thread at mineworld-300m's shape with a full window
+            # (5,571 slots): 1 query 3.9x faster folded, 4 queries 4.7x, 12 to 16 even, from 24
+            # on either way by turns; and folding copies the mask once per query head.
             if Hkv != H and t <= 16:
                 return self.wo(_folded_attention(q, k, v, mask).transpose(1, 2).reshape(b, t, -1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,

@@ -6,6 +6,7 @@ lines up with an 8x downsampling image tokenizer: one token per tile.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -69,25 +70,20 @@ class CrafterEnv:
         return material, obj is not None
 
 
+@functools.cache  # one class for the process: made on first use, since crafter loads lazily
 def _deterministic_world_class() -> type:
     """Crafter's World keeps each chunk's objects in a set, iterated in memory-address order
     when creatures spawn and despawn, so the same seed and actions can give different episodes.
     This subclass lists them in the order they were added, which makes a seed reproducible."""
-    global _DeterministicWorld
-    if _DeterministicWorld is None:
-        from crafter import engine
+    from crafter import engine
 
-        class DeterministicWorld(engine.World):
-            @property
-            def chunks(self):
-                return {key: sorted(objs, key=lambda o: self._obj_map[tuple(o.pos)])
-                        for key, objs in self._chunks.items()}
+    class DeterministicWorld(engine.World):
+        @property
+        def chunks(self):
+            return {key: sorted(objs, key=lambda o: self._obj_map[tuple(o.pos)])
+                    for key, objs in self._chunks.items()}
 
-        _DeterministicWorld = DeterministicWorld
-    return _DeterministicWorld
-
-
-_DeterministicWorld: type | None = None
+    return DeterministicWorld
 
 
 class ExplorerPolicy:
