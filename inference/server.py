@@ -91,7 +91,8 @@ def is_loopback(host: str) -> bool:
 @dataclass
 class Game:
     """The game a bundle dreams, and where its sessions start: a fresh reset of the real game
-    (Crafter), or a recorded episode (`scene`: frames (T+1, H, W, 3), actions, first frame)."""
+    (Crafter), or a recorded episode (`scene`: frames (T+1, H, W, 3), actions, first frame),
+    with ground truth where the recording replays (`scene_game`)."""
     name: str
     space: ActionSpace
     fps: float
@@ -99,6 +100,7 @@ class Game:
     context: int  # most real frames a session starts from
     scene: Any = None  # worldsim.data.store.Episode
     scene_frame: int = 0
+    scene_game: Any = None  # the real game at the scene's frame, when the recording replays
     _worlds: dict = field(default_factory=dict, repr=False)  # seed -> (game, frame), oldest first
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -148,6 +150,28 @@ class Game:
             raise ServeError(f"episode {eid} has {ep.frames.shape[1]}x{ep.frames.shape[2]} frames; "
                              f"the model draws {self.frame_size[0]}x{self.frame_size[1]}")
         self.scene, self.scene_frame = ep, w
+        self.scene_game = self._replay(store, eid, ep, w)
+
+    def _replay(self, store: Any, eid: str, ep: Any, w: int) -> Any:
+        """The real game at the scene's frame, for ground truth: a Crafter episode that
+        `worldsim collect` wrote is fixed by the collection's seed and its index, so replaying
+        its recorded actions from a reset reaches the recorded frame. None where the recording
+        cannot be replayed, or the replay does not match it frame for frame."""
+        src = store.info.source
+        if self.name != "crafter" or src.get("collector") != "explorer" or "seed" not in src or not eid.isdigit():
+            return None
+        from worldsim.data.collect import _episode_seed
+        from worldsim.envs.crafter import CrafterEnv
+
+        env = CrafterEnv(size=self.frame_size[0], seed=_episode_seed(int(src["seed"]), int(eid)))
+        frame = env.reset()
+        for t in range(w + 1):
+            if not np.array_equal(frame, ep.frames[t]):
+                log.warning("episode %s does not replay (frame %d differs): no ground truth", eid, t)
+                return None
+            if t < w:
+                frame, _, _ = env.step(self.space.from_array(ep.actions, t))
+        return env
 
     def start(self, seed: int, ground_truth: bool) -> tuple[Start, bool]:
         """A session's start and whether ground truth comes with it. Runs off the event loop:
@@ -156,8 +180,9 @@ class Game:
             ep, w = self.scene, self.scene_frame
             c = min(w + 1, self.context)
             acts = [self.space.from_array(ep.actions, t) for t in range(w - c + 1, w)]
-            # A recording has no simulator to step beside the dream.
-            return Start(ep.frames[w - c + 1:w + 1], acts, start_step=w - c + 1, seed=seed), False
+            truth = copy.deepcopy(self.scene_game) if ground_truth and self.scene_game is not None else None
+            return Start(ep.frames[w - c + 1:w + 1], acts, start_step=w - c + 1, truth=truth,
+                         seed=seed), truth is not None
         env, frame = self._fresh_game(seed)  # a fresh reset is game step 0
         return Start(frame[None], [], start_step=0, truth=env if ground_truth else None, seed=seed), ground_truth
 
@@ -440,8 +465,8 @@ class FrameServer:
                     "max_messages_per_second": self.settings.max_rate,
                     "idle_timeout_s": self.settings.idle_timeout, "window": hello.window})))
         if hello.ground_truth and not truth:
-            await self._error(conn, P.UNAVAILABLE, "no ground truth for a recorded scene: there is "
-                                                   "no game to step beside the dream")
+            await self._error(conn, P.UNAVAILABLE, "no ground truth for this recorded scene: only "
+                                                   "Crafter episodes from `worldsim collect` replay")
 
     async def _play(self, conn: Connection) -> None:
         tasks = [asyncio.create_task(self._consume(conn)), asyncio.create_task(self._produce(conn))]

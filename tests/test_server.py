@@ -341,3 +341,17 @@ def test_serve_refuses_an_open_address_without_a_token(bundle, capsys):
     assert main(["serve", "--bundle", str(bundle), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldsim serve: error:") and "--token" in err and len(err.splitlines()) == 1
+
+
+def test_a_collected_scene_replays_for_ground_truth(bundle, tmp_path):
+    from worldsim.data.collect import collect_crafter
+
+    collect_crafter(tmp_path / "store", episodes=1, steps=8, seed=3, size=SIZE, progress=False)
+    ep = EpisodeStore(tmp_path / "store").load("000000")
+    with running_server(bundle, fps=0, scene=f"{tmp_path / 'store'}:000000:6") as s:
+        ws, welcome, first, errors = join(s.url, ground_truth=True, encoding="raw")
+        assert welcome.ground_truth and not errors
+        assert first.step == 6 and first.image == first.truth == ep.frames[6].tobytes()
+        frame = play(ws, 0, int(ep.actions[6]))  # the recorded action: the real game agrees
+        assert frame.step == 7 and frame.truth == ep.frames[7].tobytes()
+        ws.close()
