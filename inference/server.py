@@ -46,6 +46,8 @@ log = logging.getLogger("worldsim.server")
 # tenth of a millisecond, less than handing them to a thread and back.
 SMALL_FRAME = 128 * 128 * 3
 
+HELLO_TRIES = 8  # messages a client may send before its hello
+
 # Close codes (RFC 6455 and websockets' registry).
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_INTERNAL, CLOSE_TRY_LATER = 1000, 1001, 1008, 1011, 1013
 
@@ -416,7 +418,7 @@ class FrameServer:
             raise Closing(CLOSE_GOING_AWAY, f"idle for {timeout:g} s") from None
 
     async def _hello(self, conn: Connection) -> P.Hello:
-        while True:
+        for _ in range(HELLO_TRIES):
             data = await self._recv(conn, self.settings.hello_timeout)
             try:
                 msg = P.unpack(data, self.settings.max_message, P.CLIENT_TYPES)
@@ -426,6 +428,8 @@ class FrameServer:
             if isinstance(msg, P.Hello):
                 break
             await self._error(conn, P.NOT_READY, f"send hello before {msg.TYPE}")
+        else:  # a client that never says hello holds no session, but should not hold a socket
+            raise Closing(CLOSE_POLICY, f"no hello in {HELLO_TRIES} messages")
         if msg.version != P.VERSION:
             raise Closing(CLOSE_POLICY, f"protocol version {msg.version} unsupported",
                           P.Error(P.BAD_VERSION, f"this server speaks protocol version {P.VERSION}"))

@@ -252,6 +252,19 @@ def test_oversized_messages_and_floods_close_with_a_reason_while_others_play(ser
     bystander.close()
 
 
+def test_messages_before_hello_get_not_ready_then_a_close(server):
+    ws = open_ws(server.url)
+    ws.send(P.pack(P.Action(seq=0, action=1)))
+    msg = recv(ws)
+    assert isinstance(msg, P.Error) and msg.code == P.NOT_READY
+    for _ in range(10):
+        ws.send(b"\xc1")
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            recv(ws)
+    assert e.value.rcvd.code == 1008 and "no hello" in e.value.rcvd.reason
+
+
 def test_session_limit_refuses_politely_and_a_wrong_token_is_refused(bundle):
     with running_server(bundle, fps=0, max_sessions=2, token="s3cret") as s:
         with pytest.raises(ConnectionClosed) as e:
