@@ -266,3 +266,15 @@ def test_second_ctrl_c_cannot_tear_the_checkpoint(crafter_store, tmp_path):
     r = subprocess.run(cmd + ["--steps", str(step + 1)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"resuming from step {step}" in r.stdout
+
+
+def test_a_damaged_checkpoint_is_one_line(tiny_tokens, tmp_path, capsys):
+    from worldsim.cli import main
+
+    out = tmp_path / "wm"
+    out.mkdir()
+    (out / STATE_FILE).write_bytes(b"\x10\x00not a safetensors file")
+    assert main(_args(tiny_tokens, out, "--steps", "2", "--batch", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read the checkpoint {out / STATE_FILE}" in err
+    assert err.rstrip().endswith("delete it to start the run over")

@@ -48,11 +48,11 @@ def _save(path: str | os.PathLike, model: torch.nn.Module,
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore model (and optimizer) in place; returns the saved state dict."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        state = json.loads((f.metadata() or {}).get("state", "{}"))
-    tensors = load_file(str(path))
+    state = read_checkpoint_state(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for torn or foreign files
+        raise WorldsimError(f"cannot read the checkpoint {path}: {e}; delete it to start the run over") from e
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_sd)
     if optimizer is not None and "optim_param_groups" in state:
@@ -77,7 +77,7 @@ def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(path), "pt") as f:
             return json.loads((f.metadata() or {}).get("state", "{}"))
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
-        raise WorldsimError(f"cannot read the checkpoint {path}: {e}") from e
+        raise WorldsimError(f"cannot read the checkpoint {path}: {e}; delete it to start the run over") from e
 
 
 def checkpoint_exists(path: str | os.PathLike) -> bool:
