@@ -6,6 +6,8 @@ view). Windows are re-based to position 0, as in training: the
 context is the last `cfg.frames - 1` frames, so context plus the new frame fit the window.
   ar:               N passes per frame, one token each.
   block_diffusion:  `steps` passes per frame, MaskGIT unmasking on a cosine schedule.
+The diagonal decoder has no loop here: with w = cols it is ar, and its own golden frames pin
+the rest (tests/test_golden.py).
 """
 
 from __future__ import annotations
