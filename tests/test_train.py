@@ -280,3 +280,25 @@ def test_a_damaged_checkpoint_is_one_line(tiny_tokens, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot read the checkpoint {out / STATE_FILE}" in err
     assert err.rstrip().endswith("delete it to start the run over")
+
+
+def test_out_holding_another_kind_of_run_is_refused(crafter_store, tiny_tokens, tmp_path, capsys):
+    """The world model and the image tokenizer keep their state in the same file name: sending
+    one into the other's folder is refused before anything there is touched."""
+    import shutil
+
+    from worldsim.cli import main
+
+    tok = tmp_path / "tok"
+    shutil.copytree(tiny_tokens[0], tok)
+    config = (tok / "config.json").read_text()
+    assert main(_args(tiny_tokens, tok, "--steps", "2", "--batch", "2")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "holds the training state of another kind of model (image tokenizer, not world model)" in err
+    assert (tok / "config.json").read_text() == config
+    assert main(_args(tiny_tokens, tmp_path / "wm", "--steps", "2", "--batch", "2")) == 0
+    capsys.readouterr()
+    assert main(["train-tokenizer", "--data", str(crafter_store), "--out", str(tmp_path / "wm"),
+                 "--preset", "tiny", "--steps", "2", "--no-progress"]) == 2
+    assert "(world model, not image tokenizer)" in capsys.readouterr().err

@@ -54,7 +54,11 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise WorldsimError(f"cannot read the checkpoint {path}: {e}; delete it to start the run over") from e
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(model_sd)
+    try:
+        model.load_state_dict(model_sd)
+    except RuntimeError:  # another model's state (checkpoints from before they named their run)
+        raise WorldsimError(f"{path} holds the training state of another model (its weights do not "
+                            "fit this one); choose another --out") from None
     if optimizer is not None and "optim_param_groups" in state:
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in tensors.items():

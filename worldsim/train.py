@@ -133,6 +133,8 @@ def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenize
 class WorldModelRun(TrainingRun):
     """Training of the world model on token shards, on one process or under torchrun."""
 
+    kind = "world model"
+
     def __init__(self, shards_dir: str | Path, tokenizer: str | Path, out: str | Path,
                  objective: str = "ar", preset: str = "crafter", settings: TrainSettings | None = None,
                  device: str = "auto", progress: bool = True) -> None:
@@ -190,6 +192,7 @@ class WorldModelRun(TrainingRun):
 
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
+        self.check_saved_run()
         if (self.out / "config.json").exists():
             old = bundle.read_config(self.out).get("model")
             if old is not None and old != self.cfg.to_dict():

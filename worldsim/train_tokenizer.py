@@ -124,6 +124,7 @@ class TokenizerRun(TrainingRun):
     """Training of the VQ image tokenizer on an episode store, then its held-out report."""
 
     desc = "train-tokenizer"
+    kind = "image tokenizer"
     USAGE_WINDOW = 200  # steps over which the progress bar counts the codes in use
 
     def __init__(self, data: str | Path, out: str | Path, preset: str = "crafter",
@@ -145,6 +146,7 @@ class TokenizerRun(TrainingRun):
 
     # -- setup and resume --------------------------------------------------------------------------
     def check_out(self) -> None:
+        self.check_saved_run()
         if (self.out / "config.json").exists():
             old = bundle.read_config(self.out).get("image_tokenizer")
             if old is not None and old != self.cfg.to_dict():

@@ -63,6 +63,7 @@ class TrainingRun:
     docstring). Subclasses set `model` and `opt` in `setup` and implement `train_step`."""
 
     desc = "train"
+    kind = "model"  # what the checkpoint holds, recorded in it: another kind's state is refused
 
     def __init__(self, out: str | Path, steps: int, checkpoint_seconds: float, log_every: int = 10,
                  max_seconds: float = 0.0, progress: bool = True, is_main: bool = True) -> None:
@@ -112,6 +113,14 @@ class TrainingRun:
         """The checkpoint's header (step, seconds) without loading its tensors, or None."""
         return read_checkpoint_state(self.state_path) if self.state_path.exists() else None
 
+    def check_saved_run(self) -> None:
+        """Refuse an --out whose checkpoint belongs to another kind of run (a world model sent
+        into the image tokenizer's folder, say), before anything is written there."""
+        state = self.saved_state()
+        if state is not None and state.get("run", self.kind) != self.kind:
+            raise WorldsimError(f"{self.state_path} holds the training state of another kind of "
+                                f"model ({state['run']}, not {self.kind}); choose another --out")
+
     def resume(self) -> bool:
         """Restore model, optimizer, step and training time from the checkpoint, if there is one."""
         if not self.state_path.exists():
@@ -138,7 +147,7 @@ class TrainingRun:
         if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()):
             return
         save_checkpoint(self.state_path, self.model, self.opt,
-                        {"step": self.step, "seconds": self.elapsed})
+                        {"step": self.step, "seconds": self.elapsed, "run": self.kind})
         self.saved_step = self.step
 
     def check_finite(self, loss: torch.Tensor, every_rank: bool = True) -> None:
