@@ -13,6 +13,22 @@ if ! python -c "import worldsim.inference.engine" 2>/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -m worldsim info | grep -E "torch|cuda"
+# `bash benchmarks/gpu.sh quick` runs only the graph-replay check and the headline rows
+# (mineworld-300m and the crafter preset, block diffusion K=4, full window, with and without
+# --graphs): about three minutes, for a session's short lease.
+QUICK=${1:-}
+if [ "$QUICK" = quick ]; then
+    timeout 100 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
+    for g in --graphs ""; do
+        timeout 100 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
+            --context 16 --frames 16 --sessions 1,4,16 --session-frames 4 $g \
+            --json "$OUT/bench_mineworld_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_mineworld_full_window${g:+_graphs}.txt"
+        timeout 60 python -m worldsim bench --preset crafter --device cuda --dtype bf16 --decoders block_diffusion \
+            --context 8 --frames 32 --sessions 1,4,16 $g \
+            --json "$OUT/bench_crafter_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_crafter_full_window${g:+_graphs}.txt"
+    done
+    exit 0
+fi
 # The headline first: mineworld-300m block diffusion K=4 with a full window of context (16
 # frames: the state of any session past its first 15 frames), graph-replayed, then eager.
 for g in --graphs ""; do

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The CPU recipe for the default Crafter model: collect -> fit the tile tokenizer -> tokenize ->
+# train (block diffusion) -> evaluate, with fixed seeds and sizes. Every step resumes: run it
+# again after a kill and it picks up where it stopped. About 2 hours on a 2-core CPU.
+#
+#   bash scripts/train_default.sh [WORKDIR]        (default: runs/default)
+#
+# Knobs (environment): EPISODES (1200), TRAIN_MINUTES (75), CONTEXT_NOISE (0.05), THREADS (2).
+set -euo pipefail
+W=${1:-runs/default}
+EPISODES=${EPISODES:-1200}
+TRAIN_MINUTES=${TRAIN_MINUTES:-75}
+CONTEXT_NOISE=${CONTEXT_NOISE:-0.05}
+export OMP_NUM_THREADS=${THREADS:-2}
+mkdir -p "$W"
+echo "== 1/5 collect $EPISODES Crafter episodes of up to 200 steps (seed 0)"
+worldsim collect --env crafter --episodes "$EPISODES" --steps 200 --seed 0 --workers 2 --out "$W/data"
+echo "== 2/5 fit the tile tokenizer"
+if [ ! -f "$W/tok/image_tokenizer.safetensors" ]; then
+    worldsim train-tokenizer --kind tile --data "$W/data" --out "$W/tok" --seed 0
+fi
+echo "== 3/5 tokenize"
+worldsim tokenize --data "$W/data" --tokenizer "$W/tok" --out "$W/tokens"
+echo "== 4/5 train (block diffusion, crafter preset, $TRAIN_MINUTES minutes)"
+worldsim train --shards "$W/tokens" --tokenizer "$W/tok" --out "$W/model" --objective block_diffusion \
+    --preset crafter --frames 4 --batch 16 --lr 1.5e-3 --steps 100000 --max-minutes "$TRAIN_MINUTES" \
+    --context-noise "$CONTEXT_NOISE" --dtype bf16 --seed 0
+echo "== 5/5 evaluate on held-out episodes"
+worldsim eval --bundle "$W/model" --data "$W/data" --out "$W/model/eval" --seed 0
