@@ -104,16 +104,23 @@ def write_videos(folder: Path, clips: list[np.ndarray], gif: np.ndarray | None, 
     import imageio.v3 as iio
 
     out: dict[str, str] = {}
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin; without it no mp4)
+    except ImportError:
+        if clips:
+            out["mp4_error"] = "mp4 not written: install imageio-ffmpeg"
+        clips = []
     for i, clip in enumerate(clips):
         path = folder / f"rollout_{i:02d}.mp4"
         try:
             # libx264 wants sizes in 16-pixel macro blocks: pad rather than let ffmpeg rescale.
             ph, pw = (-clip.shape[1]) % 16, (-clip.shape[2]) % 16
             padded = np.pad(clip, ((0, 0), (0, ph), (0, pw), (0, 0)), constant_values=255)
-            imageio.mimwrite(path, list(padded), fps=fps, codec="libx264", quality=8,
+            imageio.mimwrite(path, list(padded), format="FFMPEG", fps=fps, codec="libx264", quality=8,
                              macro_block_size=1)
             out[path.name] = path.name
-        except Exception as e:  # imageio-ffmpeg missing or broken: the GIF and numbers still come
+        except Exception as e:  # a broken ffmpeg: the GIF and the numbers still come
+            path.unlink(missing_ok=True)
             out["mp4_error"] = f"{type(e).__name__}: {e}"
             break
     if gif is not None:

@@ -149,7 +149,8 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append([src] + [_num(drift.get(k), ".3f") for k in keys])
     out += [_table(["source"] + keys, rows), ""]
 
-    out += ["## Speed", "", "All episodes as one batch; a frame's time includes its image decode.", ""]
+    out += ["## Speed", "", "All episodes as one batch; ms/frame is a batched step's wall time over the "
+            "batch, image decode included, over every step but the first (warm-up, in report.json).", ""]
     rows = [[k, _num(v["passes_per_frame"], ".0f"), _num(v["ms_per_frame_median"], ".2f"),
              _num(v["ms_per_frame_p95"], ".2f"), _num(v["frames_per_s"], ".1f"), str(v["batch"]), v["device"]]
             for k, v in r["speed"].items()]
