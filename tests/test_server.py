@@ -368,3 +368,13 @@ def test_a_collected_scene_replays_for_ground_truth(bundle, tmp_path):
         frame = play(ws, 0, int(ep.actions[6]))  # the recorded action: the real game agrees
         assert frame.step == 7 and frame.truth == ep.frames[7].tobytes()
         ws.close()
+
+
+def test_the_protocol_page_example_runs_against_a_server(server):
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "protocol.md")).read()
+    code = text.split("```python\n")[1].split("```")[0]
+    assert "ws://127.0.0.1:8765" in code
+    scope = {}
+    exec(compile(code.replace("ws://127.0.0.1:8765", server.url), "protocol.md", "exec"), scope)
+    assert scope["welcome"]["type"] == "welcome" and scope["msg"]["type"] == "frame"
+    assert scope["msg"]["seq"] >= 0 and scope["msg"]["image"][:2] == b"\xff\xd8"  # a JPEG
