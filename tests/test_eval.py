@@ -34,9 +34,18 @@ def _numbers(report: dict) -> dict:
     return {k: report[k] for k in ("quality", "tokenizer", "action_sensitivity", "episodes", "bundle_hash")}
 
 
-def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundle, crafter_store, tmp_path, capsys):
-    other = tmp_path / "store"  # another path: used whole, not as the training store's held-out split
-    shutil.copytree(crafter_store, other)
+@pytest.fixture(scope="module")
+def unseen_store(tmp_path_factory):
+    """Crafter episodes from seeds the model never saw: a store `worldsim eval` uses whole."""
+    from worldsim.data.collect import collect_crafter
+
+    out = tmp_path_factory.mktemp("unseen") / "store"
+    collect_crafter(out, episodes=3, steps=20, seed=7, size=72, workers=1, progress=False)
+    return out
+
+
+def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundle, unseen_store, tmp_path, capsys):
+    other = unseen_store
     assert _eval(tiny_bundle, other, tmp_path / "a") == 0
     summary = capsys.readouterr().out
     for name in REPORT_FILES:
@@ -68,14 +77,20 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert "1:a block_diffusion:4" in table and "2:b block_diffusion:4" in table and "changed-tile acc" in table
 
 
-def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, crafter_store, tmp_path):
+def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, crafter_store, unseen_store, tmp_path):
     from worldsim.bundle import read_config
     from worldsim.data.store import EpisodeStore, split_ids
     from worldsim.evaluation.episodes import held_out_ids
 
-    ids, note = held_out_ids(EpisodeStore(crafter_store), read_config(tiny_bundle))
-    assert note.startswith("validation split")
-    assert ids == split_ids(EpisodeStore(crafter_store).episode_ids(), 0.05)[1]
+    cfg = read_config(tiny_bundle)
+    want = split_ids(EpisodeStore(crafter_store).episode_ids(), 0.05)[1]
+    ids, note = held_out_ids(EpisodeStore(crafter_store), cfg)
+    assert note.startswith("validation split") and ids == want
+    moved = tmp_path / "moved"  # the same episodes under another path are still the training store
+    shutil.copytree(crafter_store, moved)
+    assert held_out_ids(EpisodeStore(moved), cfg)[0] == want
+    ids, note = held_out_ids(EpisodeStore(unseen_store), cfg)  # same ids, other episodes
+    assert note.startswith("whole store") and ids == EpisodeStore(unseen_store).episode_ids()
 
 
 def test_a_corrupt_episode_is_skipped_with_a_warning_naming_it(tiny_bundle, crafter_store, tmp_path, capsys):

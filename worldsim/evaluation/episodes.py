@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.data.store import EpisodeStore, split_ids
+from worldsim.data.store import CorruptEpisode, EpisodeStore, split_ids
 from worldsim.errors import WorldsimError
 
 
@@ -47,14 +47,33 @@ def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[
                       f"{store.root} was its training store; using every episode of it", stacklevel=2)
         return ids, f"whole store (training shards {shards} unreadable)"
     source = index.get("data")
-    if source is None or Path(source).resolve() != store.root.resolve():
-        return ids, f"whole store (the model was trained on {source})"
     trained = [e["id"] for e in index.get("episodes", [])]
+    if source is None or Path(source).resolve() != store.root.resolve():
+        # The recorded path may be relative to another working folder, or the store may have
+        # moved: the same episodes (ids and lengths) make it the training store all the same.
+        if not _same_episodes(store, index.get("episodes", [])):
+            return ids, f"whole store (the model was trained on {source})"
     _, val = split_ids(trained, float(training.get("val_fraction", 0.05)))
     have = set(ids)
     # Episodes added to the store after tokenizing were never trained on: they count as held out.
     val = sorted((set(val) & have) | (have - set(trained)))
     return val, f"validation split of the training store ({len(val)} of {len(ids)} episodes)"
+
+
+def _same_episodes(store: EpisodeStore, trained: list[dict[str, Any]], sample: int = 32) -> bool:
+    """Whether the store holds the trained episodes: every id, and the same frame counts for a
+    sample of them (collected stores number their episodes alike, so ids alone do not tell)."""
+    have = set(store.episode_ids())
+    if not trained or not all(e["id"] in have for e in trained):
+        return False
+    step = max(1, len(trained) // sample)
+    for e in trained[::step]:
+        try:
+            if len(store.load(e["id"]).frames) != int(e["frames"]):
+                return False
+        except CorruptEpisode:  # cannot vouch for it
+            return False
+    return True
 
 
 def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int, seed: int) -> list[Window]:
