@@ -53,3 +53,20 @@ def test_score_actions_groups_crafter_movement():
     # The other actions are scored among steps whose true action is not a move.
     assert s["other"]["pairs"] == 2 and s["other"]["classes"]["sleep"]["precision"] == 0.5
     json.dumps(s)  # JSON-ready
+
+
+def test_score_actions_groups_minerl_keys_as_mineworld():
+    from worldsim.envs.minerl_space import MINERL_SPACE
+
+    null = 66
+    truth = np.full((4, 11), null)
+    pred = truth.copy()
+    truth[:, 4] = [2, 2, 3, null]  # forward, forward, back, neither
+    pred[:, 4] = [2, 3, 3, null]
+    truth[:, 1:3], pred[:, 1:3] = 33, 34  # camera: one bin off on both axes
+    s = score_actions(pred, truth, MINERL_SPACE)
+    fb = s["forward|back"]
+    assert fb["classes"]["forward"]["recall"] == 0.5 and fb["classes"]["back"]["precision"] == 0.5
+    assert fb["macro_f1"] == pytest.approx(2 / 3) and fb["accuracy"] == 0.75
+    assert s["camera_bin_error"] == 1.0
+    assert np.isnan(s["jump"]["macro_f1"])  # never pressed: no key to score
