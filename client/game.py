@@ -8,8 +8,10 @@
 
 The window only calls the connection's send/latest (DIAMOND's Game -> PlayEnv split): it draws
 each frame the server sends, upscaled with nearest-neighbour sampling, with the real game's
-frame beside it when ground truth is on. Imports only the protocol module (through the
-connection) and pygame; recording imports numpy and imageio when it is used.
+frame beside it when ground truth is on. `autopilot` presses keys by itself (demos, smoke
+tests under SDL_VIDEODRIVER=dummy); `gif` keeps the session as shown. Imports only the protocol
+module (through the connection) and pygame; recording and GIFs import numpy and imageio when
+they are used.
 """
 
 from __future__ import annotations
@@ -85,9 +87,37 @@ class Recorder:
         return written
 
 
+class Autopilot:
+    """Presses keys by itself, for demos and smoke tests: runs of one move (the view scrolls
+    tile by tile), now and then the action key. It posts ordinary pygame key events, so the
+    window plays exactly as it does under a person's hands."""
+
+    def __init__(self, keymap: Keymap, seed: int = 0):
+        import random
+
+        self.rng = random.Random(seed)
+        moves = [pygame.K_w, pygame.K_a, pygame.K_s, pygame.K_d]
+        self.moves = [k for k in moves if keymap.uses(k)]
+        self.act = pygame.K_SPACE if keymap.uses(pygame.K_SPACE) else None
+        self.key: int | None = None
+        self.left = 0
+
+    def __call__(self, window: "GameWindow") -> None:
+        self.left -= 1
+        if self.left > 0 or not self.moves:
+            return
+        if self.key is not None:
+            pygame.event.post(pygame.event.Event(pygame.KEYUP, key=self.key))
+        if self.act is not None and self.rng.random() < 0.25:
+            self.key, self.left = self.act, self.rng.randint(1, 3)
+        else:
+            self.key, self.left = self.rng.choice(self.moves), self.rng.randint(2, 8)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=self.key))
+
+
 class GameWindow:
     def __init__(self, conn: Connection, scale: int | None = None, out_dir: str | Path = ".",
-                 max_fps: int = 120):
+                 max_fps: int = 120, autopilot: bool = False, gif: str | Path | None = None):
         self.conn = conn
         self.welcome = conn.welcome
         w = self.welcome
@@ -108,6 +138,9 @@ class GameWindow:
         self.arrivals: deque[float] = deque(maxlen=64)
         self.frames_shown = 0
         self.saved: list[Path] = []
+        self.autopilot = Autopilot(self.keymap) if autopilot else None
+        self.gif = Path(gif) if gif is not None else None
+        self.gif_frames: list[bytes] = []  # the window at half size, one per frame shown
 
         # Display and fonts only: pygame.init() would also open the sound card, which a
         # world model does not use (and which logs errors on machines without one).
@@ -127,6 +160,8 @@ class GameWindow:
     def run(self, max_frames: int | None = None,
             on_frame: Callable[["GameWindow"], None] | None = None) -> int:
         """Play until the window closes (or `max_frames` frames were shown); returns frames shown."""
+        if self.gif is not None and self.frame is not None and not self.gif_frames:
+            self._keep_for_gif()  # the real frame the session starts from
         try:
             while not self.quit and (max_frames is None or self.frames_shown < max_frames):
                 self._events()
@@ -137,6 +172,8 @@ class GameWindow:
                 frame = self.conn.latest(timeout=1.0 / self.max_fps)
                 if frame is not None:
                     self._show(frame)
+                    if self.autopilot is not None:
+                        self.autopilot(self)
                     if on_frame is not None:
                         on_frame(self)
                 elif not self.conn.open_now:
@@ -144,8 +181,11 @@ class GameWindow:
                     break
                 self._draw_hud()
                 pygame.display.flip()
+                if frame is not None and self.gif is not None:
+                    self._keep_for_gif()
         finally:
             self._stop_recording()
+            self._write_gif()
         return self.frames_shown
 
     def close(self) -> None:
@@ -255,6 +295,25 @@ class GameWindow:
         for i, text in enumerate(lines):
             surf = self.font.render(text, True, (255, 255, 255), (0, 0, 0))
             self.screen.blit(surf, (4, 4 + i * HUD_LINE))
+
+    def _keep_for_gif(self) -> None:
+        w, h = self.screen.get_size()
+        half = pygame.transform.scale(self.screen, (w // 2, h // 2))
+        self.gif_frames.append(pygame.image.tobytes(half, "RGB"))
+
+    def _write_gif(self) -> None:
+        if self.gif is None or not self.gif_frames:
+            return
+        import imageio.v2 as imageio  # only when a GIF is asked for
+        import numpy as np
+
+        w, h = self.screen.get_size()
+        frames = np.frombuffer(b"".join(self.gif_frames), np.uint8).reshape(-1, h // 2, w // 2, 3)
+        self.gif.parent.mkdir(parents=True, exist_ok=True)
+        fps = self.welcome.fps or 10
+        imageio.mimsave(self.gif, list(frames), duration=1000 / fps, loop=0)  # ms per frame
+        self.saved.append(self.gif)
+        print(f"worldsim play: wrote {len(frames)} frames to {self.gif}")
 
     def screenshot(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path is not None else self.out_dir / f"worldsim-{time.strftime('%Y%m%d-%H%M%S')}.png"

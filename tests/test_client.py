@@ -111,10 +111,14 @@ def test_worldsim_play_runs_an_embedded_server(tmp_path, capsys):
     from worldsim.cli import main
 
     bundle = tiny_bundle(tmp_path / "bundle")
-    assert main(["play", "--bundle", str(bundle), "--frames", "4", "--fps", "0", "--device", "cpu",
-                 "--seed", "2", "--out", str(tmp_path)]) == 0
+    gif = tmp_path / "play.gif"
+    assert main(["play", "--bundle", str(bundle), "--frames", "6", "--fps", "0", "--device", "cpu",
+                 "--seed", "2", "--out", str(tmp_path), "--autoplay", "--gif", str(gif)]) == 0
     out = capsys.readouterr().out
-    assert "worldsim play: 4 frames from ws://127.0.0.1:" in out
+    assert "worldsim play: 6 frames from ws://127.0.0.1:" in out
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(gif)) == 6
 
 
 def test_play_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):

@@ -15,6 +15,7 @@ with --server it joins a running `worldsim serve`.
   worldsim play                                   # the shipped Crafter model
   worldsim play --bundle runs/wm --ground-truth   # the real game beside the dream
   worldsim play --server ws://gpu-box:8765 --token SECRET
+  SDL_VIDEODRIVER=dummy worldsim play --autoplay --frames 100 --gif play.gif   # no screen needed
 
 Crafter: WASD move, Space do, Tab sleep, R/T/F/P place stone/table/furnace/plant, 1-6 craft.
 MineRL: WASD, Space jump, Shift sneak, Ctrl sprint, mouse look, clicks attack/use, 1-9 hotbar,
@@ -34,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=positive_int, default=None, help="window pixels per frame pixel (default: fits 576)")
     p.add_argument("--frames", type=nonneg_int, default=0, help="quit after this many frames (default: 0, never)")
     p.add_argument("--out", default=".", help="folder for screenshots and recordings (default: .)")
+    p.add_argument("--autoplay", action="store_true",
+                   help="press keys by itself (runs of moves, now and then the action key): demos, smoke tests")
+    p.add_argument("--gif", default=None, help="also write the session, as shown, to this GIF")
     add_engine_args(p)
     p.set_defaults(func=run)
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                               ground_truth=args.ground_truth, token=args.token).open()
         except ConnectionFailed as e:
             raise WorldsimError(str(e)) from None
-        window = GameWindow(conn, scale=args.scale, out_dir=args.out)
+        window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
         try:
             shown = window.run(max_frames=args.frames or None)
         finally:
