@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             conn.close()
             window.close()
         lat = conn.median_latency()
-        print(f"worldsim play: {shown} frames from {url}"
+        print(f"worldsim play: {shown} frame{'' if shown == 1 else 's'} from {url}"
               + (f", median action-to-frame latency {lat:.1f} ms" if lat is not None else ""))
     finally:
         if embedded is not None:
