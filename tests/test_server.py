@@ -378,3 +378,15 @@ def test_the_protocol_page_example_runs_against_a_server(server):
     exec(compile(code.replace("ws://127.0.0.1:8765", server.url), "protocol.md", "exec"), scope)
     assert scope["welcome"]["type"] == "welcome" and scope["msg"]["type"] == "frame"
     assert scope["msg"]["seq"] >= 0 and scope["msg"]["image"][:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line(bundle, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--bundle", str(bundle), "--port", str(port), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("worldsim serve: error: cannot listen on") and len(err.splitlines()) == 1

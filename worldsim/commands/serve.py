@@ -109,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         sched.stop()
-        print(f"worldsim serve: served {sched.frames} frames in {sched.batches} batches "
-              f"over {time.monotonic() - t0:.0f} s")
+    print(f"worldsim serve: served {sched.frames} frames in {sched.batches} batches "
+          f"over {time.monotonic() - t0:.0f} s")
     return 0
