@@ -221,16 +221,159 @@ def code_version() -> dict[str, Any]:
 
 # -- the run -----------------------------------------------------------------------------------
 def _open(engine: Engine, context, actions, seed: int, start_step: int):
+    # Engines that learn the daylight clock take the game step of the first context frame.
     if "start_step" in inspect.signature(engine.open).parameters:
         return engine.open(context, actions, seed=seed, start_step=start_step)
     return engine.open(context, actions, seed=seed)
 
 
 def _tokens_of(session, image: np.ndarray, codec: Codec, light: float | None) -> torch.Tensor:
+    """The image tokens the session just dreamed (N,), or the image's own codes if the session
+    does not expose them."""
     last = getattr(session, "last_frame", None)
     if last is not None:
         return last.reshape(-1).cpu().long()
     return codec.encode(image[None], None if light is None else np.array([light]))[0]
+
+
+@dataclass
+class Real:
+    """The real windows, as arrays the measurements share (B windows of T frames)."""
+    windows: list  # of episodes.Window
+    frames: np.ndarray  # (B, T, H, W, 3) uint8
+    light: np.ndarray | None  # (B, T) daylight, None where the store records none
+    night: np.ndarray  # (B, T) bool
+    actions: torch.Tensor  # (B, T-1, A) action tokens
+    tokens: torch.Tensor  # (B, T, N) image codes of the real frames
+    context: int
+    horizon: int
+    tile: int  # pixels per token side
+    map_rows: int | None  # tile rows of the scrolling map (Crafter), None: no scroll measure
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.frames.shape[2:]
+
+    def light_at(self, i: int, t: int) -> float | None:
+        return None if self.light is None else float(self.light[i, t])
+
+    def light_of(self, ts: slice) -> np.ndarray | None:
+        """(B * frames,) daylight of frames `ts` of every window, or None."""
+        return None if self.light is None else self.light[:, ts].reshape(-1)
+
+    def stats(self, gen_prev: np.ndarray, gen: np.ndarray, tok_gen: torch.Tensor | None = None
+              ) -> dict[str, Any]:
+        """Every measurement of generated horizon frames (B, H, ...) against the real ones,
+        summarised per subset (all, day, night)."""
+        C, H = self.context, self.horizon
+        tok_prev, tok_real = self.tokens[:, C - 1:C + H - 1], self.tokens[:, C:C + H]
+        st = frame_stats(self.frames[:, C - 1:C + H - 1], self.frames[:, C:C + H], gen_prev, gen,
+                         self.tile, self.map_rows, tok_prev if tok_gen is not None else None,
+                         tok_real if tok_gen is not None else None, tok_gen)
+        return summarise(st, self.night[:, C:C + H])
+
+
+def _real(windows: list, codec: Codec, action_tok: Any, grid_rows: int, env: str, context: int,
+          horizon: int) -> Real:
+    frames = np.stack([w.frames for w in windows])  # (B, T, H, W, 3)
+    b, t = frames.shape[:2]
+    has_light = all(w.daylight is not None for w in windows)
+    light = np.stack([w.daylight for w in windows]) if has_light else None
+    night = light < metrics.NIGHT if light is not None else np.zeros((b, t), bool)
+    actions = torch.from_numpy(np.stack([action_tok.encode_array(w.actions) for w in windows])).long()
+    tokens = codec.encode(frames.reshape(-1, *frames.shape[2:]),
+                          None if light is None else light.reshape(-1)).view(b, t, -1)
+    # Crafter's view: 7 rows of map over 2 rows of inventory (at 9 rows of tiles).
+    map_rows = (grid_rows * 7) // 9 if env == "crafter" else None
+    return Real(windows, frames, light, night, actions, tokens, context, horizon,
+                frames.shape[2] // grid_rows, map_rows)
+
+
+def _rollout(engine: Engine, real: Real, codec: Codec, seed: int, bar: tqdm
+             ) -> tuple[np.ndarray, torch.Tensor, dict[str, Any]]:
+    """C real frames, then H dreamed ones under the recorded actions, all windows as one batch:
+    images (B, H, ...), tokens (B, H, N) and the speed of the batched steps."""
+    C, H, B = real.context, real.horizon, len(real.windows)
+    acts = real.actions
+    sessions = [_open(engine, real.tokens[i, :C], acts[i, :C - 1], seed + i, real.windows[i].start)
+                for i in range(B)]
+    images = np.zeros((B, H, *real.shape), np.uint8)
+    toks = torch.zeros(B, H, real.tokens.shape[-1], dtype=torch.long)
+    step_ms, passes, decode_ms = [], [], []
+    for t in range(H):
+        t0 = time.perf_counter()
+        res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
+        step_ms.append((time.perf_counter() - t0) * 1000)
+        for i, sess in enumerate(sessions):
+            img, stats = res[sess]
+            images[i, t] = img
+            toks[i, t] = _tokens_of(sess, img, codec, real.light_at(i, C + t))
+        passes.append(stats.passes)
+        decode_ms.append(stats.decode_ms)
+        bar.update(1)
+    for sess in sessions:
+        sess.close()
+    # The first step pays for warm-up (allocations, kernel selection): timed apart.
+    timed = step_ms[1:] if len(step_ms) > 2 else step_ms
+    ms = np.array(timed) / B
+    speed = {"ms_per_frame_median": float(np.median(ms)), "ms_per_frame_p95": float(np.percentile(ms, 95)),
+             "frames_per_s": float(1000 / np.median(ms)), "batch": B,
+             "ms_per_batch_step_median": float(np.median(timed)), "first_step_ms": step_ms[0],
+             "steps_timed": len(timed), "passes_per_frame": float(np.mean(passes)),
+             "decode_ms_per_batch_step": float(np.median(decode_ms)), "device": str(engine.device)}
+    return images, toks, speed
+
+
+def _teacher_forced(engine: Engine, real: Real, codec: Codec, seed: int, max_context: int, bar: tqdm
+                    ) -> tuple[np.ndarray, torch.Tensor]:
+    """At every horizon step, one frame dreamed from the real frames before it (up to
+    `max_context` of them): dynamics without compounding error. Images (B, H, ...), tokens (B, H, N)."""
+    C, H, B = real.context, real.horizon, len(real.windows)
+    acts = real.actions
+    images = np.zeros((B, H, *real.shape), np.uint8)
+    toks = torch.zeros(B, H, real.tokens.shape[-1], dtype=torch.long)
+    for t in range(H):
+        first = max(0, C + t - max_context)
+        sessions = [_open(engine, real.tokens[i, first:C + t], acts[i, first:C + t - 1], seed + i,
+                          real.windows[i].start + first) for i in range(B)]
+        res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
+        for i, sess in enumerate(sessions):
+            images[i, t] = res[sess][0]
+            toks[i, t] = _tokens_of(sess, images[i, t], codec, real.light_at(i, C + t))
+            sess.close()
+        bar.update(1)
+    return images, toks
+
+
+def _sensitivity(model: Any, real: Real, seed: int) -> dict[str, Any]:
+    """The action gap on every whole model window (F frames) the real windows hold."""
+    f = model.cfg.frames
+    b, t = real.frames.shape[:2]
+    n_win = t // f
+    acts = torch.cat([real.actions, real.actions[:, -1:]], 1)  # (B, T, A): the last action conditions nothing
+    changed = torch.zeros(b, t, dtype=torch.bool)
+    changed[:, 1:] = (metrics.tile_mad(real.frames[:, :-1].reshape(-1, *real.shape),
+                                       real.frames[:, 1:].reshape(-1, *real.shape), real.tile)
+                      > metrics.VISIBLE).any(1).view(b, t - 1)
+    sl = slice(0, n_win * f)
+    return action_sensitivity(model, real.tokens[:, sl].reshape(b * n_win, f, -1),
+                              acts[:, sl].reshape(b * n_win, f, -1), changed[:, sl].reshape(b * n_win, f),
+                              seed=seed)
+
+
+def _idm_scores(idm: Any, folder: str | Path, real: Real, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
+                ) -> dict[str, Any]:
+    """The IDM's scores on the real horizon frames (its ceiling) and on each dream's pairs."""
+    C, H = real.context, real.horizon
+    truth = np.stack([idm.labels(w.actions[C - 1:C - 1 + H]) for w in real.windows])  # (B, H, A)
+    truth = truth.reshape(-1, truth.shape[-1])
+
+    def score(prev: np.ndarray, nxt: np.ndarray) -> dict[str, Any]:
+        return idm.score(prev.reshape(-1, *real.shape), nxt.reshape(-1, *real.shape), truth)
+
+    return {"folder": str(folder), "real": score(real.frames[:, C - 1:C + H - 1], real.frames[:, C:C + H]),
+            "heldout_at_training": (idm.info.get("idm_metrics") or {}).get("heldout"),
+            "decoders": {k: score(*v) for k, v in pairs.items()}}
 
 
 def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | None = None,
@@ -269,148 +412,58 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     labels = [decoder_label(d) for d in decoders]
     if len(set(labels)) != len(labels):
         raise WorldsimError(f"a decoder is given twice: {', '.join(specs)}")
+    idm_model = None
+    if idm is not None:  # loaded first: a wrong IDM fails before the long part
+        from worldsim.idm import load_idm
 
-    # -- real windows -------------------------------------------------------------------------
+        idm_model = load_idm(idm, dev)
+        if idm_model.space != store.info.action_space:
+            raise WorldsimError(f"the inverse dynamics model in {idm} predicts {idm_model.space.name} "
+                                f"actions, not {store.info.action_space.name}")
+
     C, H = s.context, s.horizon
-    F_ = model.cfg.frames
     ids, source_note = held_out_ids(store, cfg)
-    windows = select_windows(store, ids, s.episodes, max(C + H, F_), s.seed)
+    # Windows long enough for the rollout and for one whole model window (the action gap).
+    windows = select_windows(store, ids, s.episodes, max(C + H, model.cfg.frames), s.seed)
+    real = _real(windows, codec, action_tok, tcfg.grid[0], store.info.env, C, H)
     B = len(windows)
-    frames = np.stack([w.frames for w in windows])  # (B, T, H, W, 3)
-    T = frames.shape[1]
-    has_light = all(w.daylight is not None for w in windows)
-    light = np.stack([w.daylight for w in windows]) if has_light else None  # (B, T)
-    night = light < metrics.NIGHT if has_light else np.zeros((B, T), bool)
-    acts = torch.from_numpy(np.stack([action_tok.encode_array(w.actions) for w in windows])).long()  # (B, T-1, A)
-    tile = tcfg.height // tcfg.grid[0]
-    crafter = store.info.env == "crafter"
-    # Crafter's view: 7 rows of map over 2 rows of inventory (at 9 rows of tiles).
-    map_rows = (tcfg.grid[0] * 7) // 9 if crafter else None
-    img_shape = frames.shape[2:]
-
-    def light_of(ts: slice) -> np.ndarray | None:  # (B * frames,) daylight of frames ts of every window
-        return None if light is None else light[:, ts].reshape(-1)
-
-    real_tok = codec.encode(frames.reshape(-1, *img_shape), light_of(slice(None))).view(B, T, -1)
-
-    n_units = len(decoders) * H * (2 if s.teacher_forced else 1)
-    bar = tqdm(total=n_units, desc="eval", unit="frame-batch", disable=not progress)
-    horizon = slice(C, C + H)
-    real_prev, real = frames[:, C - 1:C + H - 1], frames[:, horizon]
-    tok_prev, tok_real = real_tok[:, C - 1:C + H - 1], real_tok[:, horizon]
-    night_H = night[:, horizon]
-    quality: dict[str, Any] = {}
+    bar = tqdm(total=len(decoders) * H * (2 if s.teacher_forced else 1), desc="eval", unit="frame-batch",
+               disable=not progress)
 
     # Baselines: copy-last (the last context frame, forever) and the tokenizer's ceiling.
-    last = np.repeat(frames[:, C - 1:C], H, 1)
-    st = frame_stats(real_prev, real, last, last, tile, map_rows, tok_prev, tok_real,
-                     real_tok[:, C - 1:C].expand(-1, H, -1))
-    quality["copy-last"] = {"rollout": summarise(st, night_H)}
+    last = np.repeat(real.frames[:, C - 1:C], H, 1)
+    quality: dict[str, Any] = {"copy-last": {"rollout": real.stats(last, last, real.tokens[:, C - 1:C].expand(-1, H, -1))}}
     # One step ahead, copy-last repeats real frame t: it matches no changed tile, by construction.
-    st = frame_stats(real_prev, real, real_prev, real_prev, tile, map_rows, tok_prev, tok_real, tok_prev)
-    quality["copy-last"]["teacher_forced"] = summarise(st, night_H)
-    recon = codec.decode(real_tok[:, C - 1:C + H].reshape(B * (H + 1), -1),
-                         light_of(slice(C - 1, C + H))).reshape(B, H + 1, *img_shape)
-    st = frame_stats(real_prev, real, recon[:, :-1], recon[:, 1:], tile, map_rows)
-    quality["tokenizer"] = {"rollout": summarise(st, night_H)}
+    real_prev = real.frames[:, C - 1:C + H - 1]
+    quality["copy-last"]["teacher_forced"] = real.stats(real_prev, real_prev, real.tokens[:, C - 1:C + H - 1])
+    recon = codec.decode(real.tokens[:, C - 1:C + H].reshape(B * (H + 1), -1),
+                         real.light_of(slice(C - 1, C + H))).reshape(B, H + 1, *real.shape)
+    quality["tokenizer"] = {"rollout": real.stats(recon[:, :-1], recon[:, 1:])}
 
     speed: dict[str, Any] = {}
     dreams: dict[str, np.ndarray] = {}
-    gen_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for d, label in zip(decoders, labels):
         engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed)
-        # Rollout: C real frames, then H dreamed ones under the recorded actions.
-        sessions = [_open(engine, real_tok[i, :C], acts[i, :C - 1], s.seed + i, windows[i].start)
-                    for i in range(B)]
-        images = np.zeros((B, H, *img_shape), np.uint8)
-        toks = torch.zeros(B, H, real_tok.shape[-1], dtype=torch.long)
-        step_ms, passes, decode_ms = [], [], []
-        for t in range(H):
-            t0 = time.perf_counter()
-            res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
-            step_ms.append((time.perf_counter() - t0) * 1000)
-            for i, sess in enumerate(sessions):
-                img, stats = res[sess]
-                images[i, t] = img
-                toks[i, t] = _tokens_of(sess, img, codec, None if light is None else light[i, C + t])
-            passes.append(stats.passes)
-            decode_ms.append(stats.decode_ms)
-            bar.update(1)
-        for sess in sessions:
-            sess.close()
-        gen_prev = np.concatenate([frames[:, C - 1:C], images[:, :-1]], 1)
-        st = frame_stats(real_prev, real, gen_prev, images, tile, map_rows, tok_prev, tok_real, toks)
-        quality[label] = {"rollout": summarise(st, night_H)}
-        dreams[label] = images
-        gen_pairs[label] = (gen_prev, images)
-        # The first step pays for warm-up (allocations, kernel selection): timed apart.
-        timed = step_ms[1:] if len(step_ms) > 2 else step_ms
-        ms = np.array(timed) / B
-        speed[label] = {"ms_per_frame_median": float(np.median(ms)), "ms_per_frame_p95": float(np.percentile(ms, 95)),
-                        "frames_per_s": float(1000 / np.median(ms)), "batch": B,
-                        "ms_per_batch_step_median": float(np.median(timed)), "first_step_ms": step_ms[0],
-                        "steps_timed": len(timed),
-                        "passes_per_frame": float(np.mean(passes)),
-                        "decode_ms_per_batch_step": float(np.median(decode_ms)), "device": str(dev)}
+        images, toks, speed[label] = _rollout(engine, real, codec, s.seed, bar)
+        gen_prev = np.concatenate([real.frames[:, C - 1:C], images[:, :-1]], 1)
+        quality[label] = {"rollout": real.stats(gen_prev, images, toks)}
+        dreams[label], pairs[label] = images, (gen_prev, images)
         if s.teacher_forced:
-            # One frame ahead from real context at every step: dynamics without compounding error.
-            tf = np.zeros_like(images)
-            tf_toks = torch.zeros_like(toks)
-            for t in range(H):
-                first = max(0, C + t - F_)
-                sessions = [_open(engine, real_tok[i, first:C + t], acts[i, first:C + t - 1],
-                                  s.seed + i, windows[i].start + first) for i in range(B)]
-                res = engine.step({sess: acts[i, C - 1 + t] for i, sess in enumerate(sessions)})
-                for i, sess in enumerate(sessions):
-                    tf[i, t] = res[sess][0]
-                    tf_toks[i, t] = _tokens_of(sess, tf[i, t], codec, None if light is None else light[i, C + t])
-                    sess.close()
-                bar.update(1)
-            st = frame_stats(real_prev, real, real_prev, tf, tile, map_rows, tok_prev, tok_real, tf_toks)
-            quality[label]["teacher_forced"] = summarise(st, night_H)
-            gen_pairs[label + " (teacher forced)"] = (real_prev, tf)
-        del engine
+            tf, tf_toks = _teacher_forced(engine, real, codec, s.seed, model.cfg.frames, bar)
+            quality[label]["teacher_forced"] = real.stats(real_prev, tf, tf_toks)
+            pairs[label + " (teacher forced)"] = (real_prev, tf)
+        del engine  # frees its cache before the next decoder's
     bar.close()
 
-    # -- the tokenizer's codes on the real frames ------------------------------------------------
-    pair_night = night[:, 1:].reshape(-1)
+    pair_night = real.night[:, 1:].reshape(-1)
     tokenizer = {"uses_light": codec.uses_light, "codebook_size": int(getattr(tcfg, "codebook_size", 0)),
                  "kind": (cfg.get("image_tokenizer") or {}).get("kind", "vq")}
     for subset, sel in (("all", None), ("day", ~pair_night), ("night", pair_night)):
-        tokenizer[subset] = metrics.code_flicker(real_tok, frames, tile, pairs_T=sel)
-
-    # -- action sensitivity ------------------------------------------------------------------------
-    n_win = T // F_
-    act_pad = torch.cat([acts, acts[:, -1:]], 1)  # (B, T, A): the last action conditions nothing
-    changed = torch.zeros(B, T, dtype=torch.bool)
-    changed[:, 1:] = (metrics.tile_mad(frames[:, :-1].reshape(-1, *img_shape), frames[:, 1:].reshape(-1, *img_shape),
-                                       tile) > metrics.VISIBLE).any(1).view(B, T - 1)
-    sl = slice(0, n_win * F_)
-    sens = action_sensitivity(model, real_tok[:, sl].reshape(B * n_win, F_, -1),
-                              act_pad[:, sl].reshape(B * n_win, F_, -1),
-                              changed[:, sl].reshape(B * n_win, F_), seed=s.seed)
-
-    # -- inverse dynamics ------------------------------------------------------------------------
-    idm_report: dict[str, Any] | None = None
-    if idm is not None:
-        from worldsim.idm import load_idm
-
-        model_idm = load_idm(idm, dev)
-        if model_idm.space != store.info.action_space:
-            raise WorldsimError(f"the inverse dynamics model in {idm} predicts {model_idm.space.name} "
-                                f"actions, not {store.info.action_space.name}")
-        truth = np.stack([model_idm.labels(w.actions[C - 1:C - 1 + H]) for w in windows])  # (B, H, A)
-        truth = truth.reshape(B * H, -1)
-
-        def score(prev: np.ndarray, nxt: np.ndarray) -> dict[str, Any]:
-            return model_idm.score(prev.reshape(-1, *img_shape), nxt.reshape(-1, *img_shape), truth)
-
-        idm_report = {"folder": str(idm), "real": score(real_prev, real),
-                      "heldout_at_training": (model_idm.info.get("idm_metrics") or {}).get("heldout"),
-                      "decoders": {k: score(*v) for k, v in gen_pairs.items()}}
-
-    # -- report ----------------------------------------------------------------------------------
-    out_dir = Path(out) if out is not None else Path(bundle_dir).resolve().parent / f"{Path(bundle_dir).resolve().name}-eval"
+        tokenizer[subset] = metrics.code_flicker(real.tokens, real.frames, real.tile, pairs_T=sel)
+    night_H = real.night[:, C:C + H]
+    out_dir = Path(out) if out is not None else \
+        Path(bundle_dir).resolve().parent / f"{Path(bundle_dir).resolve().name}-eval"
     report = {
         "format": "worldsim.eval", "version": 1,
         "bundle": str(bundle_dir), "bundle_hash": bundle_hash(bundle_dir), "data": str(data), "out": str(out_dir),
@@ -419,15 +472,16 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         "episodes": {"count": B, "source": source_note,
                      "windows": [{"episode": w.episode, "start": w.start} for w in windows],
                      "night_frames": int(night_H.sum()), "day_frames": int((~night_H).sum())},
-        "quality": quality, "speed": speed, "tokenizer": tokenizer, "action_sensitivity": sens,
-        "idm": idm_report if idm_report is not None else "not computed (pass --idm DIR from `worldsim train-idm`)",
+        "quality": quality, "speed": speed, "tokenizer": tokenizer,
+        "action_sensitivity": _sensitivity(model, real, s.seed),
+        "idm": _idm_scores(idm_model, idm, real, pairs) if idm_model is not None else
+        "not computed (pass --idm DIR from `worldsim train-idm`)",
         "lpips": "not computed (needs backbone weights; none given)",
         "fvd": "not computed (needs backbone weights; none given)",
-        "seconds": None,
     }
-    clips = {"real": frames[:, :C + H]}
+    clips = {"real": real.frames[:, :C + H]}
     for label in labels:
-        clips[label] = np.concatenate([frames[:, :C], dreams[label]], 1)
+        clips[label] = np.concatenate([real.frames[:, :C], dreams[label]], 1)
     report["seconds"] = time.perf_counter() - t_run
     report["files"] = report_mod.write_report(out_dir, report, clips, fps=max(1, store.info.fps // 2),
                                               videos=s.videos)
