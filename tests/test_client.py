@@ -134,3 +134,37 @@ def test_play_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys)
     assert main(["play"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--bundle" in err and str(DEFAULT_BUNDLE) in err
+
+
+def test_minerl_window_sums_mouse_motion_between_frames(tmp_path):
+    from _serving import scene_store
+
+    bundle = tiny_bundle(tmp_path / "bundle", game="minerl")
+    store = scene_store(tmp_path / "scene", game="minerl")
+    with running_server(bundle, fps=0, max_sessions=1, scene=str(store)) as server:
+        conn = Connection(server.url, encoding="raw").open()
+        sent = []
+        send = conn.send_action
+        conn.send_action = lambda a: (sent.append(a), send(a))[1]
+        window = GameWindow(conn, out_dir=tmp_path)
+        assert window.mouse_captured  # MineRL looks with the mouse
+
+        def on_frame(w):
+            if w.frames_shown == 2:
+                for e in (pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w),
+                          pygame.event.Event(pygame.MOUSEMOTION, rel=(10, 0), pos=(0, 0), buttons=(0, 0, 0)),
+                          pygame.event.Event(pygame.MOUSEMOTION, rel=(5, -4), pos=(0, 0), buttons=(0, 0, 0)),
+                          pygame.event.Event(pygame.MOUSEBUTTONDOWN, button=1, pos=(0, 0))):
+                    pygame.event.post(e)
+
+        try:
+            window.run(max_frames=5, on_frame=on_frame)
+        finally:
+            conn.close()
+            window.close()
+    moved = [a for a in sent if a.get("camera", [0, 0]) != [0.0, 0.0]]
+    assert len(moved) == 1  # both motion events in one action, sent once
+    a = moved[0]
+    assert a["forward"] == 1 and a["attack"] == 1 and a["camera"] == pytest.approx([-4 * 0.15, 15 * 0.15])
+    after = sent[sent.index(a) + 1]
+    assert after["forward"] == 1 and after["camera"] == [0.0, 0.0]  # held keys stay, motion is spent
