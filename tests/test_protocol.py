@@ -38,7 +38,7 @@ messages = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=1000)
 @given(messages)
 def test_every_message_round_trips(msg):
     assert P.unpack(P.pack(msg)) == msg
@@ -93,7 +93,7 @@ def test_size_limits_and_server_types_from_a_client():
         P.unpack("text frame")  # text websocket frames are not the protocol
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=1000)
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_give_a_protocol_error_or_a_message(data):
     try:
