@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from worldsim.bench import BenchInputs, bench, format_table
+    from worldsim.device import pick_device
     from worldsim.errors import WorldsimError
     from worldsim.inference.engine import DECODERS, DecoderSettings, valid_decoders
     from worldsim.inference.sampling import SamplingSettings
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dev = pick_device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model, image_tok, action_tok, inputs = _load(args, dev)
     model = model.to(dev, dtype)
