@@ -150,7 +150,7 @@ class GameWindow:
         self.screen = pygame.display.set_mode((width, w.height * self.scale))
         pygame.display.set_caption(f"worldsim: {w.action_space['name']} (F1 help)")
         self.font = pygame.font.Font(None, 20)
-        self.clock = pygame.time.Clock()
+        self.view: list[tuple[pygame.Surface, tuple[int, int]]] = []  # the scaled frames, placed
         if self.keymap.captures_mouse:
             self._capture(True)
         if conn.first_frame is not None:
@@ -161,6 +161,7 @@ class GameWindow:
             on_frame: Callable[["GameWindow"], None] | None = None) -> int:
         """Play until the window closes (or `max_frames` frames were shown); returns frames shown."""
         if self.gif is not None and self.frame is not None and not self.gif_frames:
+            self._draw()
             self._keep_for_gif()  # the real frame the session starts from
         try:
             while not self.quit and (max_frames is None or self.frames_shown < max_frames):
@@ -179,8 +180,7 @@ class GameWindow:
                 elif not self.conn.open_now:
                     print(f"worldsim play: the server closed the session: {self.conn.closed_reason}")
                     break
-                self._draw_hud()
-                pygame.display.flip()
+                self._draw()
                 if frame is not None and self.gif is not None:
                     self._keep_for_gif()
         finally:
@@ -267,14 +267,22 @@ class GameWindow:
         self.frames_shown += 1
         self.arrivals.append(time.monotonic())
         w, h = frame.width * self.scale, frame.height * self.scale
-        self.screen.fill((0, 0, 0))
         # pygame.transform.scale samples the nearest pixel: Crafter's tiles stay crisp.
-        self.screen.blit(pygame.transform.scale(dream, (w, h)), (0, 0))
+        self.view = [(pygame.transform.scale(dream, (w, h)), (0, 0))]
         if truth is not None:
-            self.screen.blit(pygame.transform.scale(truth, (w, h)), (w + GAP, 0))
+            self.view.append((pygame.transform.scale(truth, (w, h)), (w + GAP, 0)))
         if self.recorder is not None:
             self.recorder.add(dream, truth, self.last_sent if self.last_sent is not None else
                               self.keymap.action([]))
+
+    def _draw(self) -> None:
+        """The newest frame and, over it, the HUD, redrawn every pass so that turning the HUD
+        off (or resuming) clears it at once."""
+        self.screen.fill((0, 0, 0))
+        for surface, at in self.view:
+            self.screen.blit(surface, at)
+        self._draw_hud()
+        pygame.display.flip()
 
     def _draw_hud(self) -> None:
         if not self.hud and not self.paused and self.recorder is None:
