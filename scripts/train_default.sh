@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipe for the default Crafter model: collect -> fit the tile tokenizer -> tokenize ->
-# train (block diffusion) -> evaluate, with fixed seeds and sizes. Every step resumes: run it
+# train (block diffusion) -> train an inverse dynamics model -> evaluate, with fixed seeds and sizes. Every step resumes: run it
 # again after a kill and it picks up where it stopped. About 2 hours on a 2-core CPU.
 #
 #   bash scripts/train_default.sh [WORKDIR]        (default: runs/default)
@@ -25,5 +25,6 @@ echo "== 4/5 train (block diffusion, crafter preset, $TRAIN_MINUTES minutes)"
 worldsim train --shards "$W/tokens" --tokenizer "$W/tok" --out "$W/model" --objective block_diffusion \
     --preset crafter --frames 4 --batch 16 --lr 1.5e-3 --steps 100000 --max-minutes "$TRAIN_MINUTES" \
     --context-noise "$CONTEXT_NOISE" --dtype bf16 --seed 0
-echo "== 5/5 evaluate on held-out episodes"
-worldsim eval --bundle "$W/model" --data "$W/data" --out "$W/model/eval" --seed 0
+echo "== 5/5 evaluate on held-out episodes (an inverse dynamics model first, for action following)"
+worldsim train-idm --data "$W/data" --out "$W/idm" --seed 0
+worldsim eval --bundle "$W/model" --data "$W/data" --idm "$W/idm" --out "$W/model-eval" --seed 0
