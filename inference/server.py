@@ -520,7 +520,12 @@ class FrameServer:
                 conn.seed = msg.seed
             start, _ = await asyncio.to_thread(self.game.start, conn.seed,
                                                conn.hello.ground_truth)
-            await asyncio.wrap_future(self.scheduler.reset(conn.sid, start))
+            try:
+                await asyncio.wrap_future(self.scheduler.reset(conn.sid, start))
+            except Exception as e:  # the session is gone: say why and close
+                log.exception("resetting session %s failed", conn.sid)
+                raise Closing(CLOSE_INTERNAL, "could not reset the session",
+                              P.Error(P.INTERNAL, f"could not reset the session: {e}")) from None
         elif isinstance(msg, P.Config):
             try:
                 await asyncio.wrap_future(self.scheduler.configure(conn.sid, msg.decoder, msg.steps, msg.paused))
