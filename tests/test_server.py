@@ -390,3 +390,17 @@ def test_serve_on_a_busy_port_says_so_in_one_line(bundle, capsys):
         assert main(["serve", "--bundle", str(bundle), "--port", str(port), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldsim serve: error: cannot listen on") and len(err.splitlines()) == 1
+
+
+def test_paced_sessions_share_one_batch_per_tick(bundle):
+    with running_server(bundle, fps=20, max_sessions=2) as s:
+        a, b = join(s.url, seed=1)[0], join(s.url, seed=2)[0]
+        last = {}
+        for name, ws in (("a", a), ("b", b)) * 6:  # both open: every tick steps both at once
+            msg = recv(ws)
+            ws.send(P.pack(P.Ack(index=msg.index)))
+            last[name] = msg
+        assert last["a"].timings["batch"] == last["b"].timings["batch"] == 2
+        assert last["a"].step > 1 and last["b"].step > 1  # the game clocks run without input
+        a.close()
+        b.close()
