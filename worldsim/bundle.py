@@ -164,3 +164,25 @@ def load_image_tokenizer(folder: str | os.PathLike, device: str | torch.device =
         raise BundleError(f"bundle {folder} has an image tokenizer of unknown kind {kind!r}; "
                           f"this worldsim reads {', '.join(IMAGE_TOKENIZER_LOADERS)}")
     return IMAGE_TOKENIZER_LOADERS[kind](cfg, folder).to(device).eval()
+
+
+# -- the shipped model -------------------------------------------------------------------------
+SHIPPED = Path("assets") / "models" / "crafter"  # in a checkout of the repository
+
+
+def find_bundle(bundle: str | os.PathLike | None, what: str = "model to play") -> str:
+    """`bundle` if given (it must hold a config.json), else the shipped model of this checkout
+    (looked for under the working folder and beside the installed package), else one line on
+    how to get one."""
+    if bundle is not None:
+        if not (Path(bundle) / "config.json").is_file():
+            raise BundleError(f"{bundle} is not a worldsim bundle (no config.json)")
+        return str(bundle)
+    import worldsim
+
+    for root in (Path.cwd(), Path(worldsim.__file__).resolve().parent.parent):
+        if (root / SHIPPED / "config.json").is_file():
+            return str(root / SHIPPED)
+    raise BundleError(f"no {what}: the shipped one lives in {SHIPPED} of a worldsim checkout "
+                      "(git clone the repository and run from it), or pass --bundle DIR (make one "
+                      "as the README's 'Making a model' shows)")

@@ -23,8 +23,9 @@ Presets are randomly initialised: speed at a fixed number of passes does not dep
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="compare decoders: passes, ms/frame, frames/s, PSNR, memory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", type=existing_dir, help="a trained bundle")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bundle", type=existing_dir,
+                     help="a trained bundle (default, without --preset: the shipped model, assets/models/crafter)")
     src.add_argument("--preset", help="a randomly initialised model preset: tiny | crafter | mineworld-300m")
     p.add_argument("--data", type=existing_dir, help="episode store for real context, actions and ground truth (with --bundle)")
     p.add_argument("--decoders", default="all",
@@ -148,6 +149,7 @@ def _load(args, dev):
     from worldsim import bundle
     from worldsim.data.store import EpisodeStore
 
+    args.bundle = bundle.find_bundle(args.bundle, "model to bench")
     cfg = bundle.read_config(args.bundle)
     model = bundle.load_world_model(args.bundle, dev)
     image_tok = bundle.load_image_tokenizer(args.bundle, dev)
@@ -165,7 +167,10 @@ def _load(args, dev):
         acts = [space.from_array(ep.actions, t) for t in range(ep.num_steps)]
         c = args.context
         with torch.no_grad():
-            ctx = image_tok.encode(ep.frames[:c]).cpu()
+            # A tokenizer that factors out the light reads the recorded daylight.
+            light = {"light": ep.daylight[:c]} if getattr(image_tok, "uses_light", False) and \
+                ep.daylight is not None else {}
+            ctx = image_tok.encode(ep.frames[:c], **light).cpu()
         return model, image_tok, action_tok, BenchInputs(ctx, acts[:c - 1], acts[c - 1:],
                                                          truth=ep.frames[c:], last_real=ep.frames[c - 1])
     ctx = torch.randint(0, model.cfg.codebook_size, (args.context, model.cfg.tokens_per_frame), generator=g)

@@ -27,7 +27,8 @@ generated frames."""
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="judge a model's rollouts against the real game; write a report",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=existing_dir, help="the bundle to evaluate")
+    p.add_argument("--bundle", type=existing_dir,
+                   help="the bundle to evaluate (default: the shipped model, assets/models/crafter)")
     p.add_argument("--data", type=existing_dir, help="episode store with the real frames and actions")
     p.add_argument("--episodes", type=positive_int, default=16, help="episodes, run as one batch (default: 16)")
     p.add_argument("--context", type=positive_int, default=1, help="real context frames (default: 1)")
@@ -58,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
 
         print(compare(args.compare))
         return 0
-    if not args.bundle or not args.data:
-        raise WorldsimError("--bundle and --data are required (or --compare REPORT...)")
+    if not args.data:
+        raise WorldsimError("--data is required (or --compare REPORT...)")
+    from worldsim.bundle import find_bundle
+
+    args.bundle = find_bundle(args.bundle, "model to evaluate")
     import torch
 
     from worldsim.evaluation import EvalSettings, evaluate, summary_line

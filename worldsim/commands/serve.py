@@ -54,20 +54,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def find_bundle(bundle: str | None) -> str:
     """The bundle to serve: --bundle, else the shipped model, else one line on getting one."""
-    from worldsim.errors import WorldsimError
+    from worldsim.bundle import find_bundle as find
 
-    if bundle is not None:
-        if not (Path(bundle) / "config.json").is_file():
-            raise WorldsimError(f"{bundle} is not a worldsim bundle (no config.json)")
-        return bundle
-    import worldsim
-
-    for root in (Path.cwd(), Path(worldsim.__file__).resolve().parent.parent):
-        if (root / DEFAULT_BUNDLE / "config.json").is_file():
-            return str(root / DEFAULT_BUNDLE)
-    raise WorldsimError(f"no model to play: the shipped one lives in {DEFAULT_BUNDLE} of a worldsim "
-                        "checkout (git clone the repository and run from it), or pass --bundle DIR "
-                        "(make one as the README's 'Making a model' shows)")
+    return find(bundle, "model to play")
 
 
 def build_server(args: argparse.Namespace, settings):
