@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in EVAL_FILES:
             if (Path(args.eval) / name).exists():
                 shutil.copy(Path(args.eval) / name, out / name)
+    for f in out.iterdir():
+        if f.is_file():
+            f.chmod(0o644)  # safetensors writes 0600; a shipped file is for everyone to read
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"shipped {src} -> {out} ({size / 2**20:.1f} MiB)")
     return 0
