@@ -10,8 +10,8 @@ The window only calls the connection's send/latest (DIAMOND's Game -> PlayEnv sp
 each frame the server sends, upscaled with nearest-neighbour sampling, with the real game's
 frame beside it when ground truth is on. `autopilot` presses keys by itself (demos, smoke
 tests under SDL_VIDEODRIVER=dummy); `gif` keeps the session as shown. Imports only the protocol
-module (through the connection) and pygame; recording and GIFs import numpy and imageio when
-they are used.
+module (through the connection) and pygame; recordings and GIFs are written by
+`worldsim.data.recording`, imported (with numpy and imageio) only when one is written.
 """
 
 from __future__ import annotations
@@ -62,29 +62,12 @@ class Recorder:
     def stop(self, out_dir: Path) -> list[Path]:
         if len(self.frames) < 2:
             return []
-        import numpy as np  # only when a recording is written
-
-        from worldsim.data.store import EpisodeStore
-        from worldsim.envs.base import ActionSpace
+        from worldsim.data.recording import write_recording  # numpy and imageio: only now
 
         w = self.welcome
-        frames = np.frombuffer(b"".join(self.frames), np.uint8).reshape(-1, w.height, w.width, 3)
-        space = ActionSpace.from_dict(w.action_space)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        store = EpisodeStore.create(out_dir / "recordings", env=space.name, action_space=space,
-                                    frame_size=(w.height, w.width), fps=int(w.fps or 10),
-                                    source={"recorder": "worldsim play", "real": self.real})
-        written = [store.write_episode(stamp, frames, space.to_array(self.actions))]
-        store.refresh()
-        try:
-            import imageio.v2 as imageio
-
-            mp4 = out_dir / f"worldsim-{stamp}.mp4"
-            imageio.mimwrite(mp4, list(frames), fps=w.fps or 10, macro_block_size=1)
-            written.append(mp4)
-        except (ImportError, RuntimeError, OSError) as e:  # no ffmpeg: the episode is still kept
-            print(f"worldsim play: no mp4 ({e}); the episode is in {store.root}")
-        return written
+        return write_recording(out_dir, self.frames, w.height, w.width, self.actions,
+                               w.action_space, int(w.fps or 10),
+                               {"recorder": "worldsim play", "real": self.real})
 
 
 class Autopilot:
@@ -312,16 +295,12 @@ class GameWindow:
     def _write_gif(self) -> None:
         if self.gif is None or not self.gif_frames:
             return
-        import imageio.v2 as imageio  # only when a GIF is asked for
-        import numpy as np
+        from worldsim.data.recording import write_gif  # numpy and imageio: only now
 
         w, h = self.screen.get_size()
-        frames = np.frombuffer(b"".join(self.gif_frames), np.uint8).reshape(-1, h // 2, w // 2, 3)
-        self.gif.parent.mkdir(parents=True, exist_ok=True)
-        fps = self.welcome.fps or 10
-        imageio.mimsave(self.gif, list(frames), duration=1000 / fps, loop=0)  # ms per frame
+        n = write_gif(self.gif, self.gif_frames, h // 2, w // 2, self.welcome.fps or 10)
         self.saved.append(self.gif)
-        print(f"worldsim play: wrote {len(frames)} frames to {self.gif}")
+        print(f"worldsim play: wrote {n} frames to {self.gif}")
 
     def screenshot(self, path: str | Path | None = None) -> Path:
         path = Path(path) if path is not None else self.out_dir / f"worldsim-{time.strftime('%Y%m%d-%H%M%S')}.png"

@@ -122,18 +122,18 @@ def test_worldsim_play_runs_an_embedded_server(tmp_path, capsys):
 
 
 def test_play_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from worldsim import bundle
     from worldsim.cli import main
-    from worldsim.commands.serve import DEFAULT_BUNDLE
 
-    import worldsim
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(worldsim.__file__)))
-    if os.path.exists(os.path.join(root, DEFAULT_BUNDLE, "config.json")):
-        pytest.skip("the shipped model is present")
+    # This checkout ships a model: point the search at a folder that holds none.
+    missing = Path("assets") / "models" / "no-such-model"
+    monkeypatch.setattr(bundle, "SHIPPED", missing)
     monkeypatch.chdir(tmp_path)
     assert main(["play"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--bundle" in err and str(DEFAULT_BUNDLE) in err
+    assert len(err.splitlines()) == 1 and "--bundle" in err and str(missing) in err
 
 
 def test_minerl_window_sums_mouse_motion_between_frames(tmp_path):

@@ -1,0 +1,55 @@
+"""What a played session leaves behind, from the raw RGB frames a client kept: an episode in the
+store format (so a recording becomes training data), an mp4, a GIF.
+
+The pygame client keeps frames as bytes and calls these only when it writes, so the client
+itself imports neither numpy nor imageio (a client installs light; this is the numpy side).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from worldsim.data.store import EpisodeStore
+from worldsim.envs.base import ActionSpace
+
+
+def rgb_frames(frames: Sequence[bytes], height: int, width: int) -> np.ndarray:
+    """Raw RGB frames -> uint8 (T, H, W, 3)."""
+    return np.frombuffer(b"".join(frames), np.uint8).reshape(-1, height, width, 3)
+
+
+def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: int,
+                    actions: list[Any], action_space: dict[str, Any], fps: int,
+                    source: dict[str, Any]) -> list[Path]:
+    """An episode under OUT/recordings (the store format) and OUT/worldsim-STAMP.mp4; returns
+    the files written. Without ffmpeg the episode is still kept."""
+    video = rgb_frames(frames, height, width)
+    space = ActionSpace.from_dict(action_space)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    store = EpisodeStore.create(out_dir / "recordings", env=space.name, action_space=space,
+                                frame_size=(height, width), fps=fps, source=source)
+    written = [store.write_episode(stamp, video, space.to_array(actions))]
+    store.refresh()
+    try:
+        import imageio.v2 as imageio
+
+        mp4 = out_dir / f"worldsim-{stamp}.mp4"
+        imageio.mimwrite(mp4, list(video), fps=fps, macro_block_size=1)
+        written.append(mp4)
+    except (ImportError, RuntimeError, OSError) as e:  # no ffmpeg: the episode is still kept
+        print(f"worldsim play: no mp4 ({e}); the episode is in {store.root}")
+    return written
+
+
+def write_gif(path: Path, frames: Sequence[bytes], height: int, width: int, fps: float) -> int:
+    """Raw RGB frames as a looping GIF; returns the number of frames."""
+    import imageio.v2 as imageio
+
+    video = rgb_frames(frames, height, width)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, list(video), duration=1000 / fps, loop=0)  # ms per frame
+    return len(video)
