@@ -6,26 +6,14 @@ import pytest
 import torch
 
 from worldsim.envs.crafter import CRAFTER_SPACE
-from worldsim.model import WorldModel, preset_config
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal, plain
 from worldsim.inference.engine import DECODERS, DecoderSettings, Engine, auto_decoder, valid_decoders
 from worldsim.inference.sampling import GREEDY
 
+from _models import tiny_model as tiny
+
 MODULES = [decode_ar, decode_diagonal, decode_block_diffusion]
-
-
-def tiny(objective, sharpen=1.0):
-    """A seeded tiny model. `sharpen` scales its matrices: at the initial scale a random model's
-    greedy tokens hardly depend on their context (a block-diffusion frame comes out the same for
-    any action and any number of steps), so a decoder that fed the wrong context would pass."""
-    torch.manual_seed(0)
-    model = WorldModel(preset_config("tiny", objective=objective)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(sharpen)
-    return model
 
 
 def engine(model, decoder, **kw):

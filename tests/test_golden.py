@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from worldsim.envs.crafter import CRAFTER_SPACE
-from worldsim.model import WorldModel, preset_config
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import GREEDY, SamplingSettings
+
+from _models import tiny_model
 
 GOLDEN = Path(__file__).parent / "data" / "golden_decoders.npz"
 SAMPLED = SamplingSettings(temperature=1.0, top_k=20, top_p=0.9)
@@ -42,12 +43,7 @@ PLAN = [1, 4, 4, 2, 5, 0, 16, 3]  # 8 frames: the tiny model's window (3-4 block
 
 def dream(objective: str, settings: DecoderSettings, sharpen: float = 1.0) -> np.ndarray:
     """Two sessions with different contexts and seeds, stepped together -> tokens (2, T, N)."""
-    torch.manual_seed(0)
-    model = WorldModel(preset_config("tiny", objective=objective)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 2:
-                p.mul_(sharpen)
+    model = tiny_model(objective, sharpen)
     cfg = model.cfg
     act = make_action_tokenizer(CRAFTER_SPACE, offset=cfg.codebook_size)
     eng = Engine(model, None, act, settings, max_sessions=2, seed=3)

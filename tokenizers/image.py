@@ -21,7 +21,6 @@ dead-code restarts. Why this one:
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -214,13 +213,6 @@ def _to_float_bchw(frames_BHWC: torch.Tensor | np.ndarray, device: torch.device)
 
 
 # -- metrics -------------------------------------------------------------------------------
-# PSNR and SSIM live in worldsim.metrics, the one home of image metrics; kept importable here.
-from worldsim.metrics import psnr, ssim  # noqa: E402,F401
-
-
-def code_stats(codes: torch.Tensor, k: int) -> tuple[float, float]:
-    """(fraction of the K codes used, perplexity = exp(entropy of code frequencies))."""
-    counts = torch.bincount(codes.flatten().cpu(), minlength=k).double()
-    p = counts / counts.sum().clamp_min(1)
-    nz = p[p > 0]
-    return float((counts > 0).double().mean()), float(math.exp(-(nz * nz.log()).sum()))
+# PSNR, SSIM and code statistics live in worldsim.metrics, the one home of image and token
+# metrics; kept importable here.
+from worldsim.metrics import code_stats, psnr, ssim  # noqa: E402,F401

@@ -31,7 +31,6 @@ store records the daylight of every recorded frame. With `light="none"` no dayli
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -249,8 +248,8 @@ def _vignette(cfg: TileTokenizerConfig) -> torch.Tensor:
 
 # -- fitting the codebook ----------------------------------------------------------------------
 @torch.no_grad()
-def fit_codebook(tiles_MD: torch.Tensor, k: int, tolerance: float = 6.0, iters: int = 20,
-                 seed: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+def fit_codebook(tiles_MD: torch.Tensor, k: int, tolerance: float = 6.0, iters: int = 20
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Codes for unlit tiles (M, D) in [0, 255]: (K, D) and a summary.
 
     Tiles within `tolerance` (largest absolute difference of any value) of a group's first,
@@ -275,9 +274,10 @@ def fit_codebook(tiles_MD: torch.Tensor, k: int, tolerance: float = 6.0, iters: 
             best, arg = d.min(1)
             a = torch.where(best <= tolerance, arg, a)
         for j in torch.nonzero(a < 0).flatten().tolist():  # new leaders, most frequent first
-            if leaders:
-                d = (torch.stack(leaders[len(lead):]) - block[j]).abs().amax(1) if len(leaders) > len(lead) else None
-                if d is not None and float(d.min()) <= tolerance:
+            fresh = leaders[len(lead):]  # the leaders this block has made so far
+            if fresh:
+                d = (torch.stack(fresh) - block[j]).abs().amax(1)
+                if float(d.min()) <= tolerance:
                     a[j] = len(lead) + int(d.argmin())
                     continue
             leaders.append(block[j])
@@ -306,18 +306,3 @@ def fit_codebook(tiles_MD: torch.Tensor, k: int, tolerance: float = 6.0, iters: 
     summary["codes_used"] = float(k)
     summary["merged_weight"] = float(weight[order[k:]].sum() / weight.sum())
     return cent.round(), summary
-
-
-def make_tile_tokenizer(cfg: TileTokenizerConfig, codebook_KD: torch.Tensor | None = None) -> TileTokenizer:
-    tok = TileTokenizer(cfg)
-    if codebook_KD is not None:
-        tok.codebook.copy_(codebook_KD)
-    return tok
-
-
-def code_stats(codes: torch.Tensor, k: int) -> tuple[float, float]:
-    """(fraction of the K codes used, perplexity = exp(entropy of code frequencies))."""
-    counts = torch.bincount(codes.flatten().cpu(), minlength=k).double()
-    p = counts / counts.sum().clamp_min(1)
-    nz = p[p > 0]
-    return float((counts > 0).double().mean()), float(math.exp(-(nz * nz.log()).sum()))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from worldsim import bundle, metrics
 from worldsim.data.store import EpisodeStore
 from worldsim.errors import WorldsimError
-from worldsim.tokenizers.tile import PRESETS, TileTokenizer, TileTokenizerConfig, code_stats, fit_codebook
+from worldsim.tokenizers.tile import PRESETS, TileTokenizer, TileTokenizerConfig, fit_codebook
 
 NIGHT = 0.5  # Crafter paints per-pixel noise when daylight falls below this
 FIT_LIGHT = 0.5  # tiles for the codebook come from frames at least this bright (no noise)
@@ -78,7 +78,7 @@ def fit_tile_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter
             tiles.append(tok.tiles(canvas).reshape(-1, cfg.tile_dim).round().to(torch.int16))
     if not tiles:
         raise WorldsimError(f"{data} has no frames with daylight >= {FIT_LIGHT} to fit tiles on")
-    codebook, summary = fit_codebook(torch.cat(tiles).float(), cfg.codebook_size, seed=seed)
+    codebook, summary = fit_codebook(torch.cat(tiles).float(), cfg.codebook_size)
     tok.codebook.copy_(codebook)
     fit_seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
@@ -119,14 +119,15 @@ def evaluate_tile_tokenizer(tok: TileTokenizer, store: EpisodeStore, ids: list[s
             sq[part][0] += float(err[sel].sum())
             sq[part][1] += int(sel.sum())
             pairs = m[1:] & m[:-1]
-            if pairs.any():
-                f = metrics.code_flicker(codes, frames, tok.cfg.patch, pairs_T=pairs)
-                n_tok = f["pairs"] * codes.shape[1]
-                still = (1 - f["tile_change"]) * n_tok
-                flick[part][0] += f["flicker"] * still
-                flick[part][1] += still
-                flick[part][2] += f["token_change"] * n_tok
-                flick[part][3] += n_tok
+            if pairs.any():  # consecutive frames both of this part: counts, pooled over episodes
+                keep = torch.from_numpy(pairs)
+                prev_c, next_c = codes[:-1][keep], codes[1:][keep]
+                flips, still = metrics.flicker_counts(prev_c, next_c, frames[:-1][pairs],
+                                                      frames[1:][pairs], tok.cfg.patch)
+                flick[part][0] += int(flips.sum())
+                flick[part][1] += int(still.sum())
+                flick[part][2] += int((prev_c != next_c).sum())
+                flick[part][3] += prev_c.numel()
     out: dict[str, Any] = {"episodes": len(ids), "frames": n_frames}
     for part in ("day", "night"):
         total, n = sq[part]
@@ -135,7 +136,7 @@ def evaluate_tile_tokenizer(tok: TileTokenizer, store: EpisodeStore, ids: list[s
         flips, still, changed, toks = flick[part]
         out[f"{part}_flicker"] = round(flips / still, 5) if still else None
         out[f"{part}_token_change"] = round(changed / toks, 5) if toks else None
-    usage, perplexity = code_stats(torch.cat(all_codes), tok.cfg.codebook_size) if all_codes else (0.0, 0.0)
+    usage, perplexity = metrics.code_stats(torch.cat(all_codes), tok.cfg.codebook_size) if all_codes else (0.0, 0.0)
     out.update(codes_used=round(usage * tok.cfg.codebook_size), perplexity=round(perplexity, 1),
                frames_per_s=round(n_frames / max(t_enc, 1e-9), 1))
     return out

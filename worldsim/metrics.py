@@ -229,3 +229,12 @@ def precision_recall_f1(pred: np.ndarray, truth: np.ndarray, labels: Sequence[in
         out[c] = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
                   "support": n_true}
     return out
+
+
+def code_stats(codes: torch.Tensor, k: int) -> tuple[float, float]:
+    """A tokenizer's codes: (fraction of the K codes used, perplexity = exp(entropy of code
+    frequencies))."""
+    counts = torch.bincount(codes.flatten().cpu(), minlength=k).double()
+    p = counts / counts.sum().clamp_min(1)
+    nz = p[p > 0]
+    return float((counts > 0).double().mean()), float(math.exp(-(nz * nz.log()).sum()))
