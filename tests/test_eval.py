@@ -59,12 +59,19 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert len(bd["per_step"]["psnr"]) == 4 and 0 < bd["overall"]["psnr"] < 100
     assert "teacher_forced" in q["block_diffusion:4"]
     assert q["copy-last"]["teacher_forced"]["all"]["overall"]["changed_tile_acc"] in (0.0, None)
+    assert q["copy-last"]["rollout"]["all"]["overall"]["new_tiles_per_frame"] == 0  # a frozen view
+    assert bd["overall"]["new_tiles_per_frame"] >= 0 and len(bd["per_step"]["new_tiles_per_frame"]) == 4
     assert r["speed"]["block_diffusion:4"]["ms_per_frame_median"] > 0
     assert r["speed"]["block_diffusion:4"]["passes_per_frame"] == 4
     assert r["action_sensitivity"]["all"]["tokens"] > 0
     assert 0 <= r["tokenizer"]["all"]["flicker"] <= 1
     assert len(r["bundle_hash"]) == 64 and "worldsim" in r["code"]
-    assert "block_diffusion:4" in (tmp_path / "a" / "report.md").read_text()
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "block_diffusion:4" in md
+    # The model's targets are on day frames: the one-step day figure has its own headline row.
+    day_row = next(line for line in md.splitlines() if line.startswith("| changed-tile acc, 1 step, day |"))
+    day_tf = q["block_diffusion:4"]["teacher_forced"]["day"]["overall"]["changed_tile_acc"]
+    assert day_row.split("|")[2].strip() == ("-" if day_tf is None else f"{100 * day_tf:.1f}%")
     assert summary.startswith("eval (3 episodes x 4 frames): block_diffusion:4:") and "report.md" in summary
 
     assert _eval(tiny_bundle, other, tmp_path / "b") == 0

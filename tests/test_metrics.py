@@ -126,6 +126,38 @@ def test_scroll_direction_and_agreement_on_hand_shifted_frames():
     assert c["real_still"].tolist() == [0, 0, 1] and c["false_scroll"].tolist() == [0, 0, 1]
 
 
+def test_tiles_from_nowhere_on_hand_made_frames():
+    rng = np.random.default_rng(7)
+    prev = _tiles(rng, 6, 6)  # 4 x 4 inner tiles
+
+    def paint(frame, r, c, colour):
+        out = frame.copy()
+        out[:, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = colour
+        return out
+
+    def new(nxt, **kw):
+        n, inner = m.new_tile_counts(prev, nxt, 8, **kw)
+        return int(n[0]), int(inner[0])
+
+    assert new(prev) == (0, 16)
+    for shift in ((8, 2), (-8, 2), (8, 1), (-8, 1)):  # a one-tile scroll brings nothing new inside
+        assert new(np.roll(prev, *shift)) == (0, 16)
+    odd = (8, 8, 8)  # off the 16-step palette: within 4 of no tile
+    assert new(paint(prev, 2, 3, odd)) == (1, 16)
+    assert new(paint(prev, 0, 0, odd)) == (0, 16)  # the border ring is where terrain enters
+    assert new(paint(prev, 5, 2, odd), map_rows=5) == (0, 12)  # below the map: inventory
+    # A copy of a tile two tiles away is from nowhere: things must not jump or multiply.
+    far = prev[:, 8:16, 8:16]
+    jumped = paint(prev, 3, 4, far[0])
+    near = [prev[0, r * 8, c * 8] for r in (2, 3, 4) for c in (3, 4, 5)]
+    assert all(np.abs(far[0, 0, 0].astype(int) - t.astype(int)).mean() > 4 for t in near)
+    assert new(jumped) == (1, 16)
+    # Per frame of a batch.
+    n, _ = m.new_tile_counts(np.concatenate([prev, prev]),
+                             np.concatenate([prev, paint(paint(prev, 1, 1, odd), 4, 4, odd)]), 8)
+    assert n.tolist() == [0, 2]
+
+
 def test_precision_recall_f1():
     r = m.precision_recall_f1(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), [0, 1, 2, 3])
     assert r[0]["precision"] == 0.5 and r[0]["recall"] == 0.5 and r[0]["f1"] == 0.5

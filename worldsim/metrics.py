@@ -15,6 +15,10 @@ means, so that callers can pool them over episodes, horizon steps, and day and n
 - Changed-token accuracy: the same among tokens that differ between real t and t+1.
 - Code flicker: the fraction of tokens that change between consecutive real frames on tiles
   that do not change visibly (codes spent on invisible drift, such as daylight).
+- Tiles from nowhere: inner map tiles of frame t+1 that look like no tile within one tile of
+  the same place in frame t (a cow that appears mid-view, lava invented beside the player).
+  Terrain enters a moving view at its border, so the border ring is not counted; the real
+  game's own rate (placing, breaking, a turning player) is the reference.
 - Scroll: the one-tile shift of the map (none, left, right, up, down, named by the player's
   move) that best explains a step, for views centred on the player (Crafter).
 """
@@ -169,6 +173,39 @@ def code_flicker(codes_TN, frames_THWC, tile: int, bound: float = VISIBLE,
     return {"flicker": float(flips.sum()) / max(int(still.sum()), 1),
             "token_change": float((prev_c != next_c).sum()) / n,
             "tile_change": 1 - float(still.sum()) / n, "pairs": len(prev_c)}
+
+
+def new_tile_counts(prev_BHWC, next_BHWC, tile: int, map_rows: int | None = None,
+                    bound: float = VISIBLE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiles from nowhere in one step, per frame: (new, inner tiles), each (B,) int64.
+
+    A tile of `next` off the map's border ring is new when it is more than `bound` (mean
+    absolute difference, of 255) from each of the 9 tiles of `prev` within one tile of its
+    place: neither still, nor scrolled in by one tile, nor moved one tile. Only the top
+    `map_rows` rows of tiles are the map (Crafter's inventory rows below are not)."""
+    a = _f(prev_BHWC)
+    b = _f(next_BHWC).to(a.device)
+    bsz, h, w, ch = a.shape
+    if h % tile or w % tile:
+        raise ValueError(f"frames of {h}x{w} do not split into {tile}-pixel tiles")
+    rows, cols = (map_rows or h // tile), w // tile
+    if rows < 3 or cols < 3:
+        zero = torch.zeros(bsz, dtype=torch.long)
+        return zero, zero
+
+    def tiles(x: torch.Tensor) -> torch.Tensor:  # (B, rows, cols, tile*tile*3)
+        x = x[:, :rows * tile].reshape(bsz, rows, tile, cols, tile, ch)
+        return x.permute(0, 1, 3, 2, 4, 5).flatten(3)
+
+    ta, tb = tiles(a), tiles(b)
+    inner = tb[:, 1:-1, 1:-1]  # (B, rows-2, cols-2, P)
+    best = torch.full(inner.shape[:3], float("inf"), device=a.device)
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            cand = ta[:, 1 + dr:rows - 1 + dr, 1 + dc:cols - 1 + dc]
+            best = torch.minimum(best, (inner - cand).abs().mean(-1))
+    new = (best > bound).flatten(1).sum(1)
+    return new.long().cpu(), torch.full((bsz,), (rows - 2) * (cols - 2), dtype=torch.long)
 
 
 # -- scroll --------------------------------------------------------------------------------------

@@ -53,11 +53,14 @@ def _headline_rows() -> list[tuple[str, Any, Any]]:
         ("changed-tile acc, rollout", q("rollout", "all", "changed_tile_acc"), _pct),
         ("changed-tile acc, day", q("rollout", "day", "changed_tile_acc"), _pct),
         ("changed-tile acc, 1 step (teacher forced)", q("teacher_forced", "all", "changed_tile_acc"), _pct),
+        ("changed-tile acc, 1 step, day", q("teacher_forced", "day", "changed_tile_acc"), _pct),
         ("changed-token acc, rollout", q("rollout", "all", "changed_token_acc"), _pct),
         ("changed-token acc, 1 step", q("teacher_forced", "all", "changed_token_acc"), _pct),
         ("scroll agreement (real scrolls)", q("rollout", "all", "scroll_agreement"), _pct),
         ("scroll agreement, 1 step", q("teacher_forced", "all", "scroll_agreement"), _pct),
         ("false scroll (real still)", q("rollout", "all", "false_scroll"), _pct),
+        ("tiles from nowhere per frame, day (tokenizer: the game's own)", q("rollout", "day", "new_tiles_per_frame"),
+         lambda v: _num(v, ".2f")),
         ("PSNR drift dB (last - first quarter)", lambda r, src: _get(r, "quality", src, "rollout", "all", "drift", "psnr"), _db),
         ("IDM F1, rollout (movement on Crafter)", lambda r, src: _idm(r, src), lambda v: _num(v, ".3f")),
         ("IDM F1 on the real frames (ceiling)", lambda r, src: _get(r, "idm", "real", "headline"),
@@ -105,7 +108,10 @@ def markdown(r: dict[str, Any]) -> str:
            "absolute difference above 4/255), the share the dream matches within the same bound. "
            "One step ahead copy-last scores 0 by construction; along a rollout it keeps the last "
            "context frame, which matches tiles that return to how they looked then. PSNR is "
-           "pooled over episodes; night is daylight below 0.5.",
+           "pooled over episodes; night is daylight below 0.5. Tiles from nowhere: inner map tiles "
+           "of a frame that look like no tile within one tile of the same place in the frame "
+           "before (things that appear or jump mid-view); the tokenizer column is the real game's "
+           "own rate.",
            "",
            "## Headline", ""]
     rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()]
@@ -217,8 +223,9 @@ def summary_line(r: dict[str, Any], out: str | Path) -> str:
         q = _get(r, "quality", src, "rollout", "all", "overall") or {}
         tf = _get(r, "quality", src, "teacher_forced", "all", "overall") or {}
         sp = r["speed"].get(src, {})
+        tf_day = _get(r, "quality", src, "teacher_forced", "day", "overall", "changed_tile_acc")
         text = (f"{src}: {_db(q.get('psnr'))} dB, changed tiles {_pct(q.get('changed_tile_acc'))}"
-                f" ({_pct(tf.get('changed_tile_acc'))} one step)")
+                f" ({_pct(tf.get('changed_tile_acc'))} one step, {_pct(tf_day)} on day frames)")
         if q.get("scroll_agreement") is not None:
             text += f", scroll {_pct(q.get('scroll_agreement'))}"
         text += f", {_num(sp.get('frames_per_s'), '.1f')} frames/s"

@@ -134,6 +134,7 @@ def frame_stats(real_prev: np.ndarray, real: np.ndarray, gen_prev: np.ndarray, g
     if tok_gen is not None:
         out["tok_hit"], out["tok_changed"] = metrics.changed_token_counts(
             tok_prev.flatten(0, 1), tok_real.flatten(0, 1), tok_gen.flatten(0, 1))
+    out["new_tiles"], out["inner_tiles"] = metrics.new_tile_counts(gp, g, tile, map_rows)
     if map_rows is not None:
         out.update(metrics.scroll_counts(rp, r, gp, g, tile, map_rows))
     return {k: v.reshape(b, s).double().numpy() for k, v in out.items()}
@@ -153,6 +154,8 @@ def pool(stats: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, Any]:
                            "ssim": float(stats["ssim"][sel].mean()),
                            "changed_tile_acc": _ratio(stats["tile_hit"][sel].sum(), stats["tile_changed"][sel].sum()),
                            "changed_tiles": int(stats["tile_changed"][sel].sum())}
+    if "new_tiles" in stats:
+        out["new_tiles_per_frame"] = float(stats["new_tiles"][sel].mean())
     if "tok_hit" in stats:
         out["changed_token_acc"] = _ratio(stats["tok_hit"][sel].sum(), stats["tok_changed"][sel].sum())
     if "agree" in stats:
