@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from worldsim.model import ModelConfig, apply_rope, rope_freqs
+from worldsim.model import ModelConfig, apply_rope, position_freqs
 
 
 @dataclass
@@ -83,8 +83,7 @@ class KVCache:
         # Rotations of every logical position a token can take: the newest block's successor
         # is the furthest (a block-diffusion frame being unmasked).
         self.max_position = (blocks + 1) * self.L
-        self._freqs = rope_freqs(torch.arange(self.max_position, device=device)[None],
-                                 cfg.head_dim, cfg.rope_theta)[0]  # (P, 1, D/2)
+        self._freqs = position_freqs(cfg, torch.arange(self.max_position, device=device)[None])[0]  # (P, 1, D/2)
         # Host bookkeeping. Per session: the physical block of each logical block, in logical
         # order (-1: none), the blocks in use, which slots hold kept tokens, blocks ever started.
         self.order = torch.full((batch, blocks), -1, dtype=torch.long)

@@ -93,15 +93,16 @@ def context(cfg, c, seed):
     return frames, actions
 
 
-@pytest.mark.parametrize("name,steps", [("ar", 4), ("diagonal", 4), ("block_diffusion", 4),
-                                        ("block_diffusion", 16)])
+@pytest.mark.parametrize("name,steps,rope", [("ar", 4, "1d"), ("diagonal", 4, "1d"), ("block_diffusion", 4, "1d"),
+                                             ("block_diffusion", 16, "1d"), ("ar", 4, "3d"),
+                                             ("block_diffusion", 4, "3d")])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_cached_decoder_matches_its_reference_loop(name, steps, seed):
+def test_cached_decoder_matches_its_reference_loop(name, steps, rope, seed):
     """Greedy, until the window fills (after that a cached block keeps keys computed with older
     frames in view, and the loops part by design). Diagonal's reference is ar's loop: with
     w = cols it is ar, and its golden frames pin w = 2."""
     objective = DECODERS[name].OBJECTIVE
-    model = tiny(objective, sharpen=6.0)
+    model = tiny(objective, sharpen=6.0, rope=rope)
     cfg = model.cfg
     c = 2  # with 2 dreamed frames, the window (frames - 1 = 3 blocks) is not yet full
     frames, actions = context(cfg, c, seed)

@@ -238,10 +238,11 @@ def test_bad_decoder_for_objective():
         engine(tiny("ar"), DecoderSettings("beam"))
 
 
-def test_rotated_keys_match_their_window_positions_after_rolling():
-    from worldsim.model import apply_rope, rope_freqs
+@pytest.mark.parametrize("rope", ["1d", "3d"])
+def test_rotated_keys_match_their_window_positions_after_rolling(rope):
+    from worldsim.model import apply_rope, position_freqs
 
-    model = tiny("block_diffusion")
+    model = tiny("block_diffusion", rope=rope)
     frames, actions = context(model.cfg)
     e = engine(model, DecoderSettings("block_diffusion", steps=2, sampling=GREEDY), max_sessions=2)
     s = e.open(frames, actions)
@@ -251,7 +252,7 @@ def test_rotated_keys_match_their_window_positions_after_rolling():
     pos = c.slot_positions([s.row])  # (1, S_blocks)
     filled = c.filled[s.row, :c.block_slots]
     assert int(pos[0, filled].min()) == 0 and int(pos[0, filled].max()) < c.block_slots
-    freqs = rope_freqs(pos.clamp_min(0), model.cfg.head_dim, model.cfg.rope_theta)  # (1, S, 1, D/2)
+    freqs = position_freqs(model.cfg, pos.clamp_min(0))  # (1, S, 1, D/2)
     want = apply_rope(c.k[:, s.row:s.row + 1, :c.block_slots], freqs[None])  # (layers, 1, S, H, D)
     got = c.k_rot[:, s.row:s.row + 1, :c.block_slots]
     torch.testing.assert_close(got[:, :, filled], want[:, :, filled])

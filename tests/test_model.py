@@ -157,6 +157,37 @@ def test_rope_rotates_pairs_and_depends_on_relative_position():
     torch.testing.assert_close(score(7, 3), score(107, 103), atol=1e-4, rtol=1e-4)
 
 
+def test_3d_positions_make_a_one_tile_scroll_the_same_offset_everywhere():
+    """A query in frame 1 and a key one tile to its right in frame 0 score the same wherever the
+    pair sits; under 1-D positions a pair across a row end scores like that neighbour pair,
+    under 3-D positions it does not."""
+    from worldsim.model import apply_rope, position_freqs
+
+    cfg3, cfg1 = preset_config("tiny", rope="3d"), preset_config("tiny")
+    L, cols, D = cfg3.block_len, cfg3.grid[1], cfg3.head_dim
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, D), torch.randn(1, 1, 1, D)
+
+    def pos(frame, row, col):
+        return frame * L + row * cols + col
+
+    def score(cfg, pq, pk):
+        fq, fk = position_freqs(cfg, torch.tensor([[pq]])), position_freqs(cfg, torch.tensor([[pk]]))
+        return float((apply_rope(q, fq) * apply_rope(k, fk)).sum())
+
+    neighbour = [(pos(1, r, c), pos(0, r, c + 1)) for r in range(4) for c in range(cols - 1)]
+    s3 = [score(cfg3, a, b) for a, b in neighbour]
+    assert max(s3) - min(s3) < 1e-4
+    wrap = (pos(1, 0, cols - 1), pos(0, 1, 0))  # 1-D offset L - 1, like every neighbour pair
+    assert abs(score(cfg1, *wrap) - score(cfg1, *neighbour[0])) < 1e-4
+    assert abs(score(cfg3, *wrap) - s3[0]) > 1e-2
+    # Action tokens take a row of their own below the grid, not the next frame's first slots.
+    f = position_freqs(cfg3, torch.arange(2 * L)[None])
+    assert f.shape == (1, 2 * L, 1, D // 2) and not torch.allclose(f[0, cfg3.tokens_per_frame], f[0, L])
+    with pytest.raises(ValueError, match="rope"):
+        preset_config("tiny", rope="2d")
+
+
 def test_checkpoints_with_separate_projections_load_into_the_fused_ones():
     """wq/wk/wv and w1/w3 (LLaMA's names, kept apart) load into wqkv and w13 unchanged."""
     model = tiny("ar")

@@ -191,6 +191,22 @@ def test_rerun_of_a_finished_bundle_says_it_is_finished(tiny_tokens, tmp_path, c
     assert "trained ar" in capsys.readouterr().out and read_config(tmp_path / "wm")["model_metrics"]["steps"] == 3
 
 
+def test_rope_3d_is_recorded_in_the_bundle_and_a_resume_must_keep_it(tiny_tokens, tmp_path, capsys):
+    from worldsim.cli import main
+    from worldsim.inference.engine import Engine
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--steps", "2", "--batch", "2", "--val-every", "1000",
+                 "--objective", "block_diffusion")
+    assert main(args + ["--rope", "3d"]) == 0
+    cfg = read_config(tmp_path / "wm")
+    assert cfg["model"]["rope"] == "3d" and cfg["training"]["rope"] == "3d"
+    assert Engine.from_bundle(tmp_path / "wm").model.cfg.rope == "3d"
+    capsys.readouterr()
+    # Another positional scheme would not fit the weights.
+    assert main(args[:-4] + ["--steps", "3", "--batch", "2", "--rope", "1d"]) != 0
+    assert "another config" in capsys.readouterr().err
+
+
 def test_shards_from_another_tokenizer_are_refused(tiny_tokens, tmp_path, capsys):
     """The shards' index names their tokenizer's weights; a --tokenizer with other weights would
     pair the model with codes it was not trained on."""

@@ -3,7 +3,11 @@ sampling lives in `worldsim.inference`.
 
 Sequence layout (DESIGN.md): frame t is a block `[N image tokens][A action tokens]` of length
 L = N + A; image codes take ids [0, K), action ids follow, MASK (block diffusion) is last.
-A token's rotary position is `frame * L + slot`.
+A token's position is `frame * L + slot`. Rotary positions are 1-D (`rope="1d"`, rotated by
+the position itself) or factorised (`rope="3d"`: a quarter of each head's frequency pairs turn
+with the frame, three eighths with the token's grid row, three eighths with its column; action
+tokens sit on a row below the grid). Factorised positions make a one-tile scroll the same
+relative offset everywhere in the frame, across row ends included.
 
 Blocks: RMSNorm pre-norm, grouped-query attention through `scaled_dot_product_attention` with
 rotary positions, SwiGLU MLP, no biases, an untied output head.
@@ -34,6 +38,7 @@ import torch.nn.functional as F
 from worldsim.config import strict_from_dict
 
 OBJECTIVES = ("ar", "block_diffusion")
+ROPES = ("1d", "3d")
 
 
 @dataclass
@@ -50,6 +55,7 @@ class ModelConfig:
     n_kv_heads: int = 4
     ffn_dim: int = 768
     rope_theta: float = 10000.0
+    rope: str = "1d"  # "1d" | "3d" (frame, row, column), see the module docstring
     norm_eps: float = 1e-5
     objective: str = "ar"  # "ar" | "block_diffusion"
     slot_embed: bool = False
@@ -60,6 +66,10 @@ class ModelConfig:
         self.grid = tuple(self.grid)  # JSON gives lists
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.rope not in ROPES:
+            raise ValueError(f"rope must be one of {ROPES}, got {self.rope!r}")
+        if self.rope == "3d" and self.head_dim % 16:
+            raise ValueError(f"rope '3d' needs a head dimension divisible by 16, got {self.head_dim}")
         if self.grid[0] * self.grid[1] != self.tokens_per_frame:
             raise ValueError(f"grid {self.grid} does not hold {self.tokens_per_frame} tokens")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
@@ -141,6 +151,23 @@ def rope_freqs(positions_BT: torch.Tensor, head_dim: int, theta: float) -> torch
                                         dtype=torch.float32) / head_dim))
     ang = positions_BT.float()[..., None] * inv  # (B, T, D/2)
     return torch.polar(torch.ones_like(ang), ang)[:, :, None]
+
+
+def position_freqs(cfg: ModelConfig, positions_BT: torch.Tensor) -> torch.Tensor:
+    """The rotations of positions `frame * L + slot` under the model's rotary scheme, (B, T, 1,
+    head_dim/2). "3d" splits the frequency pairs into (frame, row, column) groups, each with its
+    own spectrum over its share of the head."""
+    if cfg.rope == "1d":
+        return rope_freqs(positions_BT, cfg.head_dim, cfg.rope_theta)
+    L, N, cols = cfg.block_len, cfg.tokens_per_frame, cfg.grid[1]
+    frame, slot = positions_BT // L, positions_BT % L
+    image = slot < N
+    row = torch.where(image, slot // cols, cfg.grid[0])  # actions: a row below the grid
+    col = torch.where(image, slot % cols, slot - N)
+    d = cfg.head_dim
+    dt, dr = d // 4, 3 * d // 8
+    return torch.cat([rope_freqs(frame, dt, cfg.rope_theta), rope_freqs(row, dr, cfg.rope_theta),
+                      rope_freqs(col, d - dt - dr, cfg.rope_theta)], dim=-1)
 
 
 def apply_rope(x_BTHD: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -289,7 +316,7 @@ class WorldModel(nn.Module):
             mask = torch.zeros(mask.shape, dtype=dt, device=h.device).masked_fill_(~mask, float("-inf"))
         freqs = None
         if cache is None:
-            freqs = rope_freqs(positions_BT, self.cfg.head_dim, self.cfg.rope_theta)
+            freqs = position_freqs(self.cfg, positions_BT)
         for layer in self.layers:
             h = layer(h, freqs, cache, mask, causal)
         return self.norm(h)

@@ -97,7 +97,8 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def _build_config(preset: str, shards: TokenShards, objective: str, frames: int) -> ModelConfig:
+def _build_config(preset: str, shards: TokenShards, objective: str, frames: int, rope: str = ""
+                  ) -> ModelConfig:
     idx = shards.index
     tok = shards.action_tokenizer
     overrides: dict[str, Any] = dict(codebook_size=shards.K, tokens_per_frame=shards.N,
@@ -105,6 +106,8 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int)
                                      action_ids=tok.num_ids, objective=objective, vocab_size=0)
     if frames:
         overrides["frames"] = frames
+    if rope:
+        overrides["rope"] = rope
     try:
         return preset_config(preset, **overrides)
     except ValueError as e:
@@ -156,7 +159,7 @@ class WorldModelRun(TrainingRun):
         train_ids, val_ids = split_ids(self.all_shards.episode_ids, s.val_fraction)  # the store's rule
         self.train_shards = TokenShards(self.shards_dir, train_ids)
         self.val_shards = TokenShards(self.shards_dir, val_ids or train_ids)
-        self.cfg = _build_config(self.preset, self.all_shards, self.objective, s.frames)
+        self.cfg = _build_config(self.preset, self.all_shards, self.objective, s.frames, s.rope)
         self.train_starts = self.train_shards.window_starts(self.cfg.frames)
         self.val_starts = self.val_shards.window_starts(self.cfg.frames)
 

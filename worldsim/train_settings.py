@@ -29,6 +29,7 @@ class TrainSettings:
     # block_diffusion: the fraction of context image tokens replaced by random codes, so the
     # model learns to read past its own mistakes in long rollouts (targets stay clean)
     context_noise: float = 0.0
+    rope: str = ""  # rotary positions, "1d" | "3d"; "": the preset's
 
 
 @dataclass

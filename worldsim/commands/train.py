@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context-noise", type=fraction, default=S.context_noise,
                    help="block_diffusion: fraction of context image tokens replaced by random codes "
                         "in training, to recover from its own mistakes in rollouts (default: 0)")
+    p.add_argument("--rope", default=None, choices=["1d", "3d"],
+                   help="rotary positions: 1d (frame * L + slot) or 3d (frame, row, column, the same "
+                        "offset for a one-tile scroll anywhere in the frame) (default: the preset's)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     s = TrainSettings(steps=args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
                       warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
-                      max_minutes=args.max_minutes, context_noise=args.context_noise)
+                      max_minutes=args.max_minutes, context_noise=args.context_noise,
+                      rope=args.rope or "")
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
