@@ -207,6 +207,24 @@ def test_rope_3d_is_recorded_in_the_bundle_and_a_resume_must_keep_it(tiny_tokens
     assert "another config" in capsys.readouterr().err
 
 
+def test_a_bundle_from_before_a_config_key_existed_resumes(tiny_tokens, tmp_path, capsys):
+    """A key added to ModelConfig later (here `rope`) is absent from older bundles: their
+    default is meant, and the run resumes."""
+    import json
+
+    from worldsim.cli import main
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--batch", "2", "--val-every", "1000")
+    assert main(args + ["--steps", "2"]) == 0
+    path = tmp_path / "wm" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["model"]["rope"]
+    path.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(args + ["--steps", "3"]) == 0
+    assert "trained ar" in capsys.readouterr().out and read_config(tmp_path / "wm")["model_metrics"]["steps"] == 3
+
+
 def test_shards_from_another_tokenizer_are_refused(tiny_tokens, tmp_path, capsys):
     """The shards' index names their tokenizer's weights; a --tokenizer with other weights would
     pair the model with codes it was not trained on."""

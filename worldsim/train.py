@@ -114,6 +114,13 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int,
         raise WorldsimError(str(e)) from e
 
 
+def _same_config(old: dict[str, Any], cfg: ModelConfig) -> bool:
+    try:
+        return ModelConfig.from_dict(old) == cfg
+    except ValueError:  # keys this code does not know, or values it refuses
+        return False
+
+
 def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenizer: str | Path) -> None:
     """Refuse shards made by another image tokenizer than `tokenizer`: the model would learn
     codes that the bundle's tokenizer draws as something else. Shards record the checksum of
@@ -198,7 +205,9 @@ class WorldModelRun(TrainingRun):
         self.check_saved_run()
         if (self.out / "config.json").exists():
             old = bundle.read_config(self.out).get("model")
-            if old is not None and old != self.cfg.to_dict():
+            # Read through ModelConfig: a bundle written before a config key existed holds its
+            # default implicitly, and resumes.
+            if old is not None and not _same_config(old, self.cfg):
                 raise WorldsimError(f"{self.out} holds a model with another config; choose another --out")
 
     def setup(self) -> None:
