@@ -47,7 +47,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--decoder", default="auto", help="ar | diagonal | block_diffusion | auto (default: auto)")
     p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame (default: 4)")
-    # 0.8: on 48 held-out episodes the shipped model's 15-step dreams scroll with the player as
+    # 0.8: on 48 held-out episodes the 3,000-step model's 15-step dreams scroll with the player as
     # often as at 1 (86.6% against 85.2%) and score 0.7 dB more; greedy dreams stop scrolling
     # once new terrain comes in all grass (benchmarks/results/cpu/study).
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature (default: 0.8)")
