@@ -134,7 +134,7 @@ def frame_stats(real_prev: np.ndarray, real: np.ndarray, gen_prev: np.ndarray, g
     if tok_gen is not None:
         out["tok_hit"], out["tok_changed"] = metrics.changed_token_counts(
             tok_prev.flatten(0, 1), tok_real.flatten(0, 1), tok_gen.flatten(0, 1))
-    out["new_tiles"], out["inner_tiles"] = metrics.new_tile_counts(gp, g, tile, map_rows)
+    out["new_tiles"] = metrics.new_tile_counts(gp, g, tile, map_rows)[0]  # pooled per frame
     if map_rows is not None:
         out.update(metrics.scroll_counts(rp, r, gp, g, tile, map_rows))
     return {k: v.reshape(b, s).double().numpy() for k, v in out.items()}
