@@ -1,4 +1,4 @@
-"""Training recipe pieces: context noise, the time-budget schedule, and the GPU script's smoke run."""
+"""Training recipe pieces: context noise and dreams, the time-budget schedule, and the GPU script's smoke run."""
 
 import math
 import os
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from worldsim.model import WorldModel, preset_config
-from worldsim.objectives import Objective, block_diffusion_inputs, corrupt_context
+from worldsim.objectives import (Objective, block_diffusion_inputs, corrupt_context, dream_context,
+                                 dream_frames)
 from worldsim.trainer import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,66 @@ def test_context_noise_only_in_training_and_only_for_block_diffusion():
     assert torch.equal(a, b)  # evaluation never corrupts
     with pytest.raises(ValueError, match="block_diffusion"):
         Objective(WorldModel(preset_config("tiny", objective="ar")), context_noise=0.1)
+
+
+def _tiny_windows(b: int, seed: int = 0):
+    cfg = preset_config("tiny", objective="block_diffusion")
+    torch.manual_seed(seed)
+    model = WorldModel(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, cfg.codebook_size, (b, cfg.frames, cfg.tokens_per_frame), generator=g)
+    actions = torch.randint(cfg.codebook_size, cfg.codebook_size + cfg.action_ids,
+                            (b, cfg.frames, cfg.action_tokens), generator=g)
+    return cfg, model, frames, actions
+
+
+def test_a_dream_sees_only_the_real_frames_before_it():
+    cfg, model, frames, actions = _tiny_windows(4)
+    dream = dream_frames(model, frames, actions, torch.Generator().manual_seed(1))
+    assert dream.shape == (4, cfg.frames - 1, cfg.tokens_per_frame)
+    assert int(dream.min()) >= 0 and int(dream.max()) < cfg.codebook_size  # every token revealed
+    # Real frame 2 is the target of dream 2: changing it changes dreams 1 and 2 not at all, and
+    # the dream of frame 3, which reads it as context, does change.
+    other = frames.clone()
+    other[:, 2] = (other[:, 2] + 1) % cfg.codebook_size
+    again = dream_frames(model, other, actions, torch.Generator().manual_seed(1))
+    assert torch.equal(again[:, :2], dream[:, :2])
+    assert not torch.equal(again[:, 2], dream[:, 2])
+    # Sampled, not greedy: another seed dreams otherwise.
+    assert not torch.equal(dream_frames(model, frames, actions, torch.Generator().manual_seed(2)), dream)
+
+
+def test_context_dreams_replace_the_middle_frames_of_the_chosen_windows():
+    cfg, model, frames, actions = _tiny_windows(64)
+    context = dream_context(model, frames, actions, 1.0, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    torch.rand(64, generator=g)  # the draw that picks the windows
+    dream = dream_frames(model, frames[:, :-1], actions[:, :-1], g)
+    assert torch.equal(context[:, 1:-1], dream)
+    assert torch.equal(context[:, 0], frames[:, 0]) and torch.equal(context[:, -1], frames[:, -1])
+    assert torch.equal(dream_context(model, frames, actions, 0.0, g), frames)
+    half = dream_context(model, frames, actions, 0.5, torch.Generator().manual_seed(6))
+    dreamed = (half != frames).flatten(1).any(1)
+    assert 16 <= int(dreamed.sum()) <= 48
+    assert torch.equal(half[~dreamed], frames[~dreamed])
+
+
+def test_context_dreams_only_in_training_and_only_for_block_diffusion():
+    cfg, model, frames, actions = _tiny_windows(4)
+    obj = Objective(model, context_dreams=1.0)
+    plain = Objective(model)
+    obj.eval()
+    a, _ = obj(frames, actions, torch.Generator().manual_seed(3))
+    assert torch.equal(a, plain(frames, actions, torch.Generator().manual_seed(3))[0])
+    obj.train()
+    plain.train()
+    b, n = obj(frames, actions, torch.Generator().manual_seed(3))
+    c, m = plain(frames, actions, torch.Generator().manual_seed(3))
+    assert not torch.equal(b, c)  # the context the loss is taken on differs
+    b.backward()  # the dream passes hold no graph, the loss still does
+    assert model.lm_head.weight.grad is not None
+    with pytest.raises(ValueError, match="block_diffusion"):
+        Objective(WorldModel(preset_config("tiny", objective="ar")), context_dreams=0.5)
 
 
 def test_schedule_follows_the_time_budget():

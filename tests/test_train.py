@@ -191,15 +191,16 @@ def test_rerun_of_a_finished_bundle_says_it_is_finished(tiny_tokens, tmp_path, c
     assert "trained ar" in capsys.readouterr().out and read_config(tmp_path / "wm")["model_metrics"]["steps"] == 3
 
 
-def test_rope_3d_is_recorded_in_the_bundle_and_a_resume_must_keep_it(tiny_tokens, tmp_path, capsys):
+def test_rope_3d_and_context_dreams_are_recorded_in_the_bundle_and_a_resume_must_keep_the_rope(tiny_tokens, tmp_path, capsys):
     from worldsim.cli import main
     from worldsim.inference.engine import Engine
 
     args = _args(tiny_tokens, tmp_path / "wm", "--steps", "2", "--batch", "2", "--val-every", "1000",
                  "--objective", "block_diffusion")
-    assert main(args + ["--rope", "3d"]) == 0
+    assert main(args + ["--rope", "3d", "--context-dreams", "0.5"]) == 0
     cfg = read_config(tmp_path / "wm")
     assert cfg["model"]["rope"] == "3d" and cfg["training"]["rope"] == "3d"
+    assert cfg["training"]["context_dreams"] == 0.5
     assert Engine.from_bundle(tmp_path / "wm").model.cfg.rope == "3d"
     capsys.readouterr()
     # Another positional scheme would not fit the weights.

@@ -16,6 +16,11 @@ tokens of frames 1..F-1. Actions are inputs, never targets.
 - clean block b (frame b and action b) attends to clean blocks up to and including b;
 - the loss covers masked image tokens only.
 At play this is exactly what the KV cache holds: finished clean blocks, then one noisy frame.
+
+Two augmentations change only what the model reads as context, never what it must predict:
+context noise (random codes in place of some context tokens) and context dreams (the context
+frames after the first replaced, in some windows, by the model's own one-step dreams of them,
+decoded as at play), so that training meets the kind of frames a long rollout feeds back.
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from worldsim.inference.decode_block_diffusion import masked_after
+from worldsim.inference.sampling import SamplingSettings, filtered_logits
 from worldsim.model import ModelConfig, WorldModel
 from worldsim.sequence import ar_inputs, interleave, prev_frame_tokens
+
+# Context dreams are decoded as `worldsim play` decodes by default (temperature 0.8), in two
+# confidence-ordered passes: the decoder's errors at a fraction of its four passes' cost.
+DREAM_SAMPLING = SamplingSettings(temperature=0.8)
+DREAM_PASSES = 2
 
 
 @lru_cache(maxsize=8)
@@ -64,20 +76,30 @@ def corrupt_context(frames_BFN: torch.Tensor, rate: float, k: int,
 
 
 def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
-                           generator: torch.Generator | None = None, context_noise: float = 0.0
+                           generator: torch.Generator | None = None, context_noise: float = 0.0,
+                           context_BFN: torch.Tensor | None = None, noisy_BFN: torch.Tensor | None = None
                            ) -> dict[str, torch.Tensor]:
+    """The model's input for windows of real frames (B, F, N) and actions (B, F, A).
+
+    `context_BFN` (B, F, N), if given, is what the model reads as frames instead of the real
+    ones (dreamed frames); targets stay real. `noisy_BFN` (B, F-1, N), if given, is frames
+    1..F-1 as the model sees them, the mask id where masked, instead of a drawn mask."""
     b, f, n = frames_BFN.shape
     K, L, dev = cfg.codebook_size, cfg.block_len, frames_BFN.device
     # What the model reads as context (clean blocks and previous-frame hints) may be corrupted;
     # what it must predict never is.
-    context_BFN = corrupt_context(frames_BFN, context_noise, K, generator)
+    context_BFN = corrupt_context(frames_BFN if context_BFN is None else context_BFN, context_noise,
+                                  K, generator)
     clean = interleave(context_BFN[:, :-1], actions_BFA[:, :-1])  # (B, (F-1)*L)
     target = frames_BFN[:, 1:]  # (B, F-1, N)
-    m = (mask_ratios((b, f - 1), generator, dev) * n).ceil().clamp(1, n)  # tokens to mask
-    scores = torch.rand((b, f - 1, n), generator=generator).to(dev)
-    rank = scores.argsort(-1).argsort(-1)
-    masked = rank < m[..., None]  # (B, F-1, N)
-    noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
+    if noisy_BFN is None:
+        m = (mask_ratios((b, f - 1), generator, dev) * n).ceil().clamp(1, n)  # tokens to mask
+        scores = torch.rand((b, f - 1, n), generator=generator).to(dev)
+        rank = scores.argsort(-1).argsort(-1)
+        masked = rank < m[..., None]  # (B, F-1, N)
+        noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
+    else:
+        noisy, masked = noisy_BFN, noisy_BFN == cfg.mask_id
     pos_clean = torch.arange((f - 1) * L, device=dev)
     pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
     hints_noisy = prev_frame_tokens(context_BFN, K)[:, 1:].flatten(1)
@@ -90,15 +112,60 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
             "mask": block_diffusion_mask(f, n, L, str(dev))}
 
 
+@torch.no_grad()
+def dream_frames(model: WorldModel, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
+                 generator: torch.Generator | None = None, passes: int = DREAM_PASSES,
+                 sampling: SamplingSettings = DREAM_SAMPLING) -> torch.Tensor:
+    """Frames 1..F-1 of each window (B, F-1, N) as the model dreams each one step ahead from the
+    real frames and actions before it: `passes` confidence-ordered passes on the block-diffusion
+    decoder's schedule, all frames of the window at once (one forward per pass)."""
+    cfg = model.cfg
+    b, f, n = frames_BFN.shape
+    dream = torch.full((b, f - 1, n), cfg.mask_id, dtype=frames_BFN.dtype, device=frames_BFN.device)
+    schedule = masked_after(n, passes)
+    for k in range(passes):
+        x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, noisy_BFN=dream)
+        h = model.hidden(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
+        logits = filtered_logits(model.head(h[:, :(f - 1) * n], image_only=True), sampling)
+        # Gumbel-max with noise from the (host) generator: a sample from softmax(logits), drawn
+        # the same way on any device.
+        u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp_(1e-10, 1 - 1e-7)
+        tok = (logits - (-u.log()).log()).argmax(-1).view(b, f - 1, n)
+        conf = logits.softmax(-1).gather(-1, tok.view(b, -1, 1)).view(b, f - 1, n)
+        masked = dream == cfg.mask_id
+        count = (n if k == 0 else schedule[k - 1]) - schedule[k]  # tokens each frame reveals now
+        top = conf.masked_fill(~masked, -1.0).topk(count, -1).indices
+        chosen = torch.zeros_like(masked).scatter_(-1, top, True)
+        dream = torch.where(chosen, tok, dream)
+    return dream
+
+
+def dream_context(model: WorldModel, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor, rate: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The frames (B, F, N) the model reads as context: in a fraction `rate` of the windows,
+    frames 1..F-2 are replaced by the model's one-step dreams of them. Frame 0 stays real (play
+    starts from real frames) and frame F-1 is never context."""
+    b, f, _ = frames_BFN.shape
+    pick = torch.rand(b, generator=generator).to(frames_BFN.device) < rate
+    if f < 3 or rate <= 0 or not bool(pick.any()):
+        return frames_BFN
+    dreams = dream_frames(model, frames_BFN[pick, :-1], actions_BFA[pick, :-1], generator)
+    context = frames_BFN.clone()
+    context[pick, 1:-1] = dreams[:, :f - 2]
+    return context
+
+
 class Objective(nn.Module):
     """Wraps the model so that forward returns the loss (what DistributedDataParallel wraps)."""
 
-    def __init__(self, model: WorldModel, context_noise: float = 0.0):
+    def __init__(self, model: WorldModel, context_noise: float = 0.0, context_dreams: float = 0.0):
         super().__init__()
         self.model = model
-        if context_noise and model.cfg.objective != "block_diffusion":
-            raise ValueError("context noise is implemented for the block_diffusion objective only")
+        if (context_noise or context_dreams) and model.cfg.objective != "block_diffusion":
+            raise ValueError("context noise and dreams are implemented for the block_diffusion "
+                             "objective only")
         self.context_noise = context_noise
+        self.context_dreams = context_dreams
 
     def forward(self, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +175,11 @@ class Objective(nn.Module):
             x = ar_inputs(cfg, frames_BFN, actions_BFA)
             h = self.model.hidden(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
         else:
+            context = None
+            if self.training and self.context_dreams > 0:
+                context = dream_context(self.model, frames_BFN, actions_BFA, self.context_dreams, generator)
             x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, generator,
-                                       self.context_noise if self.training else 0.0)
+                                       self.context_noise if self.training else 0.0, context)
             h = self.model.hidden(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
         sel = x["loss_mask"]
         # Only the positions with a loss go through the output head: the clean half of a block-

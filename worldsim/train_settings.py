@@ -29,6 +29,10 @@ class TrainSettings:
     # block_diffusion: the fraction of context image tokens replaced by random codes, so the
     # model learns to read past its own mistakes in long rollouts (targets stay clean)
     context_noise: float = 0.0
+    # block_diffusion: the fraction of windows whose context frames after the first are the
+    # model's own one-step dreams, so it learns to go on from frames like those it feeds back
+    # at play (targets stay real)
+    context_dreams: float = 0.0
     rope: str = ""  # rotary positions, "1d" | "3d"; "": the preset's
 
 
