@@ -5,26 +5,33 @@
 #
 #   bash scripts/train_default.sh [WORKDIR]        (default: runs/default)
 #
-# Knobs (environment): EPISODES (1200), TRAIN_MINUTES (75), CONTEXT_NOISE (0.05), THREADS (2).
+# Knobs (environment): EPISODES (1200), STEPS_PER_EPISODE (200), TRAIN_MINUTES (75),
+# CONTEXT_NOISE (0.05), IDM_STEPS (1500), EVAL_EPISODES (16), THREADS (2).
 set -euo pipefail
 W=${1:-runs/default}
 EPISODES=${EPISODES:-1200}
+STEPS_PER_EPISODE=${STEPS_PER_EPISODE:-200}
 TRAIN_MINUTES=${TRAIN_MINUTES:-75}
+IDM_STEPS=${IDM_STEPS:-1500}
+EVAL_EPISODES=${EVAL_EPISODES:-16}
 CONTEXT_NOISE=${CONTEXT_NOISE:-0.05}
 export OMP_NUM_THREADS=${THREADS:-2}
 mkdir -p "$W"
-echo "== 1/5 collect $EPISODES Crafter episodes of up to 200 steps (seed 0)"
-worldsim collect --env crafter --episodes "$EPISODES" --steps 200 --seed 0 --workers 2 --out "$W/data"
-echo "== 2/5 fit the tile tokenizer"
+phase() { echo "== $1   [$(date +%H:%M:%S), $((SECONDS / 60)) min in]"; }
+phase "1/5 collect $EPISODES Crafter episodes of up to $STEPS_PER_EPISODE steps (seed 0)"
+worldsim collect --env crafter --episodes "$EPISODES" --steps "$STEPS_PER_EPISODE" --seed 0 --workers 2 --out "$W/data"
+phase "2/5 fit the tile tokenizer"
 if [ ! -f "$W/tok/image_tokenizer.safetensors" ]; then
     worldsim train-tokenizer --kind tile --data "$W/data" --out "$W/tok" --seed 0
 fi
-echo "== 3/5 tokenize"
+phase "3/5 tokenize"
 worldsim tokenize --data "$W/data" --tokenizer "$W/tok" --out "$W/tokens"
-echo "== 4/5 train (block diffusion, crafter preset, $TRAIN_MINUTES minutes)"
+phase "4/5 train (block diffusion, crafter preset, $TRAIN_MINUTES minutes)"
 worldsim train --shards "$W/tokens" --tokenizer "$W/tok" --out "$W/model" --objective block_diffusion \
     --preset crafter --frames 4 --batch 16 --lr 1.5e-3 --steps 100000 --max-minutes "$TRAIN_MINUTES" \
     --context-noise "$CONTEXT_NOISE" --dtype bf16 --seed 0
-echo "== 5/5 evaluate on held-out episodes (an inverse dynamics model first, for action following)"
-worldsim train-idm --data "$W/data" --out "$W/idm" --seed 0
-worldsim eval --bundle "$W/model" --data "$W/data" --idm "$W/idm" --out "$W/model-eval" --seed 0
+phase "5/5 evaluate on held-out episodes (an inverse dynamics model first, for action following)"
+worldsim train-idm --data "$W/data" --out "$W/idm" --steps "$IDM_STEPS" --seed 0
+worldsim eval --bundle "$W/model" --data "$W/data" --idm "$W/idm" --out "$W/model-eval" \
+    --episodes "$EVAL_EPISODES" --seed 0
+phase "done: the model in $W/model, its report in $W/model-eval/report.md"
