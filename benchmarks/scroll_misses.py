@@ -1,0 +1,135 @@
+"""Why a Crafter dream fails to scroll: each miss of `worldsim eval`'s scroll agreement, sorted.
+
+    python benchmarks/scroll_misses.py [--bundle B] [--data data/crafter] [--episodes 64]
+                                      [--seed 0] [--temperature 0.8] [--decoder block_diffusion:4]
+
+Runs the eval's rollouts (the same windows, seeds and decoder as `worldsim eval` with the same
+arguments) and, for every step where the real view scrolls and the dream's does not scroll the
+same way, asks:
+- did the dream stay still, or scroll another way;
+- was the dream's own way blocked: the tile the player walks into, in the dream's previous
+  frame, is matched to its nearest day tile among real moves of training episodes, which are
+  labelled by whether the real view then scrolled (walked) or not (blocked). A miss on a
+  blocked tile is a dream that obeys its own world, which has drifted from the real one; a miss
+  on an open tile is a move the model did not make. The same labelling of the hits gives the
+  matcher's error rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim import bundle, metrics
+from worldsim.data.store import EpisodeStore
+from worldsim.evaluation import run as ev
+from worldsim.evaluation.episodes import held_out_ids, select_windows
+from worldsim.inference.engine import Engine
+from worldsim.tokenizers.action import action_tokenizer_from_config
+
+# Crafter's discrete actions 1-4 move the player left, right, up, down; the player stands at
+# tile (row 3, column 4) of the 9 x 7 map.
+TARGET_TILE = {1: (3, 3), 2: (3, 5), 3: (2, 4), 4: (4, 4)}
+DAY = 0.7  # daylight above which a tile's pixels are its texture
+
+
+def tile_at(frame: np.ndarray, action: int, tile: int) -> np.ndarray:
+    r, c = TARGET_TILE[action]
+    return frame[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile].astype(np.float32)
+
+
+def move_library(store: EpisodeStore, ids: list[str], tile: int, map_rows: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Day tiles the player tried to walk into, and whether the view then scrolled."""
+    tiles, walked = [], []
+    for ep in store.iter_episodes(ids):
+        frames = np.asarray(ep.frames)
+        acts = np.asarray(ep.actions).reshape(len(ep.actions), -1)[:, 0]
+        n = min(len(frames) - 1, len(acts))
+        moved = metrics.scroll_direction(torch.from_numpy(frames[:n]), torch.from_numpy(frames[1:n + 1]),
+                                         tile, map_rows).numpy() != 0
+        for t in range(n):
+            if int(acts[t]) in TARGET_TILE and (ep.daylight is None or ep.daylight[t] > DAY):
+                tiles.append(tile_at(frames[t], int(acts[t]), tile))
+                walked.append(bool(moved[t]))
+    return np.stack(tiles), np.array(walked)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default=None, help="default: the shipped model")
+    p.add_argument("--data", default="data/crafter")
+    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--decoder", default="block_diffusion:4")
+    p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.bundle = bundle.find_bundle(args.bundle, "model to measure")
+
+    cfg = bundle.read_config(args.bundle)
+    cpu = torch.device("cpu")
+    model, image_tok = bundle.load_world_model(args.bundle, cpu), bundle.load_image_tokenizer(args.bundle, cpu)
+    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    codec = ev.Codec(image_tok)
+    store = EpisodeStore(args.data)
+    ids, _ = held_out_ids(store, cfg)
+    C, H = 1, 15
+    windows = select_windows(store, ids, args.episodes, max(C + H, model.cfg.frames), args.seed)
+    real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, C, H)
+    if real.map_rows is None:
+        raise SystemExit("scroll misses are measured on Crafter stores only")
+    decoder = ev.parse_decoder(args.decoder, args.temperature).resolve(model.cfg.objective)
+    engine = Engine(model, image_tok, action_tok, decoder, max_sessions=len(windows), seed=args.seed)
+    with tqdm(total=H, desc="rollout") as bar:
+        dream, _, _ = ev._rollout(engine, real, codec, args.seed, bar)
+    B, t, rows = len(windows), real.tile, real.map_rows
+    dream_prev = np.concatenate([real.frames[:, :C], dream[:, :-1]], 1)
+
+    def directions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return metrics.scroll_direction(torch.from_numpy(a.reshape(-1, *a.shape[2:])),
+                                        torch.from_numpy(b.reshape(-1, *b.shape[2:])), t, rows).view(B, H).numpy()
+
+    r = directions(real.frames[:, C - 1:C + H - 1], real.frames[:, C:C + H])
+    g = directions(dream_prev, dream)
+    acts = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[C - 1:C - 1 + H, 0] for w in windows])
+
+    held = set(ids)
+    lib_tiles, lib_walked = move_library(store, [i for i in store.episode_ids() if i not in held]
+                                         [:args.library_episodes], t, rows)
+
+    def open_way(frame: np.ndarray, action: int) -> bool:
+        d = np.abs(lib_tiles - tile_at(frame, action, t)).reshape(len(lib_tiles), -1).mean(1)
+        return bool(lib_walked[d.argmin()])
+
+    moving = r != 0
+    misses, hits = Counter(), Counter()
+    for b, s in zip(*np.nonzero(moving)):
+        a = int(acts[b, s])
+        way = ("open" if open_way(dream_prev[b, s], a) else "blocked") if a in TARGET_TILE else "no move action"
+        if g[b, s] == r[b, s]:
+            hits[way] += 1
+        else:
+            misses[("still" if g[b, s] == 0 else "another way", way)] += 1
+    n_miss = sum(misses.values())
+    print(f"{args.bundle}, {B} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
+          f"the real view scrolls on {int(moving.sum())} steps, the dream agrees on "
+          f"{sum(hits.values())} ({sum(hits.values()) / max(int(moving.sum()), 1):.1%})")
+    print(f"tile matcher: {len(lib_tiles)} real moves, {lib_walked.mean():.0%} walked; on the hits it "
+          f"calls the way blocked {hits['blocked']} times of {sum(hits.values())} (its error rate)")
+    print(f"{n_miss} misses:")
+    for (kind, way), n in sorted(misses.items(), key=lambda kv: -kv[1]):
+        print(f"  dream {kind}, its own way {way}: {n}")
+    late = moving & (g != r)
+    print("misses per step:", late.sum(0).tolist())
+    print("real scrolls per step:", moving.sum(0).tolist())
+
+
+if __name__ == "__main__":
+    main()
