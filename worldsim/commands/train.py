@@ -55,8 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in training, to recover from its own mistakes in rollouts (default: 0)")
     p.add_argument("--context-dreams", type=fraction, default=S.context_dreams,
                    help="block_diffusion: fraction of windows whose context frames after the first "
-                        "are the model's own one-step dreams, decoded as at play, so it learns to go "
-                        "on from its own frames (about 1.5x the step time at 0.5) (default: 0)")
+                        "are the model's own one-step dreams (two extra forward passes each, without "
+                        "gradients); targets stay real. It lost to plain training in the study "
+                        "(benchmarks/results/cpu/study) (default: 0)")
     p.add_argument("--rope", default=None, choices=["1d", "3d"],
                    help="rotary positions: 1d (frame * L + slot) or 3d (frame, row, column, the same "
                         "offset for a one-tile scroll anywhere in the frame) (default: the preset's)")
