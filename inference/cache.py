@@ -126,6 +126,15 @@ class KVCache:
         self.filled[rows] = False
         self.frames_seen[rows] = 0
 
+    def copy_rows(self, src: list[int], dst: list[int]) -> None:
+        """Make rows `dst` hold what rows `src` hold (their frame blocks and bookkeeping): a
+        branch of a session that may then write a different block without touching it."""
+        s = self.block_slots
+        self.kv[:, dst, :s] = self.kv[:, src, :s]
+        self.k_rot[:, dst, :s] = self.k_rot[:, src, :s]
+        for t in (self.order, self.count, self.filled, self.frames_seen):
+            t[dst] = t[src]
+
     def new_block(self, rows: list[int]) -> None:
         """Start a block for each row, evicting its oldest non-sink block if all are in use."""
         rolled = []

@@ -6,6 +6,11 @@ cos(pi/2 * k/K); with a confidence threshold, every token above it is kept too (
 per pass), and the frame ends early once nothing is masked. The first pass is fused with the
 clean pass that writes frame t and action t into the cache, exactly as in training.
 Cost: K forward passes per frame (4-8), fewer with a threshold on easy frames.
+
+Action guidance (`guidance` w > 0): every pass also runs the frame under the null action (the
+space's no-op) in a shadow row of the cache that holds the same past, and samples from
+`logits + w * (logits - null_logits)`, which pushes the frame away from what would have happened
+had the player done nothing. The model needs no training for it; each pass runs twice the rows.
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ class Settings:
     # Replay each pass shape from static buffers, captured as a CUDA graph on CUDA
     # (worldsim.inference.graphs); elsewhere it only adds copies.
     graphs: bool = False
+    guidance: float = 0.0  # w: action guidance against the null action (0: off)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"block_diffusion steps must be at least 1, got {self.steps}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"block_diffusion threshold must lie in [0, 1], got {self.threshold}")
+        if not self.guidance >= 0:
+            raise ValueError(f"block_diffusion guidance must be at least 0, got {self.guidance}")
+        if self.guidance and self.graphs:
+            raise ValueError("block_diffusion guidance does not run with graphs")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Settings":
@@ -69,13 +79,15 @@ def masked_after(n: int, steps: int) -> list[int]:
 def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: torch.Tensor,
            action_BA: torch.Tensor, sampling: SamplingSettings,
            generator: torch.Generator | list[torch.Generator] | None = None,
-           settings: Settings = Settings(), graphs: PassGraphs | None = None
-           ) -> tuple[torch.Tensor, FrameStats]:
+           settings: Settings = Settings(), graphs: PassGraphs | None = None,
+           guide: tuple[list[int], torch.Tensor] | None = None) -> tuple[torch.Tensor, FrameStats]:
     """Frame t (B, N) and action t (B, A) -> frame t+1 (B, N) in at most `settings.steps` passes.
 
     Without a threshold nothing here waits for the device: every pass's count of tokens to
     unmask is known in advance, so the host queues all passes back to back. With `graphs`,
-    passes replay from static buffers (see `worldsim.inference.graphs`)."""
+    passes replay from static buffers (see `worldsim.inference.graphs`). With guidance, `guide`
+    is (the shadow row of each row, the null action's tokens (A,)); the shadow rows are
+    overwritten."""
     cfg = model.cfg
     if cfg.objective != OBJECTIVE:
         raise ValueError("the block_diffusion decoder needs a model trained with block diffusion")
@@ -84,6 +96,17 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     b, dev = last_frame_BN.shape[0], last_frame_BN.device
     clock = StageClock(dev)
     stats = FrameStats()
+    w = settings.guidance
+    if w:  # rows, then their shadows under the null action, in one batch
+        if guide is None:
+            raise ValueError("block_diffusion guidance needs shadow cache rows: make the engine "
+                             "with a guidance decoder")
+        shadow, null_A = guide
+        cache.copy_rows(rows, shadow)
+        rows = list(rows) + list(shadow)
+        last_frame_BN = last_frame_BN.repeat(2, 1)
+        action_BA = torch.cat([action_BA, null_A.to(action_BA).expand_as(action_BA)])
+    branches = 2 if w else 1
     cache.new_block(rows)  # block t: frame t + action t
     # Positions are planned on the host; `prepare` hands back their device copy.
     base_t = cache.current_block(rows)[:, None] * L  # (B, 1)
@@ -92,7 +115,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     # Pass 1 is [clean frame t + action t ; noisy frame t+1]: clean tokens see their own block
     # (and the cache), noisy tokens see everything, as in training.
     clean = torch.cat([last_frame_BN, action_BA], 1)  # (B, L)
-    tokens = torch.cat([clean, frame], 1)
+    tokens = torch.cat([clean, frame.repeat(branches, 1)], 1)
     positions = torch.cat([base_t + torch.arange(L), noisy_pos], 1)
     persist = torch.arange(L + N) < L  # (L + N,)
     new_mask = torch.ones(1, L + N, L + N, dtype=torch.bool, device=dev)
@@ -102,8 +125,11 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
     run = graphs.run if graphs is not None else partial(pass_logits, model, cache)
     for k in range(steps):
         with clock("model"):
-            pos = cache.prepare(rows, positions, persist[None].expand(b, -1), new_mask)
-            logits = run(tokens, pos, prev, N)  # (B, N, K)
+            pos = cache.prepare(rows, positions, persist[None].expand(len(rows), -1), new_mask)
+            logits = run(tokens, pos, prev, N)  # (B, N, K), or (2B, N, K) with guidance
+            if w:
+                cond, null = logits.float().chunk(2)
+                logits = cond + w * (cond - null)
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):
@@ -124,7 +150,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         if done:
             break
         # Later passes: the noisy frame alone, against the cache that now holds block t.
-        tokens, positions, prev = frame, noisy_pos, last_frame_BN
+        tokens, positions, prev = frame.repeat(branches, 1), noisy_pos, last_frame_BN
         persist = torch.zeros(N, dtype=torch.bool)
         new_mask = None  # the noisy tokens all see each other (and, once the window is full,
         # every cached slot too: the cache then plans an unmasked pass)

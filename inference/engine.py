@@ -65,19 +65,24 @@ class DecoderSettings:
     # block_diffusion: replay each pass shape from static buffers, captured as a CUDA graph on
     # CUDA (worldsim.inference.graphs); elsewhere it only adds copies
     graphs: bool = False
+    # block_diffusion: action guidance, logits + w * (logits - logits under the null action);
+    # the engine keeps a shadow cache row per session for it when its decoder has it
+    guidance: float = 0.0
 
     def resolve(self, objective: str) -> "DecoderSettings":
         """`auto` replaced by its decoder, checked against the model's objective and the
         decoder's own settings (ValueError with one line); settings the decoder does not have
-        are left as they are, except `graphs`, which is off where it does not apply."""
+        are left as they are, except `graphs` and `guidance`, which are off where they do not
+        apply."""
         name = auto_decoder(objective) if self.name == "auto" else self.name
         if name not in DECODERS:
             raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
         if DECODERS[name].OBJECTIVE != objective:
             raise ValueError(f"decoder {name!r} does not fit a model trained with {objective!r}; "
                              f"use {' or '.join(valid_decoders(objective))}")
-        has_graphs = any(f.name == "graphs" for f in fields(DECODERS[name].Settings))
-        out = replace(self, name=name, graphs=self.graphs and has_graphs)
+        own = {f.name for f in fields(DECODERS[name].Settings)}
+        out = replace(self, name=name, graphs=self.graphs and "graphs" in own,
+                      guidance=self.guidance if "guidance" in own else 0.0)
         out.own()  # validates
         return out
 
@@ -110,9 +115,14 @@ class Engine:
         # Frames a dreamed frame may see, as in training: F-1 finished blocks, plus the block
         # being written for next-token models.
         blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
-        self.cache = KVCache(self.cfg, max_sessions, max(blocks, sink + 1), sink, self.device, dtype)
+        # Action guidance runs each session again under the null action, in a shadow row.
+        self.shadows = self.decoder.guidance > 0
+        self.cache = KVCache(self.cfg, max_sessions * (2 if self.shadows else 1), max(blocks, sink + 1),
+                             sink, self.device, dtype)
+        self.null_action = torch.as_tensor(action_tokenizer.encode(action_tokenizer.space.noop())).long()
         self.graphs: PassGraphs | None = None  # made when a decoder first asks for replays
         self._own: tuple[DecoderSettings, Any] | None = None  # self.decoder and its own settings
+        self.max_sessions = max_sessions
         self.free_rows = list(range(max_sessions))
         self.seed_source = torch.Generator().manual_seed(seed)  # seeds unseeded sessions
         self._ids = itertools.count()
@@ -190,8 +200,13 @@ class Engine:
             self._own = (replace(d), d.own())
         if d.graphs and self.graphs is None:  # `resolve` leaves it on only where it applies
             self.graphs = PassGraphs(self.model, self.cache)
+        extra = {}
+        if d.guidance:
+            if not self.shadows:
+                raise ValueError("action guidance needs an engine made with a guidance decoder")
+            extra["guide"] = ([r + self.max_sessions for r in rows], self.cache.to_device(self.null_action))
         frame, stats = d.module.decode(self.model, self.cache, rows, last, acts, d.sampling, gen,
-                                       self._own[1], self.graphs if d.graphs else None)
+                                       self._own[1], self.graphs if d.graphs else None, **extra)
         images = None
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -366,3 +368,67 @@ def test_unmasked_pass_once_every_slot_is_visible():
     masked, mask = noisy_pass(torch.ones(1, N, N, dtype=torch.bool))
     assert mask is not None and bool((mask == 0).all())
     torch.testing.assert_close(unmasked, masked)
+
+
+def _first_pass_logits(monkeypatch):
+    """Record the logits of every block-diffusion pass (through the module's `pass_logits`)."""
+    from worldsim.inference import decode_block_diffusion as bd
+
+    seen, real = [], bd.pass_logits
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        seen.append(out.float().clone())
+        return out
+
+    monkeypatch.setattr(bd, "pass_logits", spy)
+    return seen
+
+
+def test_action_guidance_samples_from_the_guided_logits(monkeypatch):
+    """One pass per frame, greedy: a guided frame is the argmax of l(a) + w * (l(a) - l(noop)),
+    where both logits come from unguided sessions with the same past; on the second frame too,
+    so the shadow row holds the session's past and the session's own row is left as it was."""
+    model = tiny("block_diffusion")
+    w, plan = 50.0, [3, 4]  # large: the untrained model hardly heeds its action
+    frames, actions = context(model.cfg)
+    plain = DecoderSettings("block_diffusion", steps=1, sampling=GREEDY)
+    guided = engine(model, replace(plain, guidance=w)).open(frames, actions)
+    seen = _first_pass_logits(monkeypatch)
+    for a in plan:
+        seen.clear()
+        guided.step(a)
+        assert len(seen) == 1 and seen[0].shape[0] == 2  # the session and its shadow, one batch
+        ref = {}
+        for b in (a, 0):  # the same past, stepped without guidance under a and under the no-op
+            seen.clear()
+            engine(model, plain).open(frames, actions).step(b)
+            ref[b] = seen[0][0]
+        want = (ref[a] + w * (ref[a] - ref[0])).argmax(-1)
+        assert torch.equal(guided.last_frame[0], want)
+        assert not torch.equal(want, ref[a].argmax(-1))  # guidance changed something
+        frames = torch.cat([frames, guided.last_frame])
+        actions = actions + [a]
+
+
+def test_action_guidance_under_the_null_action_is_plain_decoding():
+    """Under the no-op the two branches agree, and the frames are those of plain decoding."""
+    model = tiny("block_diffusion")
+    frames, actions = context(model.cfg)
+    plain = DecoderSettings("block_diffusion", steps=4, sampling=GREEDY)
+    runs = []
+    for d in (plain, replace(plain, guidance=2.0)):
+        s = engine(model, d).open(frames, actions)
+        runs.append([s.step(0) and s.last_frame.clone() for _ in range(3)])
+    assert [torch.equal(x, y) for x, y in zip(*runs)] == [True] * 3
+
+
+def test_action_guidance_needs_an_engine_made_for_it():
+    model = tiny("block_diffusion")
+    eng = engine(model, DecoderSettings("block_diffusion", sampling=GREEDY))
+    s = eng.open(*context(model.cfg))
+    eng.decoder = replace(eng.decoder, guidance=1.0)
+    with pytest.raises(ValueError, match="guidance"):
+        s.step(3)
+    with pytest.raises(ValueError, match="guidance must be at least 0"):
+        engine(model, DecoderSettings("block_diffusion", guidance=-1.0))

@@ -121,8 +121,12 @@ def test_decoder_specs():
 
     assert decoder_label(parse_decoder("diagonal:3")) == "diagonal:3"
     d = parse_decoder("block_diffusion:8:t0.9")
-    assert (d.name, d.steps, d.threshold) == ("block_diffusion", 8, 0.9)
-    for bad in ("beam", "ar:2", "diagonal:x", "block_diffusion:4:0.9"):
+    assert (d.name, d.steps, d.threshold, d.guidance) == ("block_diffusion", 8, 0.9, 0.0)
+    d = parse_decoder("block_diffusion:4:g1.5")
+    assert (d.steps, d.threshold, d.guidance) == (4, None, 1.5)
+    assert decoder_label(parse_decoder("block_diffusion:8:t0.9:g2")) == "block_diffusion:8:t0.9:g2"
+    for bad in ("beam", "ar:2", "diagonal:x", "block_diffusion:4:0.9", "block_diffusion:4:g1:g2",
+                "block_diffusion:4:x1"):
         with pytest.raises(WorldsimError, match="bad decoder"):
             parse_decoder(bad)
 

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=positive_int, default=1, help="context frames (default: 1)")
     p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame, K (default: 4)")
     p.add_argument("--threshold", type=fraction, default=None, help="block-diffusion confidence threshold")
+    p.add_argument("--guidance", type=nonneg_float, default=0.0,
+                   help="block-diffusion action guidance w against the no-op (default: 0, off)")
     p.add_argument("--window", type=positive_int, default=2, help="diagonal window w (default: 2)")
     p.add_argument("--graphs", action="store_true",
                    help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers)")
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                 raise WorldsimError(f"unknown decoder {n!r}; choose from {', '.join(DECODERS)}")
     sampling = SamplingSettings(temperature=args.temperature)
     decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
-                                sampling=sampling, graphs=args.graphs) for n in names]
+                                sampling=sampling, graphs=args.graphs, guidance=args.guidance) for n in names]
     for d in decoders:  # each decoder checks its own settings before anything runs
         try:
             d.resolve(DECODERS[d.name].OBJECTIVE)

@@ -51,6 +51,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     # often as at 1 (86.6% against 85.2%) and score 0.7 dB more; greedy dreams stop scrolling
     # once new terrain comes in all grass (benchmarks/results/cpu/study).
     p.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature (default: 0.8)")
+    p.add_argument("--guidance", type=nonneg_float, default=0.0,
+                   help="block-diffusion action guidance: w in logits + w * (logits - logits under "
+                        "the no-op); each pass runs twice the rows (default: 0, off)")
     p.add_argument("--scene", default=None,
                    help="start sessions from a recorded episode: STORE[:EPISODE[:FRAME]]")
 
@@ -70,7 +73,7 @@ def build_server(args: argparse.Namespace, settings):
 
     bundle = find_bundle(args.bundle)
     dev = pick_device(args.device)
-    decoder = DecoderSettings(args.decoder, steps=args.steps,
+    decoder = DecoderSettings(args.decoder, steps=args.steps, guidance=args.guidance,
                               sampling=SamplingSettings(temperature=args.temperature))
     return bundle, dev, make_server(bundle, settings, fps=args.fps, device=str(dev),
                                     decoder=decoder, scene=args.scene)

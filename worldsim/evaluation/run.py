@@ -55,7 +55,8 @@ class EvalSettings:
 
 # -- decoders ----------------------------------------------------------------------------------
 def parse_decoder(spec: str, temperature: float = 0.0) -> DecoderSettings:
-    """`ar`, `diagonal:W` or `block_diffusion:K`, the last optionally `:tT` (a confidence threshold)."""
+    """`ar`, `diagonal:W` or `block_diffusion:K`, the last optionally followed by `:tT` (a
+    confidence threshold) and `:gW` (action guidance)."""
     parts = spec.strip().split(":")
     name, rest = parts[0], parts[1:]
     sampling = SamplingSettings(temperature=temperature)
@@ -64,25 +65,28 @@ def parse_decoder(spec: str, temperature: float = 0.0) -> DecoderSettings:
             return DecoderSettings("ar", sampling=sampling)
         if name == "diagonal" and len(rest) <= 1:
             return DecoderSettings("diagonal", window=int(rest[0]) if rest else 2, sampling=sampling)
-        if name == "block_diffusion" and len(rest) <= 2:
+        if name == "block_diffusion" and len(rest) <= 3:
             steps = int(rest[0]) if rest else 4
-            threshold = None
-            if len(rest) == 2:
-                if not rest[1].startswith("t"):
+            extra = {"t": None, "g": 0.0}
+            for part in rest[1:]:
+                key = part[:1]
+                if key not in extra or extra[key]:
                     raise ValueError
-                threshold = float(rest[1][1:])
-            return DecoderSettings("block_diffusion", steps=steps, threshold=threshold, sampling=sampling)
+                extra[key] = float(part[1:])
+            return DecoderSettings("block_diffusion", steps=steps, threshold=extra["t"],
+                                   guidance=extra["g"], sampling=sampling)
     except ValueError:
         pass
-    raise WorldsimError(f"bad decoder {spec!r}: use ar, diagonal:W or block_diffusion:K[:tT] "
-                        "(for example diagonal:2, block_diffusion:8:t0.9)")
+    raise WorldsimError(f"bad decoder {spec!r}: use ar, diagonal:W or block_diffusion:K[:tT][:gW] "
+                        "(for example diagonal:2, block_diffusion:8:t0.9, block_diffusion:4:g1)")
 
 
 def decoder_label(d: DecoderSettings) -> str:
     if d.name == "diagonal":
         return f"diagonal:{d.window}"
     if d.name == "block_diffusion":
-        return f"block_diffusion:{d.steps}" + (f":t{d.threshold:g}" if d.threshold is not None else "")
+        return (f"block_diffusion:{d.steps}" + (f":t{d.threshold:g}" if d.threshold is not None else "")
+                + (f":g{d.guidance:g}" if d.guidance else ""))
     return d.name
 
 
