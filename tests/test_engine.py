@@ -387,10 +387,11 @@ def _first_pass_logits(monkeypatch):
 
 def test_action_guidance_samples_from_the_guided_logits(monkeypatch):
     """One pass per frame, greedy: a guided frame is the argmax of l(a) + w * (l(a) - l(noop)),
-    where both logits come from unguided sessions with the same past; on the second frame too,
-    so the shadow row holds the session's past and the session's own row is left as it was."""
+    where both logits come from unguided sessions with the same past; on later frames too, once
+    the window rolls: the shadow row holds the session's past, and the session's own row is left
+    as it was."""
     model = tiny("block_diffusion")
-    w, plan = 50.0, [3, 4]  # large: the untrained model hardly heeds its action
+    w, plan = 50.0, [3, 4, 1, 2]  # large: the untrained model hardly heeds its action
     frames, actions = context(model.cfg)
     plain = DecoderSettings("block_diffusion", steps=1, sampling=GREEDY)
     guided = engine(model, replace(plain, guidance=w)).open(frames, actions)
