@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from worldsim.cli import main
 
 
@@ -45,3 +47,15 @@ def test_bench_graphs_flag_reaches_the_block_diffusion_row(tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert row["settings"]["graphs"] and row["passes_per_frame"] == 4
     assert "block_diffusion K=4 graphs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,label", [([], "block_diffusion K=4 "),
+                                         (["--guidance", "1.5"], "block_diffusion K=4 g=1.5 ")])
+def test_bench_guidance_reaches_the_row_and_its_label_only_when_on(tmp_path, capsys, extra, label):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--decoders", "block_diffusion", "--frames", "2",
+                 "--sessions", "1", "--threads", "1", "--json", str(out), *extra]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["settings"]["guidance"] == (1.5 if extra else 0.0)
+    table = capsys.readouterr().out
+    assert label in table and ("g=" in table) == bool(extra)

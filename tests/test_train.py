@@ -152,6 +152,31 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_tokens, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_with_nothing_left_to_train_keeps_the_runs_throughput(tiny_tokens, tmp_path, monkeypatch):
+    """Stopped after its last step but before the bundle was written, a run started again trains
+    nothing and writes the bundle; its tokens/s is the run's last logged one, not 0."""
+    import json
+
+    from worldsim.train import WorldModelRun
+
+    tok, shards = tiny_tokens
+    s = TrainSettings(steps=3, batch=2, val_every=1000, val_batches=1, warmup=1, log_every=1,
+                      checkpoint_seconds=1e9)
+    real_finish = WorldModelRun.finish
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WorldModelRun, "finish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(shards, tok, tmp_path / "wm", preset="tiny", settings=s, progress=False)
+    monkeypatch.setattr(WorldModelRun, "finish", real_finish)
+    r = train(shards, tok, tmp_path / "wm", preset="tiny", settings=s, progress=False)
+    logged = json.loads((tmp_path / "wm" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert r["steps"] == 3 and logged["step"] == 3
+    assert r["tokens_per_s"] == pytest.approx(logged["tokens_per_s"]) and r["tokens_per_s"] > 0
+
+
 def test_nonfinite_loss_stops_the_run_without_a_bundle(tiny_tokens, tmp_path, monkeypatch, capsys):
     from safetensors import safe_open
 

@@ -143,11 +143,12 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
 
 
 # How a decoder's settings read in the table; a setting at its off value is left out.
-_LABELS = {"steps": "K", "window": "w", "threshold": "t"}
+_LABELS = {"steps": "K", "window": "w", "threshold": "t", "guidance": "g"}
+_OFF = {"guidance": 0.0}
 
 
 def _setting_label(key: str, value: Any) -> str:
-    if value is None or value is False:
+    if value is None or value is False or (key in _OFF and value == _OFF[key]):
         return ""
     return key if value is True else f"{_LABELS.get(key, key)}={value}"
 

@@ -309,11 +309,21 @@ class WorldModelRun(TrainingRun):
         return bool(flag)
 
     # -- save ----------------------------------------------------------------------------------------
+    def last_logged_tokens_per_s(self) -> float:
+        """The throughput of the last log line (0 if none): what a session that trained
+        nothing, a resume that found its time already spent, reports."""
+        lines = (self.out / LOG_FILE).read_text().splitlines() if (self.out / LOG_FILE).is_file() else []
+        try:
+            return float(json.loads(lines[-1])["tokens_per_s"]) if lines else 0.0
+        except (ValueError, KeyError, TypeError):
+            return 0.0
+
     def finish(self) -> dict[str, Any]:
         """The run's metrics; rank 0 writes the model into the bundle."""
+        tps = self.tokens_per_s() if self.tokens_seen else self.last_logged_tokens_per_s()
         result = {"steps": self.step, "seconds": self.elapsed,
                   "val_loss": self.last_val if self.last_val is not None else self.validate(),
-                  "tokens_per_s": self.tokens_per_s(), "params": self.model.num_params(),
+                  "tokens_per_s": tps, "params": self.model.num_params(),
                   "world_size": self.ddp.world, "rank": self.ddp.rank}
         if self.ddp.enabled:
             result.update(self.replica_checksums())
