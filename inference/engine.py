@@ -119,7 +119,9 @@ class Engine:
         self.shadows = self.decoder.guidance > 0
         self.cache = KVCache(self.cfg, max_sessions * (2 if self.shadows else 1), max(blocks, sink + 1),
                              sink, self.device, dtype)
-        self.null_action = torch.as_tensor(action_tokenizer.encode(action_tokenizer.space.noop())).long()
+        # The no-op's tokens, on the device once, for the shadow rows.
+        self.null_action = self.cache.to_device(
+            torch.as_tensor(action_tokenizer.encode(action_tokenizer.space.noop())).long())
         self.graphs: PassGraphs | None = None  # made when a decoder first asks for replays
         self._own: tuple[DecoderSettings, Any] | None = None  # self.decoder and its own settings
         self.max_sessions = max_sessions
@@ -204,7 +206,7 @@ class Engine:
         if d.guidance:
             if not self.shadows:
                 raise ValueError("action guidance needs an engine made with a guidance decoder")
-            extra["guide"] = ([r + self.max_sessions for r in rows], self.cache.to_device(self.null_action))
+            extra["guide"] = ([r + self.max_sessions for r in rows], self.null_action)
         frame, stats = d.module.decode(self.model, self.cache, rows, last, acts, d.sampling, gen,
                                        self._own[1], self.graphs if d.graphs else None, **extra)
         images = None
