@@ -362,3 +362,64 @@ def test_out_holding_another_kind_of_run_is_refused(crafter_store, tiny_tokens, 
     assert main(["train-tokenizer", "--data", str(crafter_store), "--out", str(tmp_path / "wm"),
                  "--preset", "tiny", "--steps", "2", "--no-progress"]) == 2
     assert "(world model, not image tokenizer)" in capsys.readouterr().err
+
+
+def test_ema_bundle_holds_the_moving_average_and_a_resume_keeps_it(tiny_tokens, tmp_path, monkeypatch):
+    """With --ema d the bundle gets the average e_1 = w_1, e_t = d * e_(t-1) + (1 - d) * w_t of
+    the weights after each step, the checkpoint keeps the last step's weights and the average,
+    and a run stopped and resumed ends with the average of one never stopped."""
+    from safetensors.torch import load_file
+
+    from worldsim.train import WorldModelRun
+
+    tok, shards = tiny_tokens
+    plain = TrainSettings(steps=2, batch=2, val_every=1, val_batches=1, warmup=1, log_every=1,
+                          checkpoint_seconds=1e9)
+    ema = TrainSettings(**{**plain.__dict__, "ema": 0.75})
+    real_step = WorldModelRun.train_step
+
+    def stop_after(name, settings, n):  # Ctrl-C before step n + 1: the checkpoint holds n steps
+        def interrupted(self):
+            if self.step == n:
+                raise KeyboardInterrupt
+            return real_step(self)
+
+        monkeypatch.setattr(WorldModelRun, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(shards, tok, tmp_path / name, preset="tiny", settings=settings, progress=False)
+        monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+
+    def run(name, settings):
+        return train(shards, tok, tmp_path / name, preset="tiny", settings=settings, progress=False)
+
+    def weights(name, file="model.safetensors", prefix=""):
+        t = load_file(str(tmp_path / name / file))
+        return {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
+
+    run("plain", plain)
+    stop_after("plain1", plain, 1)
+    w1, w2 = weights("plain1", STATE_FILE, "model."), weights("plain")
+    r = run("ema", ema)
+    e2 = weights("ema")
+    assert e2.keys() == w2.keys()
+    for k in w2:
+        torch.testing.assert_close(e2[k], 0.75 * w1[k] + 0.25 * w2[k])
+    assert any(not torch.equal(e2[k], w2[k]) for k in w2)
+    last = weights("ema", STATE_FILE, "model.")
+    assert all(torch.equal(last[k], w2[k]) for k in w2)  # training goes on from the last weights
+    assert r["ema"] == 0.75 and r["val_loss"] != r["val_loss_last_step"]
+    log = [json.loads(line) for line in (tmp_path / "ema" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["ema_val_loss"] == r["val_loss"] and log[-1]["val_loss"] == r["val_loss_last_step"]
+
+    stop_after("resumed", ema, 1)
+    run("resumed", ema)
+    resumed = weights("resumed")
+    assert all(torch.equal(resumed[k], e2[k]) for k in e2)
+
+
+def test_ema_must_be_below_one(tiny_tokens, tmp_path, capsys):
+    from worldsim.cli import main
+
+    with pytest.raises(SystemExit):
+        main(_args(tiny_tokens, tmp_path / "wm", "--ema", "1"))
+    assert "must be below 1" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """Training checkpoints as single safetensors files: model weights, optimizer state and a JSON
 header in one atomic write. Nothing is pickled, so resuming never executes code from a file.
 
-Tensor names: `model.<param>` for weights, `optim.<param index>.<key>` for optimizer state.
+Tensor names: `model.<param>` for weights, `optim.<param index>.<key>` for optimizer state,
+`ema.<param>` for the moving average of the weights where a run keeps one.
 The safetensors metadata holds `state` (JSON): step, optimizer param_groups, anything else the
 trainer keeps (RNG seeds, best validation loss, the run's arguments).
 """
@@ -21,18 +22,22 @@ from worldsim.fileio import atomic_open, deferred_signals
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+                    optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
+                    ema: torch.nn.Module | None = None) -> None:
     """Write the checkpoint atomically. Ctrl-C and SIGTERM wait until it is in place (from the
     first copy of a weight on), so the checkpoint written on the way out of a run survives a
     second Ctrl-C."""
     with deferred_signals():
-        _save(path, model, optimizer, state)
+        _save(path, model, optimizer, state, ema)
 
 
 def _save(path: str | os.PathLike, model: torch.nn.Module,
-          optimizer: torch.optim.Optimizer | None, state: dict[str, Any]) -> None:
+          optimizer: torch.optim.Optimizer | None, state: dict[str, Any],
+          ema: torch.nn.Module | None = None) -> None:
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
     header = dict(state)
     if optimizer is not None:
         sd = optimizer.state_dict()
@@ -46,8 +51,10 @@ def _save(path: str | os.PathLike, model: torch.nn.Module,
 
 
 def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-    """Restore model (and optimizer) in place; returns the saved state dict."""
+                    optimizer: torch.optim.Optimizer | None = None,
+                    ema: torch.nn.Module | None = None) -> dict[str, Any]:
+    """Restore model (and optimizer, and the weights' moving average) in place; returns the
+    saved state dict, with `ema_restored` saying whether the checkpoint held an average."""
     state = read_checkpoint_state(path)
     try:
         tensors = load_file(str(path))
@@ -70,6 +77,10 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         except ValueError as e:  # parameters were split or merged since the checkpoint was written
             raise WorldsimError(f"{path}: its optimizer state does not fit this model's parameters "
                                 f"({e}); start a new run in another folder") from None
+    ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    state["ema_restored"] = ema is not None and bool(ema_sd)
+    if state["ema_restored"]:
+        ema.load_state_dict(ema_sd)
     return state
 
 

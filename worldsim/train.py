@@ -4,7 +4,8 @@
     torchrun --nproc-per-node 2 -m worldsim train ...      (the same command, data-parallel)
 
 Optimisation: AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast where the
-device runs it fast. Data: memory-mapped random windows of F frames, drawn from a generator
+device runs it fast; optionally (`--ema`) an exponential moving average of the weights, which
+the bundle then gets. Data: memory-mapped random windows of F frames, drawn from a generator
 seeded by (seed, step, rank), so a resumed run sees the batches it would have seen.
 
 Writes into the output bundle:
@@ -158,6 +159,7 @@ class WorldModelRun(TrainingRun):
         self.dev = self.ddp.device(device)
         self.tokens_seen = 0
         self.last_val: float | None = None
+        self.last_ema_val: float | None = None  # the moving average's, where the run keeps one
 
     # -- setup and resume --------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -221,6 +223,8 @@ class WorldModelRun(TrainingRun):
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}],
                                      lr=s.lr, betas=(0.9, 0.95), fused=self.dev.type == "cuda")
+        if s.ema:
+            self.keep_ema(s.ema)
 
     def wrap_data_parallel(self) -> None:
         if self.ddp.enabled:
@@ -260,15 +264,16 @@ class WorldModelRun(TrainingRun):
         return loss
 
     @torch.no_grad()
-    def validate(self) -> float:
-        """Mean loss over the same `val_batches` held-out batches every time."""
+    def validate(self, model: WorldModel | None = None) -> float:
+        """Mean loss of `model` (the trained weights by default) over the same `val_batches`
+        held-out batches every time."""
         s = self.s
         self.objective_mod.eval()
         losses = []
         for i in range(s.val_batches):
             fr, ac, g = self.batch_at(10**9 + i, 0, self.val_starts, self.val_shards, s.batch)
             with autocast_for(self.dev, s.dtype):
-                loss, _ = Objective(self.model)(fr, ac, g)
+                loss, _ = Objective(model or self.model)(fr, ac, g)
             losses.append(loss.item())
         self.objective_mod.train()
         return float(np.mean(losses))
@@ -277,6 +282,8 @@ class WorldModelRun(TrainingRun):
         self.tokens_seen += self.s.batch * self.cfg.frames * self.cfg.block_len * self.ddp.world
         if self.step % self.s.val_every == 0 or self.step == self.steps:
             self.last_val = self.validate()
+            if self.ema is not None:
+                self.last_ema_val = self.validate(self.ema.module)
 
     def tokens_per_s(self) -> float:
         return self.tokens_seen / max(time.perf_counter() - self.t_start, 1e-9)
@@ -286,10 +293,13 @@ class WorldModelRun(TrainingRun):
         self.bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{last_val:.3f}" if last_val else "-",
                              tok_s=f"{tps:.0f}")
         if self.is_main:
+            line = {"step": self.step, "loss": loss.item(), "val_loss": last_val,
+                    "grad_norm": float(self.grad_norm), "lr": self.lr(self.step - 1),
+                    "tokens_per_s": tps, "seconds": self.elapsed}
+            if self.ema is not None:
+                line["ema_val_loss"] = self.last_ema_val
             with open(self.out / LOG_FILE, "a") as f:
-                f.write(json.dumps({"step": self.step, "loss": loss.item(), "val_loss": last_val,
-                                    "grad_norm": float(self.grad_norm), "lr": self.lr(self.step - 1),
-                                    "tokens_per_s": tps, "seconds": self.elapsed}) + "\n")
+                f.write(json.dumps(line) + "\n")
 
     def out_of_time(self) -> bool:
         if not self.ddp.enabled:
@@ -319,16 +329,21 @@ class WorldModelRun(TrainingRun):
             return 0.0
 
     def finish(self) -> dict[str, Any]:
-        """The run's metrics; rank 0 writes the model into the bundle."""
+        """The run's metrics; rank 0 writes the model into the bundle (the moving average of its
+        weights where the run keeps one; `val_loss` is always that of the weights written)."""
         tps = self.tokens_per_s() if self.tokens_seen else self.last_logged_tokens_per_s()
-        result = {"steps": self.step, "seconds": self.elapsed,
-                  "val_loss": self.last_val if self.last_val is not None else self.validate(),
+        weights = self.averaged_weights()
+        val = self.last_val if self.last_val is not None else self.validate()
+        result = {"steps": self.step, "seconds": self.elapsed, "val_loss": val,
                   "tokens_per_s": tps, "params": self.model.num_params(),
                   "world_size": self.ddp.world, "rank": self.ddp.rank}
+        if weights is not self.model:
+            ema_val = self.last_ema_val if self.last_ema_val is not None else self.validate(weights)
+            result.update(val_loss=ema_val, val_loss_last_step=val, ema=self.s.ema)
         if self.ddp.enabled:
             result.update(self.replica_checksums())
         if self.is_main:
-            bundle.save_weights(self.out, "model", self.model)
+            bundle.save_weights(self.out, "model", weights)
             bundle.update_config(self.out, model_metrics=result)
         return result
 

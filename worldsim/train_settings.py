@@ -34,6 +34,9 @@ class TrainSettings:
     # at play (targets stay real)
     context_dreams: float = 0.0
     rope: str = ""  # rotary positions, "1d" | "3d"; "": the preset's
+    # decay per step of an exponential moving average of the weights, which the bundle gets
+    # instead of the last step's weights; 0: off
+    ema: float = 0.0
 
 
 @dataclass

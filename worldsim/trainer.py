@@ -9,7 +9,9 @@ them together:
     resume()                          model + optimizer + step from OUT/train_state.safetensors
     while step < steps:               (or until max_seconds of training)
         loss = train_step()           batches are drawn from (seed, step): a resumed run sees the
-        after_step(loss)              batches it would have seen
+                                      batches it would have seen
+        ema.update_parameters(model)  where the run keeps a moving average of its weights
+        after_step(loss)
         every log_every steps and at the end: check the loss is finite, log(loss)
         every checkpoint_seconds: save()
     save()                            also on the way out of a Ctrl-C or SIGTERM
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from worldsim.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
@@ -76,6 +79,9 @@ class TrainingRun:
         self.is_main = is_main  # the process that writes files (rank 0 under torchrun)
         self.model: torch.nn.Module | None = None
         self.opt: torch.optim.Optimizer | None = None
+        # An exponential moving average of the weights, for runs that keep one (set in `setup`):
+        # updated after every step, checkpointed beside the weights.
+        self.ema: AveragedModel | None = None
         self.step = 0  # optimizer steps taken
         self.elapsed = 0.0  # seconds of training, over every resumed session
         self.saved_step: int | None = None  # step of the checkpoint on disk
@@ -105,6 +111,18 @@ class TrainingRun:
         return bool(flag)
 
     # -- shared ----------------------------------------------------------------------------------
+    def keep_ema(self, decay: float) -> None:
+        """Keep an exponential moving average of the weights with this decay per step (call in
+        `setup`, after the model is made). Its first update copies the weights of that step."""
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+    def averaged_weights(self) -> torch.nn.Module:
+        """The weights a bundle gets: the moving average where the run keeps one and has
+        updated it (a resume that trained nothing from a checkpoint without one has not)."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self.model
+
     @property
     def state_path(self) -> Path:
         return self.out / STATE_FILE
@@ -125,11 +143,13 @@ class TrainingRun:
         """Restore model, optimizer, step and training time from the checkpoint, if there is one."""
         if not self.state_path.exists():
             return False
-        st = load_checkpoint(self.state_path, self.model, self.opt)
+        st = load_checkpoint(self.state_path, self.model, self.opt, self.ema)
         self.step, self.elapsed = int(st["step"]), float(st.get("seconds", 0.0))
         self.saved_step = self.step
         if self.is_main:
             print(f"resuming from step {self.step} ({self.state_path})")
+            if self.ema is not None and not st["ema_restored"]:
+                print("the checkpoint holds no moving average of the weights: it starts from them")
         return True
 
     def set_lr(self, lr: float) -> None:
@@ -147,7 +167,7 @@ class TrainingRun:
         if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()):
             return
         save_checkpoint(self.state_path, self.model, self.opt,
-                        {"step": self.step, "seconds": self.elapsed, "run": self.kind})
+                        {"step": self.step, "seconds": self.elapsed, "run": self.kind}, self.ema)
         self.saved_step = self.step
 
     def check_finite(self, loss: torch.Tensor, every_rank: bool = True) -> None:
@@ -185,6 +205,8 @@ class TrainingRun:
                 now = time.perf_counter()
                 self.elapsed = elapsed0 + now - t_start
                 self.bar.update(1)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.after_step(loss)
                 if self.log_due():
                     self.check_finite(loss)

@@ -29,6 +29,14 @@ def window_frames(text: str) -> int:
     return n
 
 
+def ema_decay(text: str) -> float:
+    """0 (off) or a decay in (0, 1)."""
+    x = fraction(text)
+    if x == 1.0:
+        raise argparse.ArgumentTypeError("must be below 1 (a decay of 1 never leaves the first weights)")
+    return x
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from worldsim.train_settings import TrainSettings as S
 
@@ -61,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rope", default=None, choices=["1d", "3d"],
                    help="rotary positions: 1d (frame * L + slot) or 3d (frame, row, column, the same "
                         "offset for a one-tile scroll anywhere in the frame) (default: the preset's)")
+    p.add_argument("--ema", type=ema_decay, default=S.ema,
+                   help="keep an exponential moving average of the weights with this decay per step "
+                        "(0.999 averages over about the last 1,000 steps) and write it to the bundle "
+                        "instead of the last step's weights (default: 0, off)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
@@ -76,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                       warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
-                      context_dreams=args.context_dreams, rope=args.rope or "")
+                      context_dreams=args.context_dreams, rope=args.rope or "", ema=args.ema)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
@@ -85,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
     elif r.get("rank", 0) == 0:
         print(f"trained {args.objective} ({r['params'] / 1e6:.1f}M params) for {r['steps']} steps in "
               f"{r['seconds'] / 60:.1f} min on {r['world_size']} process(es): val loss "
-              f"{r['val_loss']:.4f}, {r['tokens_per_s']:.0f} tokens/s -> {args.out}")
+              f"{r['val_loss']:.4f}{' (moving average of the weights)' if r.get('ema') else ''}, "
+              f"{r['tokens_per_s']:.0f} tokens/s -> {args.out}")
     return 0
