@@ -12,7 +12,10 @@ same way, asks:
   labelled by whether the real view then scrolled (walked) or not (blocked). A miss on a
   blocked tile is a dream that obeys its own world, which has drifted from the real one; a miss
   on an open tile is a move the model did not make. The same labelling of the hits gives the
-  matcher's error rate.
+  matcher's error rate;
+- was that tile in view in the real context frame (the dream's own moves so far tracked from
+  it), or is it terrain the dream had to invent: a blocked tile it could have known is a dream
+  that forgot or garbled the world; one it invented is as good a guess as any.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from worldsim.tokenizers.action import action_tokenizer_from_config
 # Crafter's discrete actions 1-4 move the player left, right, up, down; the player stands at
 # tile (row 3, column 4) of the 9 x 7 map.
 TARGET_TILE = {1: (3, 3), 2: (3, 5), 3: (2, 4), 4: (4, 4)}
+STEP = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # a move (or scroll direction) in tiles
+PLAYER = (3, 4)
 DAY = 0.7  # daylight above which a tile's pixels are its texture
 
 
-def tile_at(frame: np.ndarray, action: int, tile: int) -> np.ndarray:
-    r, c = TARGET_TILE[action]
+def tile_at(frame: np.ndarray, action: int, tile: int, where: tuple[int, int] | None = None) -> np.ndarray:
+    """The tile the player walks into with `action`, or the tile at (row, column) `where`."""
+    r, c = TARGET_TILE[action] if where is None else where
     return frame[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile].astype(np.float32)
 
 
@@ -104,19 +110,38 @@ def main() -> None:
     lib_tiles, lib_walked = move_library(store, [i for i in store.episode_ids() if i not in held]
                                          [:args.library_episodes], t, rows)
 
-    def open_way(frame: np.ndarray, action: int) -> bool:
-        d = np.abs(lib_tiles - tile_at(frame, action, t)).reshape(len(lib_tiles), -1).mean(1)
+    def open_way(frame: np.ndarray, action: int, where: tuple[int, int] | None = None) -> bool:
+        d = np.abs(lib_tiles - tile_at(frame, action, t, where)).reshape(len(lib_tiles), -1).mean(1)
         return bool(lib_walked[d.argmin()])
 
+    # The dream's player, in tiles of the context frame's view, before each step.
+    moves = np.array([(0, 0)] + [STEP[d] for d in sorted(STEP)])[g]  # (B, H, 2)
+    pos = np.asarray(PLAYER) + np.concatenate([np.zeros((B, 1, 2), int), moves.cumsum(1)[:, :-1]], 1)
+
+    def in_context_view(b: int, s: int, action: int) -> tuple[int, int] | None:
+        r_, c_ = pos[b, s] + STEP[action]
+        return (int(r_), int(c_)) if 0 <= r_ < rows and 0 <= c_ < real.frames.shape[3] // t else None
+
     moving = r != 0
-    misses, hits = Counter(), Counter()
+    misses, hits, seen = Counter(), Counter(), Counter()
     for b, s in zip(*np.nonzero(moving)):
         a = int(acts[b, s])
         way = ("open" if open_way(dream_prev[b, s], a) else "blocked") if a in TARGET_TILE else "no move action"
         if g[b, s] == r[b, s]:
             hits[way] += 1
         else:
-            misses[("still" if g[b, s] == 0 else "another way", way)] += 1
+            kind = "still" if g[b, s] == 0 else "another way"
+            misses[(kind, way)] += 1
+            where = in_context_view(b, s, a) if a in TARGET_TILE else None
+            if a in TARGET_TILE:
+                # A tile the context frame showed: is it open there (the dream garbled it), or
+                # blocked there too (the dream remembered it, having fallen behind the real player)?
+                seen[(kind, way, where is None)] += 1
+                if where is not None:
+                    seen[(kind, way, "open in context" if open_way(real.frames[b, C - 1], a, where)
+                          else "blocked in context")] += 1
+                earlier = bool((moving[b, :s] & (g[b, :s] != r[b, :s])).any())
+                seen[(kind, way, "after a miss" if earlier else "first miss")] += 1
     n_miss = sum(misses.values())
     print(f"{args.bundle}, {B} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
           f"the real view scrolls on {int(moving.sum())} steps, the dream agrees on "
@@ -126,6 +151,13 @@ def main() -> None:
     print(f"{n_miss} misses:")
     for (kind, way), n in sorted(misses.items(), key=lambda kv: -kv[1]):
         print(f"  dream {kind}, its own way {way}: {n}")
+        if kind == "still" and way in ("open", "blocked"):
+            c = {k[2]: v for k, v in seen.items() if k[:2] == (kind, way)}
+            print(f"    its first miss in the window: {c.get('first miss', 0)}, after an earlier miss: "
+                  f"{c.get('after a miss', 0)}")
+            print(f"    terrain the dream invented: {c.get(True, 0)}; a tile the context frame showed: "
+                  f"{c.get(False, 0)} (open there {c.get('open in context', 0)}, blocked there "
+                  f"{c.get('blocked in context', 0)})")
     late = moving & (g != r)
     print("misses per step:", late.sum(0).tolist())
     print("real scrolls per step:", moving.sum(0).tolist())
