@@ -7,6 +7,13 @@ per pass), and the frame ends early once nothing is masked. The first pass is fu
 clean pass that writes frame t and action t into the cache, exactly as in training.
 Cost: K forward passes per frame (4-8), fewer with a threshold on easy frames.
 
+Which drawn tokens a pass keeps (`peak`): MaskGIT keeps the most probable of the tokens drawn,
+so a rare token drawn (a tree in a field) is put back and drawn again more often than a common
+one, and a frame ends with fewer rare tokens than the model's distribution holds. With `peak`
+a pass keeps the tokens at the positions whose distribution is most peaked, whatever was drawn
+there. On the shipped Crafter model, which is sure of most tokens, the two give nearly the same
+dreams (the same scroll agreement on both draws of windows, benchmarks/results/cpu/study).
+
 Action guidance (`guidance` w > 0): every pass also runs the frame under the null action (the
 space's no-op) in a shadow row of the cache that holds the same past, and samples from
 `logits + w * (logits - null_logits)`, which pushes the frame away from what would have happened
@@ -43,6 +50,10 @@ class Settings:
     # (worldsim.inference.graphs); elsewhere it only adds copies.
     graphs: bool = False
     guidance: float = 0.0  # w: action guidance against the null action (0: off)
+    # Which drawn tokens a pass keeps. False: the most probable of those drawn (MaskGIT). True:
+    # those at the most peaked positions, whatever was drawn there, so that a rare token drawn
+    # is kept as readily as a common one at the same position
+    peak: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -135,7 +146,7 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):
-            tok, conf = sample(logits, sampling, generator)
+            tok, conf = sample(logits, sampling, generator, peak=settings.peak)
             masked = frame == cfg.mask_id
             conf = conf.masked_fill(~masked, -1.0)
             if threshold is None:  # the schedule alone: the same count for every row

@@ -68,6 +68,9 @@ class DecoderSettings:
     # block_diffusion: action guidance, logits + w * (logits - logits under the null action);
     # the engine keeps a shadow cache row per session for it when its decoder has it
     guidance: float = 0.0
+    # block_diffusion: keep the drawn tokens at the most peaked positions, not the most
+    # probable of those drawn
+    peak: bool = False
 
     def resolve(self, objective: str) -> "DecoderSettings":
         """`auto` replaced by its decoder, checked against the model's objective and the

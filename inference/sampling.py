@@ -40,9 +40,11 @@ def filtered_logits(logits_MV: torch.Tensor, s: SamplingSettings) -> torch.Tenso
 
 
 def sample(logits_MV: torch.Tensor, s: SamplingSettings,
-           generator: torch.Generator | list[torch.Generator] | None = None
+           generator: torch.Generator | list[torch.Generator] | None = None, peak: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (tokens (...,), probability of each chosen token (...,)) for logits (..., V).
+    """Returns (tokens (...,), confidences (...,)) for logits (..., V): the probability of each
+    chosen token, or with `peak` the highest probability at its position, whichever token was
+    drawn there (so that a rare token drawn is as sure of its place as a common one).
 
     `generator` may be a list with one generator per row of the leading dimension (one per
     session), so that what a session draws does not depend on the batch it is stepped in."""
@@ -56,4 +58,4 @@ def sample(logits_MV: torch.Tensor, s: SamplingSettings,
                            for p, g in zip(probs, generator)])
     else:
         tok = torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])
-    return tok, probs.gather(-1, tok[..., None])[..., 0]
+    return tok, probs.amax(-1) if peak else probs.gather(-1, tok[..., None])[..., 0]

@@ -132,3 +132,31 @@ def test_the_sharpened_models_frames_depend_on_their_inputs():
         runs = [plain.rollout(model, frames[None], a[:, :2], a[:, 2:], GREEDY, steps=k)
                 for a in (act, other) for k in steps]
         assert all(not torch.equal(x, y) for i, x in enumerate(runs) for y in runs[i + 1:])
+
+
+@pytest.mark.parametrize("peak", [False, True])
+def test_peak_order_keeps_rare_tokens_at_their_rate(monkeypatch, peak):
+    """Every position's next code is 1 with probability 0.8 and 2 with 0.2, whatever the context.
+    Keeping the most probable of the drawn tokens (MaskGIT's order) keeps the common draws first
+    and draws the rare ones again, so a frame ends with far fewer than 20% rare codes: the bias
+    that makes a dream's new terrain plainer than the world's. Keeping the drawn tokens at the
+    most peaked positions keeps a rare draw as readily as a common one: about 20%."""
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    probs = torch.zeros(cfg.codebook_size)
+    probs[1], probs[2] = 0.8, 0.2
+
+    def fixed_logits(model, cache, tokens, pos, prev, n):
+        return probs.log().expand(tokens.shape[0], n, -1).clone()  # (B, N, K)
+
+    monkeypatch.setattr(decode_block_diffusion, "pass_logits", fixed_logits)
+    d = DecoderSettings("block_diffusion", steps=4, peak=peak,
+                        sampling=dataclasses.replace(GREEDY, temperature=1.0))
+    frames, _ = context(cfg, 1, 0)
+    rare = []
+    for seed in range(32):
+        s = engine(model, d).open(frames, [], seed=seed)
+        s.step(1)
+        rare.append((s.last_frame[0] == 2).float().mean())
+    rate = float(torch.stack(rare).mean())
+    assert (0.17 < rate < 0.23) if peak else rate < 0.12

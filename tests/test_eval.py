@@ -125,8 +125,12 @@ def test_decoder_specs():
     d = parse_decoder("block_diffusion:4:g1.5")
     assert (d.steps, d.threshold, d.guidance) == (4, None, 1.5)
     assert decoder_label(parse_decoder("block_diffusion:8:t0.9:g2")) == "block_diffusion:8:t0.9:g2"
+    d = parse_decoder("block_diffusion:4:peak")
+    assert d.peak and not parse_decoder("block_diffusion:4").peak
+    assert decoder_label(d) == "block_diffusion:4:peak"
+    assert decoder_label(parse_decoder("block_diffusion:8:t0.9:g2:peak")) == "block_diffusion:8:t0.9:g2:peak"
     for bad in ("beam", "ar:2", "diagonal:x", "block_diffusion:4:0.9", "block_diffusion:4:g1:g2",
-                "block_diffusion:4:x1"):
+                "block_diffusion:4:x1", "block_diffusion:4:peak:peak", "block_diffusion:4:peak1"):
         with pytest.raises(WorldsimError, match="bad decoder"):
             parse_decoder(bad)
 

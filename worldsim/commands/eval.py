@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--context", type=positive_int, default=1, help="real context frames (default: 1)")
     p.add_argument("--horizon", type=positive_int, default=15, help="dreamed frames (default: 15)")
     p.add_argument("--decoder", action="append", default=[], metavar="SPEC",
-                   help="ar, diagonal:W or block_diffusion:K[:tT][:gW]; repeat for several "
+                   help="ar, diagonal:W or block_diffusion:K[:tT][:gW][:peak] (T: a confidence threshold, W: "
+                        "action guidance, peak: keep the tokens at the most peaked positions); repeat for several "
                         "(default: every decoder valid for the model)")
     p.add_argument("--idm", type=existing_dir, help="inverse dynamics model from `worldsim train-idm`")
     p.add_argument("--out", type=out_dir, help="report folder (default: BUNDLE-eval beside the bundle)")

@@ -56,7 +56,8 @@ class EvalSettings:
 # -- decoders ----------------------------------------------------------------------------------
 def parse_decoder(spec: str, temperature: float = 0.0) -> DecoderSettings:
     """`ar`, `diagonal:W` or `block_diffusion:K`, the last optionally followed by `:tT` (a
-    confidence threshold) and `:gW` (action guidance)."""
+    confidence threshold), `:gW` (action guidance) and `:peak` (keep the tokens at the most
+    peaked positions rather than the most probable of those drawn)."""
     parts = spec.strip().split(":")
     name, rest = parts[0], parts[1:]
     sampling = SamplingSettings(temperature=temperature)
@@ -65,19 +66,20 @@ def parse_decoder(spec: str, temperature: float = 0.0) -> DecoderSettings:
             return DecoderSettings("ar", sampling=sampling)
         if name == "diagonal" and len(rest) <= 1:
             return DecoderSettings("diagonal", window=int(rest[0]) if rest else 2, sampling=sampling)
-        if name == "block_diffusion" and len(rest) <= 3:
+        if name == "block_diffusion" and len(rest) <= 4:
             steps = int(rest[0]) if rest else 4
-            extra = {"t": None, "g": 0.0}
+            extra: dict[str, Any] = {"t": None, "g": 0.0, "peak": False}
             for part in rest[1:]:
-                key = part[:1]
+                key = "peak" if part == "peak" else part[:1]
                 if key not in extra or extra[key]:
                     raise ValueError
-                extra[key] = float(part[1:])
+                extra[key] = True if key == "peak" else float(part[1:])
             return DecoderSettings("block_diffusion", steps=steps, threshold=extra["t"],
-                                   guidance=extra["g"], sampling=sampling)
+                                   guidance=extra["g"], peak=extra["peak"],
+                                   sampling=sampling)
     except ValueError:
         pass
-    raise WorldsimError(f"bad decoder {spec!r}: use ar, diagonal:W or block_diffusion:K[:tT][:gW] "
+    raise WorldsimError(f"bad decoder {spec!r}: use ar, diagonal:W or block_diffusion:K[:tT][:gW][:peak] "
                         "(for example diagonal:2, block_diffusion:8:t0.9, block_diffusion:4:g1)")
 
 
@@ -86,7 +88,7 @@ def decoder_label(d: DecoderSettings) -> str:
         return f"diagonal:{d.window}"
     if d.name == "block_diffusion":
         return (f"block_diffusion:{d.steps}" + (f":t{d.threshold:g}" if d.threshold is not None else "")
-                + (f":g{d.guidance:g}" if d.guidance else ""))
+                + (f":g{d.guidance:g}" if d.guidance else "") + (":peak" if d.peak else ""))
     return d.name
 
 
