@@ -233,6 +233,29 @@ def test_rope_3d_and_context_dreams_are_recorded_in_the_bundle_and_a_resume_must
     assert "another config" in capsys.readouterr().err
 
 
+def test_a_resume_may_lengthen_the_window_and_otherwise_keeps_it(tiny_tokens, tmp_path, capsys):
+    """No weight depends on the window: a bundle trained on 3-frame windows goes on with 5
+    (the bundle then says 5, and play attends to 5), and a resume that names no --frames keeps
+    the bundle's window rather than the preset's."""
+    from worldsim.cli import main
+    from worldsim.inference.engine import Engine
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--batch", "2", "--val-every", "1000",
+                 "--objective", "block_diffusion")
+    assert main(args + ["--steps", "2", "--frames", "3"]) == 0
+    assert read_config(tmp_path / "wm")["model"]["frames"] == 3
+    capsys.readouterr()
+    assert main(args + ["--steps", "3", "--frames", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "trained on 3-frame windows; it goes on with 5" in out and "resuming from step 2" in out
+    cfg = read_config(tmp_path / "wm")
+    assert cfg["model"]["frames"] == 5 and cfg["model_metrics"]["steps"] == 3
+    assert Engine.from_bundle(tmp_path / "wm").model.cfg.frames == 5
+    assert main(args + ["--steps", "4"]) == 0  # the preset's window is 4: the bundle's 5 is kept
+    assert read_config(tmp_path / "wm")["model"]["frames"] == 5
+    assert read_config(tmp_path / "wm")["model_metrics"]["steps"] == 4
+
+
 def test_a_bundle_from_before_a_config_key_existed_resumes(tiny_tokens, tmp_path, capsys):
     """A key added to ModelConfig later (here `rope`) is absent from older bundles: their
     default is meant, and the run resumes."""

@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +116,9 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int,
 
 
 def _same_config(old: dict[str, Any], cfg: ModelConfig) -> bool:
+    """Whether a bundle's model config is `cfg` but for the window, which no weight depends on."""
     try:
-        return ModelConfig.from_dict(old) == cfg
+        return replace(ModelConfig.from_dict(old), frames=cfg.frames) == cfg
     except ValueError:  # keys this code does not know, or values it refuses
         return False
 
@@ -168,9 +169,23 @@ class WorldModelRun(TrainingRun):
         train_ids, val_ids = split_ids(self.all_shards.episode_ids, s.val_fraction)  # the store's rule
         self.train_shards = TokenShards(self.shards_dir, train_ids)
         self.val_shards = TokenShards(self.shards_dir, val_ids or train_ids)
-        self.cfg = _build_config(self.preset, self.all_shards, self.objective, s.frames, s.rope)
+        self.cfg = self.window_of_resumed(_build_config(self.preset, self.all_shards, self.objective,
+                                                        s.frames, s.rope))
         self.train_starts = self.train_shards.window_starts(self.cfg.frames)
         self.val_starts = self.val_shards.window_starts(self.cfg.frames)
+
+    def window_of_resumed(self, cfg: ModelConfig) -> ModelConfig:
+        """A bundle that is resumed keeps its window unless --frames names another. No weight
+        depends on the window, so training may go on with longer windows (the shipped model's
+        last leg did), and the bundle then records the new one: play attends to that many."""
+        old = bundle.read_config(self.out).get("model") if (self.out / "config.json").exists() else None
+        if not old or "frames" not in old:
+            return cfg
+        if not self.s.frames:
+            return replace(cfg, frames=int(old["frames"]))
+        if self.s.frames != old["frames"] and self.is_main:
+            print(f"{self.out} trained on {old['frames']}-frame windows; it goes on with {self.s.frames}")
+        return cfg
 
     def finished(self) -> dict[str, Any] | None:
         """The metrics of a bundle already trained to `steps`, or None if there is work to do."""

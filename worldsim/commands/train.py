@@ -16,7 +16,8 @@ Train the world model on token shards and write a playable bundle.
 
 Objectives: ar (next-token, decoded by `ar` or `diagonal`) and block_diffusion (masked within
 a frame, causal across frames, decoded in a few passes per frame). Killed and started again with
-the same --out, training continues from its last checkpoint. The loss curve goes to
+the same --out, training continues from its last checkpoint, and may go on with longer windows
+(--frames). The loss curve goes to
 train_log.jsonl in --out."""
 
 
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="crafter", help="model preset: tiny | crafter | mineworld-300m")
     p.add_argument("--steps", type=positive_int, default=S.steps, help=f"optimizer steps (default: {S.steps})")
     p.add_argument("--batch", type=positive_int, default=S.batch, help=f"windows per step per process (default: {S.batch})")
-    p.add_argument("--frames", type=window_frames, default=S.frames, help="frames per window (default: the preset's)")
+    p.add_argument("--frames", type=window_frames, default=S.frames, help="frames per window; a resumed bundle may go on with another window, "
+                        "which no weight depends on (default: the preset's, or a resumed bundle's)")
     p.add_argument("--lr", type=positive_float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
     p.add_argument("--warmup", type=nonneg_int, default=S.warmup, help=f"warmup steps (default: {S.warmup})")
     p.add_argument("--dtype", default=S.dtype, choices=["auto", "bf16", "fp32"],
