@@ -13,6 +13,9 @@ same way, asks:
   blocked tile is a dream that obeys its own world, which has drifted from the real one; a miss
   on an open tile is a move the model did not make. The same labelling of the hits gives the
   matcher's error rate;
+- could a scroll be seen at all: if the dream's previous frame, shifted one tile the real way,
+  differs from itself by less than the scroll detector's margin (a field of one tile, grass),
+  the dream may have moved without the detector seeing it;
 - was that tile in view in the real context frame (the dream's own moves so far tracked from
   it), or is it terrain the dream had to invent: a blocked tile it could have known is a dream
   that forgot or garbled the world; one it invented is as good a guess as any.
@@ -122,6 +125,21 @@ def main() -> None:
         r_, c_ = pos[b, s] + STEP[action]
         return (int(r_), int(c_)) if 0 <= r_ < rows and 0 <= c_ < real.frames.shape[3] // t else None
 
+    def scroll_visible(frame: np.ndarray, direction: int, margin: float = 0.5) -> bool:
+        """Whether a move `direction` over `frame`'s own terrain would show: the map and its
+        copy moved one tile differ, over their overlap and away from the player (who stays in
+        the middle), by more than the scroll detector's margin."""
+        m = frame[:rows * t].astype(np.float32)
+        dr, dc = STEP[direction]
+        h, w = m.shape[0] - abs(dr) * t, m.shape[1] - abs(dc) * t
+        new = m[max(dr, 0) * t:, max(dc, 0) * t:][:h, :w]  # what the moved view shows there: the old tile
+        old = m[max(-dr, 0) * t:, max(-dc, 0) * t:][:h, :w]
+        diff = np.abs(new - old).reshape(h // t, t, w // t, t, -1).mean((1, 3, 4))  # per tile
+        pr, pc = PLAYER
+        for r_, c_ in ((pr - max(dr, 0), pc - max(dc, 0)), (pr - max(-dr, 0), pc - max(-dc, 0))):
+            diff[r_, c_] = 0.0  # the player's tile, in either copy
+        return float(diff.mean()) > margin
+
     moving = r != 0
     misses, hits, seen = Counter(), Counter(), Counter()
     for b, s in zip(*np.nonzero(moving)):
@@ -132,6 +150,8 @@ def main() -> None:
         else:
             kind = "still" if g[b, s] == 0 else "another way"
             misses[(kind, way)] += 1
+            if kind == "still" and not scroll_visible(dream_prev[b, s], int(r[b, s])):
+                seen[(kind, way, "invisible")] += 1
             where = in_context_view(b, s, a) if a in TARGET_TILE else None
             if a in TARGET_TILE:
                 # A tile the context frame showed: is it open there (the dream garbled it), or
@@ -154,7 +174,8 @@ def main() -> None:
         if kind == "still" and way in ("open", "blocked"):
             c = {k[2]: v for k, v in seen.items() if k[:2] == (kind, way)}
             print(f"    its first miss in the window: {c.get('first miss', 0)}, after an earlier miss: "
-                  f"{c.get('after a miss', 0)}")
+                  f"{c.get('after a miss', 0)}; on a view where that scroll could not be seen: "
+                  f"{c.get('invisible', 0)}")
             print(f"    terrain the dream invented: {c.get(True, 0)}; a tile the context frame showed: "
                   f"{c.get(False, 0)} (open there {c.get('open in context', 0)}, blocked there "
                   f"{c.get('blocked in context', 0)})")
