@@ -168,3 +168,49 @@ def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
     assert "tokenized 0 episodes (6 already there)" in second  # nor tokenized twice
     assert "resuming from step 4" in second  # the IDM finds its checkpoint
     assert (work / "tok" / "image_tokenizer.safetensors").stat().st_mtime_ns == tokenizer_written  # nor fitted
+
+
+def test_context_stalls_play_one_step_twice_and_take_no_loss_on_the_repeat():
+    from worldsim.objectives import stall_windows
+
+    cfg = preset_config("tiny", objective="block_diffusion")
+    b, f, n = 64, cfg.frames, cfg.tokens_per_frame
+    frames = torch.arange(f)[None, :, None].expand(b, f, n) + 100 * torch.arange(b)[:, None, None]
+    actions = torch.arange(f)[None, :, None].expand(b, f, 1) + 10
+    g = torch.Generator().manual_seed(0)
+    sf, sa, repeated = stall_windows(frames, actions, 0.5, g)
+    stalled = repeated.any(1)
+    assert 16 < int(stalled.sum()) < 48 and int(repeated.sum(1).max()) == 1
+    assert torch.equal(sf[~stalled], frames[~stalled]) and torch.equal(sa[~stalled], actions[~stalled])
+    ks = set()
+    for i in stalled.nonzero()[:, 0].tolist():
+        k = int(repeated[i].nonzero()[0, 0]) - 1
+        ks.add(k)
+        want = list(range(k + 1)) + list(range(k, f - 1))  # step k played twice, the last frame dropped
+        assert sf[i, :, 0].sub(100 * i).tolist() == want and sa[i, :, 0].sub(10).tolist() == want
+    assert ks == set(range(f - 2))  # every step but the last two: a move follows every stall
+    # No loss on the repeated frame; the same loss positions elsewhere.
+    x = block_diffusion_inputs(cfg, sf, sa, torch.Generator().manual_seed(1), no_loss_BF=repeated)
+    y = block_diffusion_inputs(cfg, sf, sa, torch.Generator().manual_seed(1))
+    lx = x["loss_mask"][:, :(f - 1) * n].view(b, f - 1, n)
+    ly = y["loss_mask"][:, :(f - 1) * n].view(b, f - 1, n)
+    assert not lx[repeated[:, 1:]].any() and ly[repeated[:, 1:]].any()
+    assert torch.equal(lx[~repeated[:, 1:]], ly[~repeated[:, 1:]])
+    assert stall_windows(frames, actions, 0.0, g)[2] is None
+
+
+def test_context_stalls_only_in_training():
+    cfg = preset_config("tiny", objective="block_diffusion")
+    torch.manual_seed(0)
+    obj = Objective(WorldModel(cfg), context_stalls=1.0)
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, cfg.codebook_size, (4, cfg.frames, cfg.tokens_per_frame), generator=g)
+    actions = torch.full((4, cfg.frames, cfg.action_tokens), cfg.codebook_size)
+    obj.eval()
+    a, _ = obj(frames, actions, torch.Generator().manual_seed(3))
+    b, _ = Objective(obj.model)(frames, actions, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    c, _ = obj.train()(frames, actions, torch.Generator().manual_seed(3))
+    assert not torch.equal(a, c)
+    with pytest.raises(ValueError, match="block_diffusion"):
+        Objective(WorldModel(preset_config("tiny", objective="ar")), context_stalls=0.1)

@@ -222,10 +222,10 @@ def test_rope_3d_and_context_dreams_are_recorded_in_the_bundle_and_a_resume_must
 
     args = _args(tiny_tokens, tmp_path / "wm", "--steps", "2", "--batch", "2", "--val-every", "1000",
                  "--objective", "block_diffusion")
-    assert main(args + ["--rope", "3d", "--context-dreams", "0.5"]) == 0
+    assert main(args + ["--rope", "3d", "--context-dreams", "0.5", "--context-stalls", "0.25"]) == 0
     cfg = read_config(tmp_path / "wm")
     assert cfg["model"]["rope"] == "3d" and cfg["training"]["rope"] == "3d"
-    assert cfg["training"]["context_dreams"] == 0.5
+    assert cfg["training"]["context_dreams"] == 0.5 and cfg["training"]["context_stalls"] == 0.25
     assert Engine.from_bundle(tmp_path / "wm").model.cfg.rope == "3d"
     capsys.readouterr()
     # Another positional scheme would not fit the weights.

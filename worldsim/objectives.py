@@ -21,6 +21,13 @@ Two augmentations change only what the model reads as context, never what it mus
 context noise (random codes in place of some context tokens) and context dreams (the context
 frames after the first replaced, in some windows, by the model's own one-step dreams of them,
 decoded as at play), so that training meets the kind of frames a long rollout feeds back.
+
+A third, context stalls, changes the window: in some windows one step is played twice, the
+first time without effect (its frame repeated), and no loss is taken on the repeated frame. A
+dream that once fails to move its player has a history the real game rarely shows (a stall on
+an open way) and, taught by real windows that a blocked move stays blocked, tends to stay
+still from then on; the stalled windows show it that after a stall the next move goes through
+wherever the way is open.
 """
 
 from __future__ import annotations
@@ -75,15 +82,36 @@ def corrupt_context(frames_BFN: torch.Tensor, rate: float, k: int,
     return torch.where(hit, codes, frames_BFN)
 
 
+def stall_windows(frames_BFN: torch.Tensor, actions_BFA: torch.Tensor, rate: float,
+                  generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """In a fraction `rate` of the windows, step k (drawn from 0..F-3) is played twice: frame k
+    and action k are repeated at k+1, the rest of the window follows one frame later, and its
+    last frame is dropped. Returns (frames (B, F, N), actions (B, F, A), the repeated frames
+    (B, F) bool, which take no loss), or the inputs and None when no window stalls."""
+    b, f, _ = frames_BFN.shape
+    pick = torch.rand(b, generator=generator) < rate
+    k = torch.randint(0, max(f - 2, 1), (b,), generator=generator)
+    if f < 3 or rate <= 0 or not bool(pick.any()):
+        return frames_BFN, actions_BFA, None
+    j = torch.arange(f)[None, :]  # (1, F): new index -> old index, j - 1 after the repeat
+    src = torch.where(pick[:, None] & (j > k[:, None]), j - 1, j).to(frames_BFN.device)  # (B, F)
+    repeated = (pick[:, None] & (j == k[:, None] + 1)).to(frames_BFN.device)
+    frames = frames_BFN.gather(1, src[..., None].expand_as(frames_BFN))
+    actions = actions_BFA.gather(1, src[..., None].expand_as(actions_BFA))
+    return frames, actions, repeated
+
+
 def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
                            generator: torch.Generator | None = None, context_noise: float = 0.0,
-                           context_BFN: torch.Tensor | None = None, noisy_BFN: torch.Tensor | None = None
-                           ) -> dict[str, torch.Tensor]:
+                           context_BFN: torch.Tensor | None = None, noisy_BFN: torch.Tensor | None = None,
+                           no_loss_BF: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The model's input for windows of real frames (B, F, N) and actions (B, F, A).
 
     `context_BFN` (B, F, N), if given, is what the model reads as frames instead of the real
     ones (dreamed frames); targets stay real. `noisy_BFN` (B, F-1, N), if given, is frames
-    1..F-1 as the model sees them, the mask id where masked, instead of a drawn mask."""
+    1..F-1 as the model sees them, the mask id where masked, instead of a drawn mask.
+    `no_loss_BF` (B, F) bool, if given, marks frames on which no loss is taken."""
     b, f, n = frames_BFN.shape
     K, L, dev = cfg.codebook_size, cfg.block_len, frames_BFN.device
     # What the model reads as context (clean blocks and previous-frame hints) may be corrupted;
@@ -100,6 +128,7 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
         noisy = torch.where(masked, torch.full_like(target, cfg.mask_id), target)
     else:
         noisy, masked = noisy_BFN, noisy_BFN == cfg.mask_id
+    loss_BFN = masked if no_loss_BF is None else masked & ~no_loss_BF[:, 1:, None]
     pos_clean = torch.arange((f - 1) * L, device=dev)
     pos_noisy = (torch.arange(1, f, device=dev)[:, None] * L + torch.arange(n, device=dev)).flatten()
     hints_noisy = prev_frame_tokens(context_BFN, K)[:, 1:].flatten(1)
@@ -108,7 +137,7 @@ def block_diffusion_inputs(cfg: ModelConfig, frames_BFN: torch.Tensor, actions_B
             "positions": torch.cat([pos_noisy, pos_clean]).expand(b, -1),
             "prev": torch.cat([hints_noisy, hints_clean], 1),
             "targets": torch.cat([target.flatten(1), clean], 1),
-            "loss_mask": torch.cat([masked.flatten(1), torch.zeros_like(clean, dtype=torch.bool)], 1),
+            "loss_mask": torch.cat([loss_BFN.flatten(1), torch.zeros_like(clean, dtype=torch.bool)], 1),
             "mask": block_diffusion_mask(f, n, L, str(dev))}
 
 
@@ -158,14 +187,16 @@ def dream_context(model: WorldModel, frames_BFN: torch.Tensor, actions_BFA: torc
 class Objective(nn.Module):
     """Wraps the model so that forward returns the loss (what DistributedDataParallel wraps)."""
 
-    def __init__(self, model: WorldModel, context_noise: float = 0.0, context_dreams: float = 0.0):
+    def __init__(self, model: WorldModel, context_noise: float = 0.0, context_dreams: float = 0.0,
+                 context_stalls: float = 0.0):
         super().__init__()
         self.model = model
-        if (context_noise or context_dreams) and model.cfg.objective != "block_diffusion":
-            raise ValueError("context noise and dreams are implemented for the block_diffusion "
-                             "objective only")
+        if (context_noise or context_dreams or context_stalls) and model.cfg.objective != "block_diffusion":
+            raise ValueError("context noise, dreams and stalls are implemented for the "
+                             "block_diffusion objective only")
         self.context_noise = context_noise
         self.context_dreams = context_dreams
+        self.context_stalls = context_stalls
 
     def forward(self, frames_BFN: torch.Tensor, actions_BFA: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,11 +206,15 @@ class Objective(nn.Module):
             x = ar_inputs(cfg, frames_BFN, actions_BFA)
             h = self.model.hidden(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)
         else:
-            context = None
+            context, no_loss = None, None
+            if self.training and self.context_stalls > 0:
+                frames_BFN, actions_BFA, no_loss = stall_windows(frames_BFN, actions_BFA,
+                                                                 self.context_stalls, generator)
             if self.training and self.context_dreams > 0:
                 context = dream_context(self.model, frames_BFN, actions_BFA, self.context_dreams, generator)
             x = block_diffusion_inputs(cfg, frames_BFN, actions_BFA, generator,
-                                       self.context_noise if self.training else 0.0, context)
+                                       self.context_noise if self.training else 0.0, context,
+                                       no_loss_BF=no_loss)
             h = self.model.hidden(x["tokens"], x["positions"], mask=x["mask"], prev_BT=x["prev"])
         sel = x["loss_mask"]
         # Only the positions with a loss go through the output head: the clean half of a block-

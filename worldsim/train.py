@@ -232,7 +232,8 @@ class WorldModelRun(TrainingRun):
         torch.manual_seed(s.seed)
         self.model = model = WorldModel(self.cfg).to(self.dev)
         self.objective_mod: torch.nn.Module = Objective(model, context_noise=s.context_noise,
-                                                       context_dreams=s.context_dreams)
+                                                       context_dreams=s.context_dreams,
+                                                       context_stalls=s.context_stalls)
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},

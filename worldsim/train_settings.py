@@ -33,6 +33,10 @@ class TrainSettings:
     # model's own one-step dreams, so it learns to go on from frames like those it feeds back
     # at play (targets stay real)
     context_dreams: float = 0.0
+    # block_diffusion: the fraction of windows in which one step is played twice, the first time
+    # without effect, so the model learns that a stall does not make the next move fail (no loss
+    # on the repeated frame)
+    context_stalls: float = 0.0
     rope: str = ""  # rotary positions, "1d" | "3d"; "": the preset's
     # decay per step of an exponential moving average of the weights, which the bundle gets
     # instead of the last step's weights; 0: off

@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "are the model's own one-step dreams (two extra forward passes each, without "
                         "gradients); targets stay real. It lost to plain training in the study "
                         "(benchmarks/results/cpu/study) (default: 0)")
+    p.add_argument("--context-stalls", type=fraction, default=S.context_stalls,
+                   help="block_diffusion: fraction of windows in which one step is played twice, the "
+                        "first time without effect (no loss on the repeated frame), so that a dream "
+                        "that once fails to move does not stay still from then on (default: 0)")
     p.add_argument("--rope", default=None, choices=["1d", "3d"],
                    help="rotary positions: 1d (frame * L + slot) or 3d (frame, row, column, the same "
                         "offset for a one-tile scroll anywhere in the frame) (default: the preset's)")
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                       warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
-                      context_dreams=args.context_dreams, rope=args.rope or "", ema=args.ema)
+                      context_dreams=args.context_dreams, context_stalls=args.context_stalls,
+                      rope=args.rope or "", ema=args.ema)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
