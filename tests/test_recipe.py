@@ -38,19 +38,23 @@ def test_context_noise_corrupts_context_not_targets():
     assert torch.equal(corrupt_context(frames, 0.0, cfg.codebook_size), frames)
 
 
-def test_context_noise_only_in_training_and_only_for_block_diffusion():
+@pytest.mark.parametrize("augmentation", ["context_noise", "context_stalls"])
+def test_context_augmentations_only_in_training_and_only_for_block_diffusion(augmentation):
     cfg = preset_config("tiny", objective="block_diffusion")
     torch.manual_seed(0)
-    obj = Objective(WorldModel(cfg), context_noise=0.5)
+    obj = Objective(WorldModel(cfg), **{augmentation: 0.5})
     g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, cfg.codebook_size, (2, cfg.frames, cfg.tokens_per_frame), generator=g)
-    actions = torch.full((2, cfg.frames, cfg.action_tokens), cfg.codebook_size)
+    frames = torch.randint(0, cfg.codebook_size, (4, cfg.frames, cfg.tokens_per_frame), generator=g)
+    actions = torch.full((4, cfg.frames, cfg.action_tokens), cfg.codebook_size)
     obj.eval()
     a, _ = obj(frames, actions, torch.Generator().manual_seed(3))
     b, _ = Objective(obj.model)(frames, actions, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)  # evaluation never corrupts
+    assert torch.equal(a, b)  # evaluation never augments
+    c, _ = obj.train()(frames, actions, torch.Generator().manual_seed(3))
+    d, _ = Objective(obj.model).train()(frames, actions, torch.Generator().manual_seed(3))
+    assert not torch.equal(c, d)  # training does
     with pytest.raises(ValueError, match="block_diffusion"):
-        Objective(WorldModel(preset_config("tiny", objective="ar")), context_noise=0.1)
+        Objective(WorldModel(preset_config("tiny", objective="ar")), **{augmentation: 0.1})
 
 
 def _tiny_windows(b: int, seed: int = 0):
@@ -197,20 +201,3 @@ def test_context_stalls_play_one_step_twice_and_take_no_loss_on_the_repeat():
     assert not lx[repeated[:, 1:]].any() and ly[repeated[:, 1:]].any()
     assert torch.equal(lx[~repeated[:, 1:]], ly[~repeated[:, 1:]])
     assert stall_windows(frames, actions, 0.0, g)[2] is None
-
-
-def test_context_stalls_only_in_training():
-    cfg = preset_config("tiny", objective="block_diffusion")
-    torch.manual_seed(0)
-    obj = Objective(WorldModel(cfg), context_stalls=1.0)
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, cfg.codebook_size, (4, cfg.frames, cfg.tokens_per_frame), generator=g)
-    actions = torch.full((4, cfg.frames, cfg.action_tokens), cfg.codebook_size)
-    obj.eval()
-    a, _ = obj(frames, actions, torch.Generator().manual_seed(3))
-    b, _ = Objective(obj.model)(frames, actions, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    c, _ = obj.train()(frames, actions, torch.Generator().manual_seed(3))
-    assert not torch.equal(a, c)
-    with pytest.raises(ValueError, match="block_diffusion"):
-        Objective(WorldModel(preset_config("tiny", objective="ar")), context_stalls=0.1)
