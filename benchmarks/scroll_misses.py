@@ -51,6 +51,16 @@ def tile_at(frame: np.ndarray, action: int, tile: int, where: tuple[int, int] | 
     return frame[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile].astype(np.float32)
 
 
+def plain_share(frames: np.ndarray, tile: int, map_rows: int, share: float = 0.9) -> float:
+    """The fraction of frames (..., H, W, 3) whose map is at least `share` one tile (every copy
+    pixel for pixel the same): a view on which a move hardly shows."""
+    f = frames.reshape(-1, *frames.shape[-3:])[:, :map_rows * tile]
+    n, h, w = len(f), map_rows, f.shape[2] // tile
+    tiles = f.reshape(n, h, tile, w, tile, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * w, -1)
+    top = [np.unique(t, axis=0, return_counts=True)[1].max() / (h * w) for t in tiles]
+    return float(np.mean(np.asarray(top) >= share))
+
+
 def move_library(store: EpisodeStore, ids: list[str], tile: int, map_rows: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Day tiles the player tried to walk into, and whether the view then scrolled."""
@@ -179,6 +189,8 @@ def main() -> None:
             print(f"    terrain the dream invented: {c.get(True, 0)}; a tile the context frame showed: "
                   f"{c.get(False, 0)} (open there {c.get('open in context', 0)}, blocked there "
                   f"{c.get('blocked in context', 0)})")
+    print(f"views at least 90% one tile (a move hardly shows): dream {plain_share(dream, t, rows):.1%}, "
+          f"real {plain_share(real.frames[:, C:], t, rows):.1%}")
     late = moving & (g != r)
     print("misses per step:", late.sum(0).tolist())
     print("real scrolls per step:", moving.sum(0).tolist())
