@@ -289,7 +289,7 @@ class WorldModelRun(TrainingRun):
         for i in range(s.val_batches):
             fr, ac, g = self.batch_at(10**9 + i, 0, self.val_starts, self.val_shards, s.batch)
             with autocast_for(self.dev, s.dtype):
-                loss, _ = Objective(model or self.model)(fr, ac, g)
+                loss, _ = Objective(self.model if model is None else model)(fr, ac, g)
             losses.append(loss.item())
         self.objective_mod.train()
         return float(np.mean(losses))
