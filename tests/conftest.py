@@ -1,9 +1,13 @@
 import os
+import signal
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+# The Ctrl-C tests need Ctrl-C: a shell that starts the suite in the background (`cmd &`) has it
+# ignored, and the runs they start would inherit that. Python's own handler, as in a terminal.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
