@@ -166,7 +166,7 @@ def main() -> None:
             if a in TARGET_TILE:
                 # A tile the context frame showed: is it open there (the dream garbled it), or
                 # blocked there too (the dream remembered it, having fallen behind the real player)?
-                seen[(kind, way, where is None)] += 1
+                seen[(kind, way, "invented" if where is None else "shown")] += 1
                 if where is not None:
                     seen[(kind, way, "open in context" if open_way(real.frames[b, C - 1], a, where)
                           else "blocked in context")] += 1
@@ -186,8 +186,8 @@ def main() -> None:
             print(f"    its first miss in the window: {c.get('first miss', 0)}, after an earlier miss: "
                   f"{c.get('after a miss', 0)}; on a view where that scroll could not be seen: "
                   f"{c.get('invisible', 0)}")
-            print(f"    terrain the dream invented: {c.get(True, 0)}; a tile the context frame showed: "
-                  f"{c.get(False, 0)} (open there {c.get('open in context', 0)}, blocked there "
+            print(f"    terrain the dream invented: {c.get('invented', 0)}; a tile the context frame showed: "
+                  f"{c.get('shown', 0)} (open there {c.get('open in context', 0)}, blocked there "
                   f"{c.get('blocked in context', 0)})")
     print(f"views at least 90% one tile (a move hardly shows): dream {plain_share(dream, t, rows):.1%}, "
           f"real {plain_share(real.frames[:, C:], t, rows):.1%}")
