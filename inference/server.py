@@ -162,10 +162,10 @@ class Game:
         src = store.info.source
         if self.name != "crafter" or src.get("collector") != "explorer" or "seed" not in src or not eid.isdigit():
             return None
-        from worldsim.data.collect import _episode_seed
+        from worldsim.data.collect import episode_seed
         from worldsim.envs.crafter import CrafterEnv
 
-        env = CrafterEnv(size=self.frame_size[0], seed=_episode_seed(int(src["seed"]), int(eid)))
+        env = CrafterEnv(size=self.frame_size[0], seed=episode_seed(int(src["seed"]), int(eid)))
         frame = env.reset()
         for t in range(w + 1):
             if not np.array_equal(frame, ep.frames[t]):

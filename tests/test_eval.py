@@ -54,7 +54,10 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert r["episodes"]["count"] == 3 and r["episodes"]["source"].startswith("whole store")
     assert r["settings"]["decoders"] == ["block_diffusion:4"]  # every decoder valid for the model
     q = r["quality"]
-    assert set(q) == {"block_diffusion:4", "copy-last", "tokenizer"}
+    assert set(q) == {"block_diffusion:4", "game", "copy-last", "tokenizer"}  # a store from `worldsim collect`
+    game = q["game"]["rollout"]["all"]["overall"]
+    assert 0 < game["psnr"] < 100 and "teacher_forced" not in q["game"]
+    assert game["scroll_agreement"] is None or 0 <= game["scroll_agreement"] <= 1
     bd = q["block_diffusion:4"]["rollout"]["all"]
     assert len(bd["per_step"]["psnr"]) == 4 and 0 < bd["overall"]["psnr"] < 100
     assert "teacher_forced" in q["block_diffusion:4"]
@@ -67,12 +70,15 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert 0 <= r["tokenizer"]["all"]["flicker"] <= 1
     assert len(r["bundle_hash"]) == 64 and "worldsim" in r["code"]
     md = (tmp_path / "a" / "report.md").read_text()
-    assert "block_diffusion:4" in md
+    header = next(line for line in md.splitlines() if line.startswith("| metric"))
+    assert header == "| metric | block_diffusion:4 | game | copy-last | tokenizer |"
+    assert "The game column is Crafter itself" in md
     # The model's targets are on day frames: the one-step day figure has its own headline row.
     day_row = next(line for line in md.splitlines() if line.startswith("| changed-tile acc, 1 step, day |"))
     day_tf = q["block_diffusion:4"]["teacher_forced"]["day"]["overall"]["changed_tile_acc"]
     assert day_row.split("|")[2].strip() == ("-" if day_tf is None else f"{100 * day_tf:.1f}%")
     assert summary.startswith("eval (3 episodes x 4 frames): block_diffusion:4:") and "report.md" in summary
+    assert "; game: " in summary
 
     assert _eval(tiny_bundle, other, tmp_path / "b") == 0
     again = json.loads((tmp_path / "b" / "report.json").read_text())
@@ -82,6 +88,13 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert main(["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b" / "report.json")]) == 0
     table = capsys.readouterr().out
     assert "1:a block_diffusion:4" in table and "2:b block_diffusion:4" in table and "changed-tile acc" in table
+    assert "1:a game" in table and "tokenizer" not in table.splitlines()[3]
+
+
+def test_eval_without_the_game_reference(tiny_bundle, unseen_store, tmp_path):
+    assert _eval(tiny_bundle, unseen_store, tmp_path / "a", "--no-game", "--no-teacher-forced") == 0
+    r = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert "game" not in r["quality"] and r["game"].startswith("not computed")
 
 
 def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, crafter_store, unseen_store, tmp_path):

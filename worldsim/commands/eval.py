@@ -8,7 +8,9 @@ from worldsim.commands._args import device, existing_dir, nonneg_float, nonneg_i
 
 HELP = """\
 Dream from real context frames with the recorded actions, on every decoder, and judge the dream
-against the real game, beside the copy-last-frame baseline and the tokenizer's ceiling:
+against the real game, beside the copy-last-frame baseline, the tokenizer's ceiling and, on
+Crafter stores from `worldsim collect`, the game itself replayed from the context with the
+world out of view drawn anew (what the game's own rules score against one real episode):
 PSNR and SSIM, changed-tile accuracy (rollout and one step ahead, teacher forced), changed-token
 accuracy, scroll agreement (Crafter), code flicker, the action-sensitivity gap, an inverse
 dynamics model's F1 (--idm), drift over the horizon, and ms/frame per decoder. Day and night
@@ -44,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", type=nonneg_int, default=4, help="episodes drawn as mp4 (default: 4)")
     p.add_argument("--no-teacher-forced", action="store_true",
                    help="skip the one-step-ahead dreams (halves the time)")
+    p.add_argument("--no-game", action="store_true",
+                   help="skip the game reference (Crafter stores from `worldsim collect`; about 1 s per episode)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -73,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     s = EvalSettings(episodes=args.episodes, context=args.context, horizon=args.horizon,
                      decoders=list(args.decoder), seed=args.seed, temperature=args.temperature,
-                     videos=args.videos, teacher_forced=not args.no_teacher_forced, device=args.device)
+                     videos=args.videos, teacher_forced=not args.no_teacher_forced, game=not args.no_game,
+                     device=args.device)
     r = evaluate(args.bundle, args.data, s, idm=args.idm, out=args.out, progress=not args.no_progress)
     print(summary_line(r, r["out"]))
     return 0

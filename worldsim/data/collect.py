@@ -34,13 +34,13 @@ def episode_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def _episode_seed(seed: int, index: int) -> int:
+def episode_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919 + 17) % (2**31 - 1)
 
 
 def run_episode(job: CollectJob) -> tuple[str, int, int]:
     """Play one episode and write it. Returns (id, frames, bytes)."""
-    s = _episode_seed(job.seed, job.index)
+    s = episode_seed(job.seed, job.index)
     env = CrafterEnv(size=job.size, seed=s, length=job.steps)
     policy = ExplorerPolicy(seed=s + 1)
     frames = np.empty((job.steps + 1, job.size, job.size, 3), np.uint8)

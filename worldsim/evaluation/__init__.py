@@ -4,8 +4,9 @@ game under the same actions, how well they follow the actions, and how fast they
     from worldsim.evaluation import EvalSettings, evaluate
     report = evaluate("runs/wm", "data/crafter", EvalSettings(episodes=16, horizon=15))
 
-`run.py` runs the engine and measures, `episodes.py` picks the real windows, `sensitivity.py`
-measures the action gap, `report.py` and `media.py` write the report folder. The metrics
+`run.py` runs the engine and measures, `episodes.py` picks the real windows, `game.py` replays
+Crafter itself as a reference dream, `sensitivity.py` measures the action gap, `report.py` and
+`media.py` write the report folder. The metrics
 themselves live in `worldsim.metrics`.
 """
 

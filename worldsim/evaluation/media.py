@@ -9,10 +9,10 @@ from typing import Sequence
 
 import numpy as np
 
-# Line colours, in order: copy-last and the tokenizer get the grey and the black.
+# Line colours, in order: the game gets the green, copy-last the grey and the tokenizer the black.
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
            (23, 190, 207), (140, 86, 75)]
-BASELINE_COLOURS = {"copy-last": (150, 150, 150), "tokenizer": (0, 0, 0)}
+BASELINE_COLOURS = {"game": (0, 120, 60), "copy-last": (150, 150, 150), "tokenizer": (0, 0, 0)}
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

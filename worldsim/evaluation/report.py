@@ -72,18 +72,24 @@ def _headline_rows() -> list[tuple[str, Any, Any]]:
 
 
 def _idm(r: dict[str, Any], src: str) -> float | None:
-    if not isinstance(r.get("idm"), dict):
-        return None
-    if src == "copy-last":
-        return None
-    if src == "tokenizer":
+    if not isinstance(r.get("idm"), dict) or src in ("copy-last", "tokenizer"):
         return None
     return _get(r, "idm", "decoders", src, "headline")
 
 
+# The references beside the decoders, in report order: the game itself replayed from the context
+# with the unseen world redrawn (Crafter stores from `worldsim collect`; older reports lack it),
+# the last context frame repeated, and the tokenizer's round trip of the real frames.
+BASELINES = ("game", "copy-last", "tokenizer")
+
+
+def decoders(r: dict[str, Any]) -> list[str]:
+    return [k for k in r["quality"] if k not in BASELINES]
+
+
 def sources(r: dict[str, Any]) -> list[str]:
-    """Decoders first, then the baselines."""
-    return [k for k in r["quality"] if k not in ("copy-last", "tokenizer")] + ["copy-last", "tokenizer"]
+    """Decoders first, then the baselines the report holds."""
+    return decoders(r) + [b for b in BASELINES if b in r["quality"]]
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -112,8 +118,16 @@ def markdown(r: dict[str, Any]) -> str:
            "of a frame that look like no tile within one tile of the same place in the frame "
            "before (things that appear or jump mid-view); the tokenizer column is the real game's "
            "own rate.",
-           "",
-           "## Headline", ""]
+           ""]
+    if "game" in r["quality"]:
+        out += ["The game column is Crafter itself, rebuilt at the last context frame and played under "
+                "the same keys, with everything out of the context's view (tiles and creatures) and the "
+                "creatures' dice drawn anew: the game's own rules, inventing the rest with its own world "
+                "generator. It is the reference for figures no dream can reach against one real "
+                "episode (a tree it invents in the real player's path stops it), such as scroll "
+                "agreement along the rollout.",
+                ""]
+    out += ["## Headline", ""]
     rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()]
     out += [_table(["metric"] + srcs, rows), ""]
     out += ["![PSNR](psnr.png) ![SSIM](ssim.png) ![changed tiles](changed_tiles.png)", ""]
@@ -219,7 +233,7 @@ def _jsonable(x: Any) -> Any:
 
 def summary_line(r: dict[str, Any], out: str | Path) -> str:
     parts = []
-    for src in sources(r)[:-2]:
+    for src in decoders(r):
         q = _get(r, "quality", src, "rollout", "all", "overall") or {}
         tf = _get(r, "quality", src, "teacher_forced", "all", "overall") or {}
         sp = r["speed"].get(src, {})
@@ -233,6 +247,9 @@ def summary_line(r: dict[str, Any], out: str | Path) -> str:
     cl = _get(r, "quality", "copy-last", "rollout", "all", "overall", "psnr")
     tk = _get(r, "quality", "tokenizer", "rollout", "all", "overall", "psnr")
     gap = _get(r, "action_sensitivity", "all", "gap")
+    game = _get(r, "quality", "game", "rollout", "all", "overall") or {}
+    if game:
+        parts.append(f"game: {_db(game.get('psnr'))} dB, scroll {_pct(game.get('scroll_agreement'))}")
     return (f"eval ({r['episodes']['count']} episodes x {r['settings']['horizon']} frames): " + "; ".join(parts)
             + f"; copy-last {_db(cl)} dB, tokenizer {_db(tk)} dB; action gap {_num(gap, '.3f')} nats"
             + f"; flicker {_pct(_get(r, 'tokenizer', 'day', 'flicker'))} (day) -> {Path(out) / 'report.md'}")
@@ -253,14 +270,14 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 def compare(paths: Sequence[str | Path]) -> str:
     """Two or more reports' headline numbers side by side: one column per report and decoder
-    (and one per report for copy-last), one row per headline metric."""
+    (and one per report for the game and copy-last), one row per headline metric."""
     if len(paths) < 2:
         raise WorldsimError("--compare needs two or more reports")
     reports = [(str(p), load_report(p)) for p in paths]
     cols: list[tuple[str, dict[str, Any], str]] = []
     for i, (p, r) in enumerate(reports):
         name = Path(p).name if Path(p).is_dir() else Path(p).parent.name
-        for src in sources(r)[:-1]:  # decoders and copy-last; the tokenizer's ceiling is in report.md
+        for src in [s for s in sources(r) if s != "tokenizer"]:  # its round trip is in report.md
             cols.append((f"{i + 1}:{name} {src}", r, src))
     rows = [[metric] + [fmt(get(r, src)) for _, r, src in cols] for metric, get, fmt in _headline_rows()]
     sens = [["action gap (nats)"] + [_num(_get(r, "action_sensitivity", "all", "gap"), ".4f") for _, r, _ in cols],

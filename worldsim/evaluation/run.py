@@ -8,10 +8,12 @@ One run, all episodes as one batch through the engine per decoder:
 3. per frame, against the real frame: squared error, SSIM, changed tiles, changed tokens, scroll
    (worldsim.metrics); pooled per horizon step and overall, day and night frames apart, with
    the drift from the first quarter of the horizon to the last;
-4. the tokenizer's code flicker on the real frames, the action-sensitivity gap
+4. on Crafter stores from `worldsim collect`, the same measures of the game itself replayed from
+   the context with the unseen world redrawn (`game.py`): what the game's own rules score;
+5. the tokenizer's code flicker on the real frames, the action-sensitivity gap
    (`sensitivity.py`), and, with an inverse dynamics model, its F1 on the dream against its F1
    on the real frames;
-5. a report folder (`report.py`, `media.py`).
+6. a report folder (`report.py`, `media.py`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ from worldsim import bundle, metrics
 from worldsim.data.store import EpisodeStore
 from worldsim.errors import WorldsimError
 from worldsim.evaluation.episodes import held_out_ids, select_windows
+from worldsim.evaluation.game import NotReplayable, game_dreams
 from worldsim.evaluation.sensitivity import action_sensitivity
 from worldsim.inference.engine import DecoderSettings, Engine, valid_decoders
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
-
-BASELINES = ("copy-last", "tokenizer")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class EvalSettings:
     temperature: float = 0.0  # greedy by default: the dream most likely under the model
     videos: int = 4  # episodes drawn side by side (real | each decoder)
     teacher_forced: bool = True  # also dream one frame ahead from real context at every step
+    game: bool = True  # Crafter stores from `worldsim collect`: the game itself as a reference (game.py)
     device: str = "auto"
 
 
@@ -464,6 +466,20 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
             pairs[label + " (teacher forced)"] = (real_prev, tf)
         del engine  # frees its cache before the next decoder's
     bar.close()
+    game_note = "not computed (turned off)"
+    if s.game:
+        try:
+            with tqdm(total=B, desc="game", unit="window", disable=not progress) as gbar:
+                g = game_dreams(store, windows, C, H, s.seed, gbar)
+        except NotReplayable as e:
+            game_note = f"not computed: {e}"
+        else:
+            g_prev = np.concatenate([real.frames[:, C - 1:C], g[:, :-1]], 1)
+            g_tok = codec.encode(g.reshape(B * H, *real.shape), real.light_of(slice(C, C + H))).view(B, H, -1)
+            quality["game"] = {"rollout": real.stats(g_prev, g, g_tok)}
+            pairs["game"] = (g_prev, g)
+            game_note = ("Crafter itself from the last context frame, with the world out of view, its "
+                         "creatures and their dice drawn anew (worldsim/evaluation/game.py)")
 
     pair_night = real.night[:, 1:].reshape(-1)
     tokenizer = {"uses_light": codec.uses_light, "codebook_size": int(getattr(tcfg, "codebook_size", 0)),
@@ -481,7 +497,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         "episodes": {"count": B, "source": source_note,
                      "windows": [{"episode": w.episode, "start": w.start} for w in windows],
                      "night_frames": int(night_H.sum()), "day_frames": int((~night_H).sum())},
-        "quality": quality, "speed": speed, "tokenizer": tokenizer,
+        "quality": quality, "game": game_note, "speed": speed, "tokenizer": tokenizer,
         "action_sensitivity": _sensitivity(model, real, s.seed),
         "idm": _idm_scores(idm_model, idm, real, pairs) if idm_model is not None else
         "not computed (pass --idm DIR from `worldsim train-idm`)",

@@ -1,0 +1,120 @@
+"""The game itself as a reference dream: what Crafter's own rules score against a real episode.
+
+A dream sees the real context frames and nothing more. Whatever lies out of their view it must
+invent, and whatever the creatures do it must guess; a dream that invents a tree in the real
+player's path, and obeys it, stands still where the real view scrolled. So no measure of a
+dream against the real episode reaches 100%, and where the ceiling lies is worth knowing.
+
+For a store written by `worldsim collect` (every episode replays from its collection seed), each
+window's game is rebuilt at its last context frame (the replayed frames are checked against the
+stored ones) and a twin of it plays the recorded keys:
+- everything the context frames showed is kept: the tiles in view, the creatures on them, the
+  player with its inventory and health, the time of day;
+- every tile and creature out of view comes from a fresh world of the same generator, and the
+  creatures' dice (the world's random state) are drawn anew.
+The twin's frames are measured like a decoder's dream: the "game" column of the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from worldsim.data.collect import episode_seed
+from worldsim.data.store import EpisodeStore
+from worldsim.envs.crafter import CrafterEnv
+
+VIEW = (4, 3)  # Crafter's local view reaches 4 tiles left and right of the player, 3 up and down
+
+
+class NotReplayable(Exception):
+    """The store's episodes cannot be rebuilt as games (the reason is the message)."""
+
+
+def check_store(store: EpisodeStore) -> None:
+    """Raises NotReplayable unless the store was written by `worldsim collect` on Crafter."""
+    src = store.info.source or {}
+    if store.info.env != "crafter":
+        raise NotReplayable(f"the game reference is built for Crafter stores, not {store.info.env}")
+    if src.get("collector") != "explorer" or any(src.get(k) is None for k in ("seed", "size", "steps")):
+        raise NotReplayable(f"{store.root} does not record the collection seed, size and steps of "
+                            "`worldsim collect`, so its episodes cannot be replayed")
+
+
+def replay(store: EpisodeStore, episode: str, step: int, frames: np.ndarray) -> tuple[CrafterEnv, list]:
+    """The game of `episode` after `step` recorded steps, and the player's position at each of
+    `frames` (the stored frames from step `step - len(frames) + 1` to `step`, checked on the way)."""
+    src = store.info.source
+    ep = store.load(episode)
+    env = CrafterEnv(size=int(src["size"]), seed=episode_seed(int(src["seed"]), int(episode)),
+                     length=int(src["steps"]))
+    frame = env.reset()
+    keys = np.asarray(ep.actions).reshape(len(ep.actions), -1)[:, 0]
+    first = step - len(frames) + 1
+    seen = []
+    for t in range(step + 1):
+        if t > 0:
+            frame, _, _ = env.step(int(keys[t - 1]))
+        if t >= first:
+            if not np.array_equal(frame, frames[t - first]):
+                raise NotReplayable(f"episode {episode} of {store.root} does not replay to its stored frame "
+                                    f"{t} (collected by another version of Crafter or of `worldsim collect`)")
+            seen.append(tuple(int(v) for v in env._env._player.pos))
+    return env, seen
+
+
+def twin(env: CrafterEnv, seen: list, seed: int, source: CrafterEnv | None = None,
+         shift: tuple[int, int] = (0, 0)) -> CrafterEnv:
+    """A copy of `env` that keeps the tiles around the player positions `seen` and what stands on
+    them, with the dice drawn anew from `seed` and the rest of the world and its creatures taken
+    from `source` (default: a fresh world drawn from `seed`), whose tile x + `shift` lands on x."""
+    out = copy.deepcopy(env)
+    game = out._env
+    world, player = game._world, game._player
+    known = np.zeros(world.area, bool)
+    for px, py in seen:
+        known[max(px - VIEW[0], 0):px + VIEW[0] + 1, max(py - VIEW[1], 0):py + VIEW[1] + 1] = True
+    if source is None:
+        source = CrafterEnv(size=env.frame_size[0], seed=seed, length=game._length)
+        source.reset()
+    other = source._env._world
+    (dx, dy), (X, Y) = shift, world.area
+    xs, ys = np.meshgrid(np.arange(X), np.arange(Y), indexing="ij")
+    sx, sy = xs + dx, ys + dy
+    take = ~known & (sx >= 0) & (sx < other.area[0]) & (sy >= 0) & (sy < other.area[1])
+    world._mat_map[take] = other._mat_map[sx[take], sy[take]]
+    for obj in world.objects:
+        if obj is not player and take[tuple(obj.pos)]:
+            world.remove(obj)
+    for obj in other.objects:
+        pos = (int(obj.pos[0]) - dx, int(obj.pos[1]) - dy)
+        if obj is source._env._player or not (0 <= pos[0] < X and 0 <= pos[1] < Y):
+            continue
+        if not take[pos] or world._obj_map[pos]:
+            continue
+        new = copy.copy(obj)  # the same creature, living in the twin's world
+        new.world, new.pos, new.removed = world, np.array(pos), False
+        if hasattr(new, "player"):
+            new.player = player
+        world.add(new)
+    world.random = np.random.RandomState(seed)
+    return out
+
+
+def game_dreams(store: EpisodeStore, windows: list, context: int, horizon: int, seed: int,
+                bar: Any = None) -> np.ndarray:
+    """The twins' frames (B, horizon, H, W, 3) under each window's recorded keys. Raises
+    NotReplayable when the store's episodes cannot be rebuilt."""
+    check_store(store)
+    out = np.zeros((len(windows), horizon, *windows[0].frames.shape[1:]), np.uint8)
+    for i, w in enumerate(windows):
+        env, seen = replay(store, w.episode, w.start + context - 1, np.asarray(w.frames[:context]))
+        game = twin(env, seen, episode_seed(seed, 1_000_000 + i))
+        keys = np.asarray(w.actions).reshape(len(w.actions), -1)[context - 1:context - 1 + horizon, 0]
+        for t, key in enumerate(keys):
+            out[i, t] = game.step(int(key))[0]
+        if bar is not None:
+            bar.update(1)
+    return out
