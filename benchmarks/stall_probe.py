@@ -1,0 +1,130 @@
+"""Does a stall in the context stop a Crafter dream from moving? A one-step probe.
+
+    python benchmarks/stall_probe.py [--bundle B] [--data data/crafter] [--episodes 64]
+                                     [--seed 0] [--temperature 0.8] [--decoder block_diffusion:4]
+                                     [--draws 2]
+
+`benchmarks/scroll_misses.py` finds that most misses of the dream's scroll follow an earlier
+miss: once the dream has stood still under a move key, it tends to stand still again under the
+same key, even where its own way is open. In the real game a failed move is followed by another
+failed move under the same key almost always (the way stays blocked), so a model may have
+learned "a stall predicts a stall" instead of reading the tile in front of the player.
+
+The probe takes every real step of the held-out windows (the eval's windows for the same
+`--episodes` and `--seed`) where a move key scrolls the real view, and dreams that one frame
+from real context two ways:
+- plain: the two real frames before it, then the key;
+- stalled: the same, with the last real frame shown twice, the key pressed in between without
+  effect (a stall, as a dream that missed a move shows it), then the key again.
+It reports how often the dream scrolls the real way in each. The real tile ahead is open in
+both, so a model that reads the tile moves as often after the stall as without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from worldsim import bundle, metrics
+from worldsim.data.store import EpisodeStore
+from worldsim.evaluation import run as ev
+from worldsim.evaluation.episodes import held_out_ids, select_windows
+from worldsim.inference.engine import Engine
+from worldsim.tokenizers.action import action_tokenizer_from_config
+
+MOVES = (1, 2, 3, 4)  # Crafter's move left, right, up, down
+
+
+def probe_steps(real: ev.Real, keys: np.ndarray) -> list[tuple[int, int]]:
+    """(window, frame index j) for every real frame j >= 2 reached by a move key that scrolled
+    the view from frame j - 1."""
+    B, T = real.frames.shape[:2]
+    prev = torch.from_numpy(real.frames[:, 1:T - 1].reshape(-1, *real.shape))
+    nxt = torch.from_numpy(real.frames[:, 2:T].reshape(-1, *real.shape))
+    moved = metrics.scroll_direction(prev, nxt, real.tile, real.map_rows).view(B, T - 2).numpy()
+    return [(b, j + 2) for b, j in zip(*np.nonzero(moved)) if int(keys[b, j + 1]) in MOVES]
+
+
+def dream(engine: Engine, real: ev.Real, steps: list[tuple[int, int]], stalled: bool, seed: int,
+          batch: int, bar: tqdm) -> np.ndarray:
+    """The dreamed frame j of every probe step (P, H, W, 3)."""
+    out = np.zeros((len(steps), *real.shape), np.uint8)
+    acts = real.actions
+    for lo in range(0, len(steps), batch):
+        sessions = {}
+        for k, (b, j) in enumerate(steps[lo:lo + batch]):
+            ctx, a = real.tokens[b, j - 2:j], acts[b, j - 2:j - 1]
+            if stalled:  # frame j-1 again, after the key that will move it (without effect)
+                ctx = torch.cat([ctx, real.tokens[b, j - 1:j]])
+                a = torch.cat([a, acts[b, j - 1:j]])
+            s = ev._open(engine, ctx, a, seed + lo + k, real.windows[b].start + j - 2)
+            sessions[s] = (lo + k, acts[b, j - 1])
+        res = engine.step({s: key for s, (_, key) in sessions.items()})
+        for s, (i, _) in sessions.items():
+            out[i] = res[s][0]
+            s.close()
+        bar.update(len(sessions))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", default=None, help="default: the shipped model")
+    p.add_argument("--data", default="data/crafter")
+    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--decoder", default="block_diffusion:4")
+    p.add_argument("--draws", type=int, default=2, help="samples of each dream (sampling seeds)")
+    p.add_argument("--batch", type=int, default=64, help="dreams per engine step")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.bundle = bundle.find_bundle(args.bundle, "model to probe")
+
+    cfg = bundle.read_config(args.bundle)
+    cpu = torch.device("cpu")
+    model, image_tok = bundle.load_world_model(args.bundle, cpu), bundle.load_image_tokenizer(args.bundle, cpu)
+    if model.cfg.frames < 3:
+        raise SystemExit(f"the probe needs a model that sees 3 frames; {args.bundle} sees {model.cfg.frames}")
+    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
+    codec = ev.Codec(image_tok)
+    store = EpisodeStore(args.data)
+    ids, _ = held_out_ids(store, cfg)
+    C, H = 1, 15
+    windows = select_windows(store, ids, args.episodes, max(C + H, model.cfg.frames), args.seed)
+    real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, C, H)
+    if real.map_rows is None:
+        raise SystemExit("the stall probe runs on Crafter stores only")
+    keys = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[:, 0] for w in windows])
+    steps = probe_steps(real, keys)
+    if not steps:
+        raise SystemExit("no real moves in these windows")
+    decoder = ev.parse_decoder(args.decoder, args.temperature).resolve(model.cfg.objective)
+    engine = Engine(model, image_tok, action_tok, decoder, max_sessions=args.batch, seed=args.seed)
+
+    b_idx = np.array([b for b, _ in steps])
+    j_idx = np.array([j for _, j in steps])
+    prev = torch.from_numpy(real.frames[b_idx, j_idx - 1])
+    want = metrics.scroll_direction(prev, torch.from_numpy(real.frames[b_idx, j_idx]),
+                                    real.tile, real.map_rows).numpy()
+    agree = {False: [], True: []}
+    with tqdm(total=2 * args.draws * len(steps), desc="probe") as bar:
+        for d in range(args.draws):
+            for stalled in (False, True):
+                img = dream(engine, real, steps, stalled, args.seed + 1000 * d, args.batch, bar)
+                got = metrics.scroll_direction(prev, torch.from_numpy(img), real.tile, real.map_rows).numpy()
+                agree[stalled].append(got == want)
+    plain, stall = np.stack(agree[False]), np.stack(agree[True])  # (draws, P)
+    print(f"{args.bundle}, {len(windows)} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
+          f"{len(steps)} real moves, {args.draws} draws each")
+    print(f"dream scrolls the real way: plain context {plain.mean():.1%}, after a stall {stall.mean():.1%}")
+    print(f"moves it makes plain but not after the stall: {(plain & ~stall).sum()}, "
+          f"after the stall but not plain: {(stall & ~plain).sum()} (of {plain.size})")
+
+
+if __name__ == "__main__":
+    main()
