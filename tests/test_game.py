@@ -34,6 +34,8 @@ def test_replay_refuses_a_frame_the_game_does_not_draw(crafter_store):
     wrong[0, 0, 0] ^= 1
     with pytest.raises(NotReplayable, match="does not replay"):
         replay(store, ep.id, 5, wrong)
+    with pytest.raises(NotReplayable, match="collection index"):
+        replay(store, "recorded-1", 5, wrong)
 
 
 def test_a_store_without_its_collection_seed_is_not_replayable(crafter_store, tmp_path):

@@ -2,8 +2,8 @@
 
 A dream sees the real context frames and nothing more. Whatever lies out of their view it must
 invent, and whatever the creatures do it must guess; a dream that invents a tree in the real
-player's path, and obeys it, stands still where the real view scrolled. So no measure of a
-dream against the real episode reaches 100%, and where the ceiling lies is worth knowing.
+player's path, and obeys it, stands still where the real view scrolled. So no dream matches the
+real episode everywhere, and what the game's own rules score is the bar worth knowing.
 
 For a store written by `worldsim collect` (every episode replays from its collection seed), each
 window's game is rebuilt at its last context frame (the replayed frames are checked against the
@@ -47,6 +47,8 @@ def replay(store: EpisodeStore, episode: str, step: int, frames: np.ndarray) -> 
     """The game of `episode` after `step` recorded steps, and the player's position at each of
     `frames` (the stored frames from step `step - len(frames) + 1` to `step`, checked on the way)."""
     src = store.info.source
+    if not episode.isdigit():
+        raise NotReplayable(f"episode {episode!r} of {store.root} is not named by its collection index")
     ep = store.load(episode)
     env = CrafterEnv(size=int(src["size"]), seed=episode_seed(int(src["seed"]), int(episode)),
                      length=int(src["steps"]))
