@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldsim import bundle, metrics
+from _windows import CONTEXT, HORIZON, add_options, load
+from worldsim import metrics
 from worldsim.data.store import EpisodeStore
 from worldsim.evaluation import run as ev
-from worldsim.evaluation.episodes import held_out_ids, select_windows
 from worldsim.inference.engine import Engine
-from worldsim.tokenizers.action import action_tokenizer_from_config
 
 # Crafter's discrete actions 1-4 move the player left, right, up, down; the player stands at
 # tile (row 3, column 4) of the 9 x 7 map.
@@ -80,32 +79,13 @@ def move_library(store: EpisodeStore, ids: list[str], tile: int, map_rows: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default=None, help="default: the shipped model")
-    p.add_argument("--data", default="data/crafter")
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--decoder", default="block_diffusion:4")
+    add_options(p)
     p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    args.bundle = bundle.find_bundle(args.bundle, "model to measure")
-
-    cfg = bundle.read_config(args.bundle)
-    cpu = torch.device("cpu")
-    model, image_tok = bundle.load_world_model(args.bundle, cpu), bundle.load_image_tokenizer(args.bundle, cpu)
-    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
-    codec = ev.Codec(image_tok)
-    store = EpisodeStore(args.data)
-    ids, _ = held_out_ids(store, cfg)
-    C, H = 1, 15
-    windows = select_windows(store, ids, args.episodes, max(C + H, model.cfg.frames), args.seed)
-    real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, C, H)
-    if real.map_rows is None:
-        raise SystemExit("scroll misses are measured on Crafter stores only")
-    decoder = ev.parse_decoder(args.decoder, args.temperature).resolve(model.cfg.objective)
-    engine = Engine(model, image_tok, action_tok, decoder, max_sessions=len(windows), seed=args.seed)
+    w = load(args, "model to measure")
+    store, ids, windows, real, codec = w.store, w.ids, w.windows, w.real, w.codec
+    C, H = CONTEXT, HORIZON
+    engine = Engine(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=len(windows), seed=args.seed)
     with tqdm(total=H, desc="rollout") as bar:
         dream, _, _ = ev._rollout(engine, real, codec, args.seed, bar)
     B, t, rows = len(windows), real.tile, real.map_rows
@@ -173,7 +153,7 @@ def main() -> None:
                 earlier = bool((moving[b, :s] & (g[b, :s] != r[b, :s])).any())
                 seen[(kind, way, "after a miss" if earlier else "first miss")] += 1
     n_miss = sum(misses.values())
-    print(f"{args.bundle}, {B} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
+    print(f"{w.bundle}, {B} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
           f"the real view scrolls on {int(moving.sum())} steps, the dream agrees on "
           f"{sum(hits.values())} ({sum(hits.values()) / max(int(moving.sum()), 1):.1%})")
     print(f"tile matcher: {len(lib_tiles)} real moves, {lib_walked.mean():.0%} walked; on the hits it "

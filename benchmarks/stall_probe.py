@@ -28,12 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from worldsim import bundle, metrics
-from worldsim.data.store import EpisodeStore
+from _windows import add_options, load
+from worldsim import metrics
 from worldsim.evaluation import run as ev
-from worldsim.evaluation.episodes import held_out_ids, select_windows
 from worldsim.inference.engine import Engine
-from worldsim.tokenizers.action import action_tokenizer_from_config
 
 MOVES = (1, 2, 3, 4)  # Crafter's move left, right, up, down
 
@@ -72,39 +70,19 @@ def dream(engine: Engine, real: ev.Real, steps: list[tuple[int, int]], stalled: 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default=None, help="default: the shipped model")
-    p.add_argument("--data", default="data/crafter")
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--decoder", default="block_diffusion:4")
+    add_options(p)
     p.add_argument("--draws", type=int, default=2, help="samples of each dream (sampling seeds)")
     p.add_argument("--batch", type=int, default=64, help="dreams per engine step")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    args.bundle = bundle.find_bundle(args.bundle, "model to probe")
-
-    cfg = bundle.read_config(args.bundle)
-    cpu = torch.device("cpu")
-    model, image_tok = bundle.load_world_model(args.bundle, cpu), bundle.load_image_tokenizer(args.bundle, cpu)
-    if model.cfg.frames < 3:
-        raise SystemExit(f"the probe needs a model that sees 3 frames; {args.bundle} sees {model.cfg.frames}")
-    action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
-    codec = ev.Codec(image_tok)
-    store = EpisodeStore(args.data)
-    ids, _ = held_out_ids(store, cfg)
-    C, H = 1, 15
-    windows = select_windows(store, ids, args.episodes, max(C + H, model.cfg.frames), args.seed)
-    real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, C, H)
-    if real.map_rows is None:
-        raise SystemExit("the stall probe runs on Crafter stores only")
-    keys = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[:, 0] for w in windows])
+    w = load(args, "model to probe")
+    if w.model.cfg.frames < 3:
+        raise SystemExit(f"the probe needs a model that sees 3 frames; {w.bundle} sees {w.model.cfg.frames}")
+    real, windows = w.real, w.windows
+    keys = np.stack([np.asarray(x.actions).reshape(len(x.actions), -1)[:, 0] for x in windows])
     steps = probe_steps(real, keys)
     if not steps:
         raise SystemExit("no real moves in these windows")
-    decoder = ev.parse_decoder(args.decoder, args.temperature).resolve(model.cfg.objective)
-    engine = Engine(model, image_tok, action_tok, decoder, max_sessions=args.batch, seed=args.seed)
+    engine = Engine(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=args.batch, seed=args.seed)
 
     b_idx = np.array([b for b, _ in steps])
     j_idx = np.array([j for _, j in steps])
@@ -119,7 +97,7 @@ def main() -> None:
                 got = metrics.scroll_direction(prev, torch.from_numpy(img), real.tile, real.map_rows).numpy()
                 agree[stalled].append(got == want)
     plain, stall = np.stack(agree[False]), np.stack(agree[True])  # (draws, P)
-    print(f"{args.bundle}, {len(windows)} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
+    print(f"{w.bundle}, {len(windows)} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
           f"{len(steps)} real moves, {args.draws} draws each")
     print(f"dream scrolls the real way: plain context {plain.mean():.1%}, after a stall {stall.mean():.1%}")
     print(f"moves it makes plain but not after the stall: {(plain & ~stall).sum()}, "
