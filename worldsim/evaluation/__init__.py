@@ -6,8 +6,7 @@ game under the same actions, how well they follow the actions, and how fast they
 
 `run.py` runs the engine and measures, `episodes.py` picks the real windows, `game.py` replays
 Crafter itself as a reference dream, `sensitivity.py` measures the action gap, `report.py` and
-`media.py` write the report folder. The metrics
-themselves live in `worldsim.metrics`.
+`media.py` write the report folder. The metrics themselves live in `worldsim.metrics`.
 """
 
 from worldsim.evaluation.report import compare, load_report, summary_line
