@@ -152,28 +152,26 @@ class Game:
             raise ServeError(f"episode {eid} has {ep.frames.shape[1]}x{ep.frames.shape[2]} frames; "
                              f"the model draws {self.frame_size[0]}x{self.frame_size[1]}")
         self.scene, self.scene_frame = ep, w
-        self.scene_game = self._replay(store, eid, ep, w)
+        self.scene_game = self._replay(store, eid, w)
 
-    def _replay(self, store: Any, eid: str, ep: Any, w: int) -> Any:
+    def _replay(self, store: Any, eid: str, w: int) -> Any:
         """The real game at the scene's frame, for ground truth: a Crafter episode that
         `worldsim collect` wrote is fixed by the collection's seed and its index, so replaying
         its recorded actions from a reset reaches the recorded frame. None where the recording
         cannot be replayed, or the replay does not match it frame for frame."""
-        src = store.info.source
-        if self.name != "crafter" or src.get("collector") != "explorer" or "seed" not in src or not eid.isdigit():
-            return None
-        from worldsim.data.collect import episode_seed
-        from worldsim.envs.crafter import CrafterEnv
+        from worldsim.data.collect import NotReplayable, check_replayable, replay_episode
 
-        env = CrafterEnv(size=self.frame_size[0], seed=episode_seed(int(src["seed"]), int(eid)))
-        frame = env.reset()
-        for t in range(w + 1):
-            if not np.array_equal(frame, ep.frames[t]):
-                log.warning("episode %s does not replay (frame %d differs): no ground truth", eid, t)
-                return None
-            if t < w:
-                frame, _, _ = env.step(self.space.from_array(ep.actions, t))
-        return env
+        try:
+            check_replayable(store)
+        except NotReplayable:
+            return None  # not a store `worldsim collect` wrote: no ground truth, as expected
+        if self.name != "crafter" or not eid.isdigit():
+            return None
+        try:
+            return replay_episode(store, eid, w)[0]
+        except NotReplayable as e:
+            log.warning("no ground truth: %s", e)  # a recording that should replay and does not
+            return None
 
     def start(self, seed: int, ground_truth: bool) -> tuple[Start, bool]:
         """A session's start and whether ground truth comes with it. Runs off the event loop:

@@ -38,6 +38,45 @@ def episode_seed(seed: int, index: int) -> int:
     return (seed * 1_000_003 + index * 7919 + 17) % (2**31 - 1)
 
 
+class NotReplayable(Exception):
+    """A stored episode cannot be rebuilt as a game (the reason is the message)."""
+
+
+def check_replayable(store: EpisodeStore) -> None:
+    """Raises NotReplayable unless `store` was written by `worldsim collect` on Crafter."""
+    src = store.info.source or {}
+    if store.info.env != "crafter":
+        raise NotReplayable(f"only Crafter episodes replay as games, not {store.info.env}")
+    if src.get("collector") != "explorer" or src.get("seed") is None:
+        raise NotReplayable(f"{store.root} does not record the collection seed of `worldsim collect`, "
+                            "so its episodes cannot be replayed")
+
+
+def replay_episode(store: EpisodeStore, episode: str, step: int, frames: np.ndarray | None = None
+                   ) -> tuple[CrafterEnv, list[tuple[int, int]]]:
+    """The Crafter game of `episode` after `step` of its recorded steps, rebuilt from its seed,
+    and the player's tile at each frame 0..step. Each replayed frame is checked against `frames`
+    (the frames expected at steps step - len(frames) + 1 .. step; default: every stored frame up
+    to `step`). Raises NotReplayable, with the reason, where it cannot be replayed."""
+    check_replayable(store)
+    if not episode.isdigit():
+        raise NotReplayable(f"episode {episode!r} of {store.root} is not named by its collection index")
+    ep = store.load(episode)
+    expected = ep.frames[:step + 1] if frames is None else frames
+    first = step - len(expected) + 1
+    env = CrafterEnv(size=store.info.frame_size[0], seed=episode_seed(int(store.info.source["seed"]),
+                                                                      int(episode)))
+    frame, tiles = env.reset(), []
+    for t in range(step + 1):
+        if t > 0:
+            frame, _, _ = env.step(store.info.action_space.from_array(ep.actions, t - 1))
+        if t >= first and not np.array_equal(frame, expected[t - first]):
+            raise NotReplayable(f"episode {episode} of {store.root} does not replay to its stored frame "
+                                f"{t} (collected by another version of Crafter or of `worldsim collect`)")
+        tiles.append(tuple(int(v) for v in env._env._player.pos))
+    return env, tiles
+
+
 def run_episode(job: CollectJob) -> tuple[str, int, int]:
     """Play one episode and write it. Returns (id, frames, bytes)."""
     s = episode_seed(job.seed, job.index)

@@ -22,49 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from worldsim.data.collect import episode_seed
+from worldsim.data.collect import NotReplayable, episode_seed, replay_episode
+from worldsim.data.collect import check_replayable as check_store
 from worldsim.data.store import EpisodeStore
 from worldsim.envs.crafter import CrafterEnv
 
+__all__ = ["NotReplayable", "check_store", "game_dreams", "replay", "twin", "VIEW"]
+
 VIEW = (4, 3)  # Crafter's local view reaches 4 tiles left and right of the player, 3 up and down
-
-
-class NotReplayable(Exception):
-    """The store's episodes cannot be rebuilt as games (the reason is the message)."""
-
-
-def check_store(store: EpisodeStore) -> None:
-    """Raises NotReplayable unless the store was written by `worldsim collect` on Crafter."""
-    src = store.info.source or {}
-    if store.info.env != "crafter":
-        raise NotReplayable(f"the game reference is built for Crafter stores, not {store.info.env}")
-    if src.get("collector") != "explorer" or any(src.get(k) is None for k in ("seed", "size", "steps")):
-        raise NotReplayable(f"{store.root} does not record the collection seed, size and steps of "
-                            "`worldsim collect`, so its episodes cannot be replayed")
 
 
 def replay(store: EpisodeStore, episode: str, step: int, frames: np.ndarray) -> tuple[CrafterEnv, list]:
     """The game of `episode` after `step` recorded steps, and the player's position at each of
     `frames` (the stored frames from step `step - len(frames) + 1` to `step`, checked on the way)."""
-    src = store.info.source
-    if not episode.isdigit():
-        raise NotReplayable(f"episode {episode!r} of {store.root} is not named by its collection index")
-    ep = store.load(episode)
-    env = CrafterEnv(size=int(src["size"]), seed=episode_seed(int(src["seed"]), int(episode)),
-                     length=int(src["steps"]))
-    frame = env.reset()
-    keys = np.asarray(ep.actions).reshape(len(ep.actions), -1)[:, 0]
-    first = step - len(frames) + 1
-    seen = []
-    for t in range(step + 1):
-        if t > 0:
-            frame, _, _ = env.step(int(keys[t - 1]))
-        if t >= first:
-            if not np.array_equal(frame, frames[t - first]):
-                raise NotReplayable(f"episode {episode} of {store.root} does not replay to its stored frame "
-                                    f"{t} (collected by another version of Crafter or of `worldsim collect`)")
-            seen.append(tuple(int(v) for v in env._env._player.pos))
-    return env, seen
+    env, tiles = replay_episode(store, episode, step, frames)
+    return env, tiles[len(tiles) - len(frames):]
 
 
 def twin(env: CrafterEnv, seen: list, seed: int, source: CrafterEnv | None = None,
@@ -109,7 +81,7 @@ def game_dreams(store: EpisodeStore, windows: list, context: int, horizon: int, 
                 bar: Any = None) -> np.ndarray:
     """The twins' frames (B, horizon, H, W, 3) under each window's recorded keys. Raises
     NotReplayable when the store's episodes cannot be rebuilt."""
-    check_store(store)
+    check_store(store)  # one reason for the whole store, before any window
     out = np.zeros((len(windows), horizon, *windows[0].frames.shape[1:]), np.uint8)
     for i, w in enumerate(windows):
         env, seen = replay(store, w.episode, w.start + context - 1, np.asarray(w.frames[:context]))
