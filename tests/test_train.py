@@ -122,15 +122,17 @@ def test_lr_schedule_warms_up_then_decays_to_its_floor():
     assert lr_at(10**6, 1.0, 4, 100, min_ratio=0.1) == pytest.approx(0.1)  # stays at the floor
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_tokens, tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tiny_tokens, tmp_path, monkeypatch, optimizer):
     """Ctrl-C keeps a checkpoint; resuming from it gives the weights of a run never stopped
-    (batches drawn from (seed, step), optimizer state restored)."""
+    (batches drawn from (seed, step), optimizer state restored: Muon's momentum too)."""
     from safetensors.torch import load_file
 
     from worldsim.train import WorldModelRun
 
     tok, shards = tiny_tokens
-    s = TrainSettings(steps=4, batch=2, val_every=1000, val_batches=1, warmup=2, checkpoint_seconds=1e9)
+    s = TrainSettings(steps=4, batch=2, val_every=1000, val_batches=1, warmup=2, checkpoint_seconds=1e9,
+                      optimizer=optimizer)
     train(shards, tok, tmp_path / "straight", preset="tiny", settings=s, progress=False)
 
     real_step = WorldModelRun.train_step
@@ -231,6 +233,78 @@ def test_rope_3d_and_context_dreams_are_recorded_in_the_bundle_and_a_resume_must
     # Another positional scheme would not fit the weights.
     assert main(args[:-4] + ["--steps", "3", "--batch", "2", "--rope", "1d"]) != 0
     assert "another config" in capsys.readouterr().err
+
+
+def test_muon_splits_the_parameters_and_its_chain_restores_every_state():
+    """Muon takes the blocks' matrices and AdamW the rest; the chain's state, saved as one
+    optimizer's and loaded into a fresh chain, steps on exactly like the original."""
+    import copy
+
+    from worldsim.model import WorldModel, preset_config
+    from worldsim.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = WorldModel(preset_config("tiny"))
+    opt = make_optimizer(model, "muon", 1e-2, 0.1)
+    muon, adamw = opt.optimizers
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in in_muon}
+    assert names == {n for n, p in model.named_parameters() if n.startswith("layers.") and p.ndim == 2}
+    assert "lm_head.weight" not in names and "tok_emb.weight" not in names
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+    def step(m, o):
+        x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+        o.zero_grad()
+        m(x, torch.arange(8)[None], causal=True).logsumexp(-1).mean().backward()
+        o.step()
+
+    step(model, opt)
+    twin = copy.deepcopy(model)
+    twin_opt = make_optimizer(twin, "muon", 1e-2, 0.1)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a file: no shared buffers
+    step(model, opt)
+    step(twin, twin_opt)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    with pytest.raises(ValueError, match="another --optimizer"):
+        make_optimizer(copy.deepcopy(model), "muon", 1e-2, 0.1).load_state_dict(
+            make_optimizer(model, "adamw", 1e-2, 0.1).state_dict())
+
+
+def test_optimizer_width_and_depth_are_recorded_and_a_resume_must_keep_them(tiny_tokens, tmp_path, capsys):
+    from worldsim.cli import main
+    from worldsim.inference.engine import Engine
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--batch", "2", "--val-every", "1000",
+                 "--objective", "block_diffusion")
+    assert main(args + ["--steps", "2", "--optimizer", "muon", "--width", "32", "--depth", "3"]) == 0
+    cfg = read_config(tmp_path / "wm")
+    assert (cfg["model"]["dim"], cfg["model"]["ffn_dim"], cfg["model"]["n_layers"]) == (32, 64, 3)
+    assert cfg["training"]["optimizer"] == "muon"
+    assert Engine.from_bundle(tmp_path / "wm").model.cfg.dim == 32
+    capsys.readouterr()
+    assert main(args + ["--steps", "3", "--optimizer", "adamw", "--width", "32", "--depth", "3"]) != 0
+    assert "trained with --optimizer muon" in capsys.readouterr().err
+    assert main(args + ["--steps", "3", "--depth", "3"]) != 0  # the preset's width
+    assert "another config" in capsys.readouterr().err
+    assert main(args + ["--steps", "3", "--width", "32", "--depth", "3"]) == 0  # keeps its optimizer
+    cfg = read_config(tmp_path / "wm")
+    assert cfg["model_metrics"]["steps"] == 3 and cfg["training"]["optimizer"] == "muon"
+
+
+def test_new_runs_take_muon_and_a_run_from_before_the_choice_resumes_with_adamw(tiny_tokens, tmp_path, capsys):
+    from worldsim.bundle import update_config
+    from worldsim.cli import main
+
+    args = _args(tiny_tokens, tmp_path / "wm", "--batch", "2", "--val-every", "1000")
+    assert main(args + ["--steps", "2", "--optimizer", "adamw"]) == 0
+    cfg = read_config(tmp_path / "wm")
+    del cfg["training"]["optimizer"]  # as written before the choice existed
+    update_config(tmp_path / "wm", training=cfg["training"])
+    assert main(args + ["--steps", "3"]) == 0
+    assert read_config(tmp_path / "wm")["training"]["optimizer"] == "adamw"
+    assert main(_args(tiny_tokens, tmp_path / "new", "--batch", "2", "--steps", "1")) == 0
+    assert read_config(tmp_path / "new")["training"]["optimizer"] == "muon"
 
 
 def test_a_resume_may_lengthen_the_window_and_otherwise_keeps_it(tiny_tokens, tmp_path, capsys):

@@ -3,7 +3,7 @@
     worldsim train --shards S --tokenizer TOK --out B --objective ar|block_diffusion
     torchrun --nproc-per-node 2 -m worldsim train ...      (the same command, data-parallel)
 
-Optimisation: AdamW, linear warmup then cosine decay, gradient clipping, bf16 autocast where the
+Optimisation: AdamW (or Muon for the blocks' matrices, `--optimizer muon`), linear warmup then cosine decay, gradient clipping, bf16 autocast where the
 device runs it fast; optionally (`--ema`) an exponential moving average of the weights, which
 the bundle then gets. Data: memory-mapped random windows of F frames, drawn from a generator
 seeded by (seed, step, rank), so a resumed run sees the batches it would have seen.
@@ -40,8 +40,9 @@ from worldsim.data.store import split_ids
 from worldsim.device import pick_device
 from worldsim.errors import WorldsimError
 from worldsim.fileio import file_sha256
-from worldsim.model import ModelConfig, WorldModel, preset_config
+from worldsim.model import PRESETS, ModelConfig, WorldModel, preset_config
 from worldsim.objectives import Objective
+from worldsim.optim import DEFAULT_OPTIMIZER, make_optimizer
 from worldsim.data.shards import TokenShards
 from worldsim.train_settings import TrainSettings
 from worldsim.trainer import STATE_FILE, TrainingRun, lr_at, require_positive
@@ -98,8 +99,10 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def _build_config(preset: str, shards: TokenShards, objective: str, frames: int, rope: str = ""
-                  ) -> ModelConfig:
+def _build_config(preset: str, shards: TokenShards, objective: str, frames: int, rope: str = "",
+                  width: int = 0, depth: int = 0) -> ModelConfig:
+    """The preset's model for these shards; `width` (the model dimension, the feed-forward
+    dimension scaled with it) and `depth` (layers) override the preset's where not 0."""
     idx = shards.index
     tok = shards.action_tokenizer
     overrides: dict[str, Any] = dict(codebook_size=shards.K, tokens_per_frame=shards.N,
@@ -109,6 +112,11 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int,
         overrides["frames"] = frames
     if rope:
         overrides["rope"] = rope
+    if width and preset in PRESETS:  # an unknown preset is refused below
+        base = PRESETS[preset]
+        overrides.update(dim=width, ffn_dim=round(width * base["ffn_dim"] / base["dim"]))
+    if depth:
+        overrides["n_layers"] = depth
     try:
         return preset_config(preset, **overrides)
     except ValueError as e:
@@ -170,7 +178,7 @@ class WorldModelRun(TrainingRun):
         self.train_shards = TokenShards(self.shards_dir, train_ids)
         self.val_shards = TokenShards(self.shards_dir, val_ids or train_ids)
         self.cfg = self.window_of_resumed(_build_config(self.preset, self.all_shards, self.objective,
-                                                        s.frames, s.rope))
+                                                        s.frames, s.rope, s.width, s.depth))
         self.train_starts = self.train_shards.window_starts(self.cfg.frames)
         self.val_starts = self.val_shards.window_starts(self.cfg.frames)
 
@@ -186,6 +194,17 @@ class WorldModelRun(TrainingRun):
         if self.s.frames != old["frames"] and self.is_main:
             print(f"{self.out} trained on {old['frames']}-frame windows; it goes on with {self.s.frames}")
         return cfg
+
+    def optimizer_of_resumed(self) -> str:
+        """--optimizer; where it is not given, a resumed run's own (AdamW for runs from before
+        there was a choice), else the default. A resume may not switch: the state would not fit."""
+        was = None
+        if self.saved_state() is not None and (self.out / "config.json").exists():
+            was = bundle.read_config(self.out).get("training", {}).get("optimizer", "adamw")
+        if was and self.s.optimizer and self.s.optimizer != was:
+            raise WorldsimError(f"{self.out} was trained with --optimizer {was}; resume it with the "
+                                "same, or choose another --out")
+        return self.s.optimizer or was or DEFAULT_OPTIMIZER
 
     def finished(self) -> dict[str, Any] | None:
         """The metrics of a bundle already trained to `steps`, or None if there is work to do."""
@@ -226,6 +245,7 @@ class WorldModelRun(TrainingRun):
             # default implicitly, and resumes.
             if old is not None and not _same_config(old, self.cfg):
                 raise WorldsimError(f"{self.out} holds a model with another config; choose another --out")
+        self.s = replace(self.s, optimizer=self.optimizer_of_resumed())
 
     def setup(self) -> None:
         s = self.s
@@ -234,11 +254,7 @@ class WorldModelRun(TrainingRun):
         self.objective_mod: torch.nn.Module = Objective(model, context_noise=s.context_noise,
                                                        context_dreams=s.context_dreams,
                                                        context_stalls=s.context_stalls)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
-        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=s.lr, betas=(0.9, 0.95), fused=self.dev.type == "cuda")
+        self.opt = make_optimizer(model, s.optimizer, s.lr, s.weight_decay, fused=self.dev.type == "cuda")
         if s.ema:
             self.keep_ema(s.ema)
 

@@ -41,6 +41,11 @@ class TrainSettings:
     # decay per step of an exponential moving average of the weights, which the bundle gets
     # instead of the last step's weights; 0: off
     ema: float = 0.0
+    # "adamw" | "muon" (Muon for the blocks' matrices, AdamW for the rest); "": a resumed run's
+    # own, else worldsim.optim.DEFAULT_OPTIMIZER
+    optimizer: str = ""
+    width: int = 0  # model dimension; 0: the preset's (the feed-forward dimension scales with it)
+    depth: int = 0  # transformer layers; 0: the preset's
 
 
 @dataclass

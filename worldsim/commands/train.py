@@ -79,6 +79,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(0.999 averages over about the last 1,000 steps) and write it to the bundle "
                         "instead of the last step's weights (default: 0, off)")
+    p.add_argument("--optimizer", default=S.optimizer, choices=["adamw", "muon"],
+                   help="muon: Muon (orthogonalised momentum) for the matrices of the transformer's "
+                        "blocks and AdamW for embeddings, head and norms, both on --lr's schedule; "
+                        "or adamw for all (default: a resumed run's own, else muon)")
+    p.add_argument("--width", type=nonneg_int, default=S.width,
+                   help="model dimension instead of the preset's; the feed-forward dimension "
+                        "scales with it (default: 0, the preset's)")
+    p.add_argument("--depth", type=nonneg_int, default=S.depth,
+                   help="transformer layers instead of the preset's (default: 0, the preset's)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
@@ -95,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
                       context_dreams=args.context_dreams, context_stalls=args.context_stalls,
-                      rope=args.rope or "", ema=args.ema)
+                      rope=args.rope or "", ema=args.ema, optimizer=args.optimizer,
+                      width=args.width, depth=args.depth)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
