@@ -2,7 +2,8 @@
 # The CPU recipe for the default Crafter model: collect -> fit the tile tokenizer -> tokenize ->
 # train (block diffusion) -> train an inverse dynamics model -> evaluate, with fixed seeds and sizes. Every step resumes: run it
 # again after a kill and it picks up where it stopped. 101 minutes end to end on this project's
-# 2-core CPU, on one thread beside other work (see the README's 'Making a model').
+# 2-core CPU, on one thread beside other work (see the README's 'Making a model'). Training takes
+# `worldsim train`'s default optimizer, Muon for the blocks' matrices (the study's optimizer leg).
 #
 #   bash scripts/train_default.sh [WORKDIR]        (default: runs/default)
 #

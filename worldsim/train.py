@@ -3,10 +3,12 @@
     worldsim train --shards S --tokenizer TOK --out B --objective ar|block_diffusion
     torchrun --nproc-per-node 2 -m worldsim train ...      (the same command, data-parallel)
 
-Optimisation: AdamW (or Muon for the blocks' matrices, `--optimizer muon`), linear warmup then cosine decay, gradient clipping, bf16 autocast where the
-device runs it fast; optionally (`--ema`) an exponential moving average of the weights, which
-the bundle then gets. Data: memory-mapped random windows of F frames, drawn from a generator
-seeded by (seed, step, rank), so a resumed run sees the batches it would have seen.
+Optimisation: Muon for the matrices of the transformer's blocks and AdamW for the rest (or AdamW
+for all, `--optimizer adamw`; see worldsim.optim), linear warmup then cosine decay, gradient
+clipping, bf16 autocast where the device runs it fast; optionally (`--ema`) an exponential moving
+average of the weights, which the bundle then gets. Data: memory-mapped random windows of F
+frames, drawn from a generator seeded by (seed, step, rank), so a resumed run sees the batches it
+would have seen.
 
 Writes into the output bundle:
     config.json            image tokenizer, action tokenizer, model config, env, training settings
