@@ -113,6 +113,26 @@ def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, craf
     assert note.startswith("whole store") and ids == EpisodeStore(unseen_store).episode_ids()
 
 
+def test_a_smaller_store_collected_like_the_training_store_keeps_its_trained_episodes_out(
+        tiny_bundle, crafter_store, tmp_path):
+    """The first episodes of the training store's collection, collected again (the same seed
+    and size), are the trained episodes: only the held-out ones among them are judged."""
+    from worldsim.bundle import read_config
+    from worldsim.data.collect import collect_crafter
+    from worldsim.data.store import EpisodeStore, split_ids
+    from worldsim.evaluation.episodes import held_out_ids
+
+    cfg = read_config(tiny_bundle)
+    trained = EpisodeStore(crafter_store).episode_ids()
+    val = split_ids(trained, 0.05)[1]
+    n = trained.index(val[-1]) + 1  # enough episodes to hold a held-out one
+    sub = tmp_path / "sub"
+    collect_crafter(sub, episodes=n, steps=40, seed=3, size=72, workers=1, progress=False)
+    ids, note = held_out_ids(EpisodeStore(sub), cfg)
+    assert note.startswith("validation split") and ids == val
+    assert len(ids) < len(EpisodeStore(sub).episode_ids()) or n == 1
+
+
 def test_a_corrupt_episode_is_skipped_with_a_warning_naming_it(tiny_bundle, crafter_store, tmp_path, capsys):
     data = tmp_path / "store"
     shutil.copytree(crafter_store, data)

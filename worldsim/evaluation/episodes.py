@@ -4,8 +4,9 @@ or any other store whole.
 A bundle records the token shards it was trained on (`training.shards`), and the shards record
 the episode store they came from (`data` in their index.json) and the episode ids; training held
 out `split_ids(ids, training.val_fraction)[1]`. When `--data` is that store, only those
-validation episodes are used; any other store is used whole (a store collected with unseen
-seeds tests generalisation).
+validation episodes are used, and so for a store collected like it (the same `worldsim collect`
+seed and size, so the same episodes under the same ids, however many); any other store is used
+whole (a store collected with unseen seeds tests generalisation).
 """
 
 from __future__ import annotations
@@ -51,13 +52,29 @@ def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[
     if source is None or Path(source).resolve() != store.root.resolve():
         # The recorded path may be relative to another working folder, or the store may have
         # moved: the same episodes (ids and lengths) make it the training store all the same.
-        if not _same_episodes(store, index.get("episodes", [])):
+        if not (_same_episodes(store, index.get("episodes", [])) or _same_collection(store, source)):
             return ids, f"whole store (the model was trained on {source})"
     _, val = split_ids(trained, float(training.get("val_fraction", 0.05)))
     have = set(ids)
     # Episodes added to the store after tokenizing were never trained on: they count as held out.
     val = sorted((set(val) & have) | (have - set(trained)))
     return val, f"validation split of the training store ({len(val)} of {len(ids)} episodes)"
+
+
+def _same_collection(store: EpisodeStore, source: str | None) -> bool:
+    """Whether `store` and the training store `source` were collected alike by `worldsim
+    collect` (same game, collector, seed and frame size): an episode is then the same game under
+    the same id in both, although one store may hold fewer episodes, or more, or shorter ones."""
+    if source is None:
+        return False
+    try:
+        other = EpisodeStore(source)
+    except (WorldsimError, OSError):  # moved or gone: nothing to vouch for it
+        return False
+    mine, theirs = store.info.source or {}, other.info.source or {}
+    return (store.info.env == other.info.env and mine.get("collector") == "explorer"
+            and mine.get("seed") is not None
+            and all(mine.get(k) == theirs.get(k) for k in ("collector", "seed", "size")))
 
 
 def _same_episodes(store: EpisodeStore, trained: list[dict[str, Any]], sample: int = 32) -> bool:
