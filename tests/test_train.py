@@ -287,6 +287,9 @@ def test_optimizer_width_and_depth_are_recorded_and_a_resume_must_keep_them(tiny
     assert "trained with --optimizer muon" in capsys.readouterr().err
     assert main(args + ["--steps", "3", "--depth", "3"]) != 0  # the preset's width
     assert "another config" in capsys.readouterr().err
+    assert main(_args(tiny_tokens, tmp_path / "odd", "--width", "60")) != 0  # heads of 15
+    assert "head dimension" in capsys.readouterr().err
+    assert not (tmp_path / "odd" / "model.safetensors").exists()
     assert main(args + ["--steps", "3", "--width", "32", "--depth", "3"]) == 0  # keeps its optimizer
     cfg = read_config(tmp_path / "wm")
     assert cfg["model_metrics"]["steps"] == 3 and cfg["training"]["optimizer"] == "muon"

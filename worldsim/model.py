@@ -74,6 +74,9 @@ class ModelConfig:
             raise ValueError(f"grid {self.grid} does not hold {self.tokens_per_frame} tokens")
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError("dim must divide by n_heads and n_heads by n_kv_heads")
+        if self.head_dim % 2:
+            raise ValueError(f"the head dimension (dim / n_heads) must be even for rotary positions, "
+                             f"got {self.head_dim}")
         if self.vocab_size == 0:
             self.vocab_size = self.codebook_size + self.action_ids + 1
         if self.vocab_size < self.codebook_size + self.action_ids + 1:
