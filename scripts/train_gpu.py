@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = Path(args.inputs).resolve()
     out = Path(os.environ.get("OUT") or args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     if work.exists():
         shutil.rmtree(work)
     src = work / "src"
@@ -118,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     for d in ("tokenizers", "inference", "client"):
         (src / "worldsim" / d).symlink_to(f"../{d}")
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
+    # `python -m` puts the working directory first on sys.path: run from the repository root,
+    # it would import the checkout's worldsim/, whose top-level packages are not mapped in.
+    os.chdir(work)
     shards = work / "shards"
     shards.mkdir()
     for name in ("frames.npy", "actions.npy"):
