@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import os
 import shutil
@@ -103,6 +104,12 @@ def unpack(args: argparse.Namespace) -> None:
 
 
 # -- there -----------------------------------------------------------------------------------
+def game_args() -> list[str]:
+    """The eval's game column replays Crafter; a device without the game skips it (the
+    bundle is judged with it here, after `unpack`)."""
+    return [] if importlib.util.find_spec("crafter") else ["--no-game"]
+
+
 def run(args: argparse.Namespace) -> int:
     inputs = Path(args.inputs).resolve()
     out = Path(os.environ.get("OUT") or args.out).resolve()
@@ -146,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         report = work / "report"
         rc_e = sh(py + ["eval", "--bundle", str(bundle), "--data", str(val), "--episodes",
                         str(args.eval_episodes), "--out", str(report), "--device", args.device]
-                  + args.eval_args, env=env)
+                  + game_args() + args.eval_args, env=env)
         for name in ("report.json", "report.md"):
             if (report / name).exists():
                 shutil.copy(report / name, out / f"eval_{name}")
