@@ -64,6 +64,9 @@ def prepare(args: argparse.Namespace) -> None:
         with open(shards / name, "rb") as f, gzip.open(dest / "shards" / f"{name}.gz", "wb", 6) as g:
             shutil.copyfileobj(f, g)
     shutil.copy(shards / "index.json", dest / "shards" / "index.json")
+    # Where the shards live here: `unpack` writes it into the bundle, whose training.shards
+    # would otherwise name the device's copy (and `worldsim eval` would judge the whole store).
+    (dest / "origin.json").write_text(json.dumps({"shards": str(shards.resolve())}))
     shutil.copytree(args.tokenizer, dest / "tokenizer",
                     ignore=shutil.ignore_patterns("*.png", "train_state*", "*.jsonl"))
     if args.data:
@@ -89,7 +92,8 @@ def _copy_val_episodes(store: Path, out: Path, n: int) -> None:
 
 
 def unpack(args: argparse.Namespace) -> None:
-    """Rebuild a bundle from what `run` brought back: join the weight parts, copy the rest."""
+    """Rebuild a bundle from what `run` brought back: join the weight parts, copy the rest, and
+    point its training.shards at the shards here (from --shards, else the carry's origin.json)."""
     res, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = sorted(res.glob("model.safetensors.part*"))
@@ -100,7 +104,25 @@ def unpack(args: argparse.Namespace) -> None:
     for p in res.iterdir():
         if not p.name.startswith("model.safetensors.part"):
             shutil.copy(p, out / p.name)
+    _relocate_shards(out, args.shards, Path(args.inputs) / "origin.json")
     print(f"bundle in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+
+
+def _relocate_shards(bundle: Path, shards: str | None, origin: Path) -> None:
+    if shards is None and origin.exists():
+        shards = json.loads(origin.read_text())["shards"]
+    sys.path.insert(0, str(ROOT))
+    from worldsim.bundle import read_config, update_config
+
+    if not (bundle / "config.json").exists():
+        return
+    cfg = read_config(bundle)
+    if shards is None:
+        print(f"warning: training.shards still names the device's {cfg.get('training', {}).get('shards')}; "
+              "pass --shards (the shards prepared here) so that `worldsim eval` keeps to the held-out "
+              "episodes", file=sys.stderr)
+        return
+    update_config(bundle, training={**cfg.get("training", {}), "shards": str(shards)})
 
 
 # -- there -----------------------------------------------------------------------------------
@@ -126,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         (src / "worldsim" / d).symlink_to(f"../{d}")
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
     # `python -m` puts the working directory first on sys.path: run from the repository root,
-    # it would import the checkout's worldsim/, whose top-level packages are not mapped in.
-    os.chdir(work)
+    # it would import the checkout's worldsim/, whose top-level packages are not mapped in. So
+    # every child starts in the work folder.
     shards = work / "shards"
     shards.mkdir()
     for name in ("frames.npy", "actions.npy"):
@@ -143,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                   "--warmup", str(args.warmup), "--steps", str(args.steps),
                   "--max-minutes", str(args.minutes), "--val-every", str(args.val_every),
                   "--dtype", args.dtype, "--device", args.device, "--no-progress"] + args.train_args,
-            env=env)
+            env=env, cwd=work)
     print(f"train: exit {rc} after {time.time() - t0:.0f} s", flush=True)
     if not (bundle / "model.safetensors").exists():
         return rc or 1
@@ -153,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         report = work / "report"
         rc_e = sh(py + ["eval", "--bundle", str(bundle), "--data", str(val), "--episodes",
                         str(args.eval_episodes), "--out", str(report), "--device", args.device]
-                  + game_args() + args.eval_args, env=env)
+                  + game_args() + args.eval_args, env=env, cwd=work)
         for name in ("report.json", "report.md"):
             if (report / name).exists():
                 shutil.copy(report / name, out / f"eval_{name}")
@@ -162,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         with open(out / "bench.txt", "w") as f:
             sh(py + ["bench", "--bundle", str(bundle), "--device", args.device, "--dtype", args.dtype,
                      "--frames", "32", "--sessions", "1,16", "--json", str(out / "bench.json")],
-               env=env, stdout=f, stderr=subprocess.STDOUT)
+               env=env, stdout=f, stderr=subprocess.STDOUT, cwd=work)
     return 0
 
 
@@ -215,7 +237,7 @@ def smoke(args: argparse.Namespace) -> int:
                                 eval_args=["--horizon", "3", "--context", "1"]))
     if rc:
         return rc
-    unpack(argparse.Namespace(results=str(results), out=str(tmp / "bundle")))
+    unpack(argparse.Namespace(results=str(results), out=str(tmp / "bundle"), shards=None, inputs=str(dest)))
     from_bundle = [sys.executable, "-c",
                    "import sys; from worldsim.inference.engine import Engine; "
                    "e = Engine.from_bundle(sys.argv[1]); print('bundle loads:', e.cfg.dim, 'wide')",
@@ -259,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack", help="here: rebuild the bundle from the results")
     u.add_argument("--results", required=True)
     u.add_argument("--out", required=True)
+    u.add_argument("--shards", default=None,
+                   help="the token shards here, for the bundle's training.shards (default: the ones "
+                        "`prepare` packed, from INPUTS/origin.json)")
+    u.add_argument("--inputs", default=str(GPU), help="the folder `prepare` wrote (default: .gpu)")
     u.set_defaults(func=unpack)
     s = sub.add_parser("smoke", help="all steps on this CPU with tiny settings")
     s.add_argument("--work", default=None)

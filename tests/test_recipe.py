@@ -1,5 +1,6 @@
 """Training recipe pieces: context noise and dreams, the time-budget schedule, and the GPU script's smoke run."""
 
+import json
 import math
 import os
 import subprocess
@@ -142,6 +143,9 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path):
     parts = list((tmp_path / "results").glob("model.safetensors.part*"))
     assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
     assert (tmp_path / "bundle" / "model.safetensors").exists()
+    # The bundle names the shards here, not the device's copy: eval keeps to its held-out episodes.
+    cfg = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert cfg["training"]["shards"] == str((tmp_path / "shards").resolve())
 
 
 def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
