@@ -158,3 +158,37 @@ def test_cli_prints_one_line_for_a_broken_bundle(tiny_bundle, capsys):
     assert main(["bench", "--bundle", str(folder), "--frames", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("worldsim bench: error: ") and "size mismatch" in err and "\n" not in err
+
+
+def test_play_temperature_is_the_given_then_the_bundles_then_the_default(tiny_bundle):
+    folder, _, _ = tiny_bundle
+    assert bundle.recorded_temperature(folder) is None
+    assert bundle.play_temperature(folder, None) == bundle.PLAY_TEMPERATURE
+    assert bundle.play_temperature(folder, None, default=0.0) == 0.0
+    bundle.update_config(folder, decoding={"temperature": 1.1})
+    assert bundle.play_temperature(folder, None) == 1.1
+    assert bundle.play_temperature(folder, 0.0) == 0.0  # greedy asked for is greedy
+    for bad in (-1, "hot", True, 11):
+        edit_config(folder, decoding={"temperature": bad})
+        with pytest.raises(BundleError) as e:
+            bundle.play_temperature(folder, None)
+        assert "decoding temperature" in one_line(e)
+
+
+def test_the_server_plays_at_the_bundles_recorded_temperature(tiny_bundle):
+    import argparse
+
+    from worldsim.commands.serve import add_engine_args, build_server
+    from worldsim.inference.server import ServerSettings
+
+    folder, _, _ = tiny_bundle
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    bundle.update_config(folder, decoding={"temperature": 1.25})
+    for argv, want in (([], 1.25), (["--temperature", "0.3"], 0.3)):
+        _, _, server = build_server(p.parse_args(["--bundle", str(folder), "--device", "cpu", *argv]),
+                                    ServerSettings(host="127.0.0.1", port=0, max_sessions=1))
+        try:
+            assert server.scheduler.decoder.sampling.temperature == want
+        finally:
+            server.scheduler.stop()

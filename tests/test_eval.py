@@ -216,3 +216,87 @@ def test_action_gap_is_positive_when_the_model_uses_actions_and_zero_when_it_can
         model.tok_emb.weight[K:K + cfg.action_ids] = 0  # every action looks the same
     zeroed = action_sensitivity(model, fr, ac, changed)["all"]
     assert abs(zeroed["gap"]) < 1e-6 and zeroed["loss_true"] > 0
+
+
+def test_eval_decodes_at_the_bundles_recorded_temperature_unless_told(tiny_bundle, unseen_store, tmp_path):
+    from worldsim.bundle import update_config
+
+    b = tmp_path / "wm"
+    shutil.copytree(tiny_bundle, b)
+
+    def temperature(out, *extra) -> float:
+        assert _eval(b, unseen_store, out, "--no-game", "--no-teacher-forced", "--videos", "0", *extra) == 0
+        return json.loads((out / "report.json").read_text())["settings"]["temperature"]
+
+    assert temperature(tmp_path / "a") == 0.0  # a bundle that records none: greedy, as before
+    update_config(b, decoding={"temperature": 1.3})
+    assert temperature(tmp_path / "b") == 1.3
+    assert temperature(tmp_path / "c", "--temperature", "0.5") == 0.5
+
+
+def _pick_temperature():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "pick_temperature.py"
+    spec = importlib.util.spec_from_file_location("pick_temperature", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundle, unseen_store, tmp_path,
+                                                                      monkeypatch, capsys):
+    import worldsim.evaluation
+    from worldsim.bundle import read_config
+
+    pick = _pick_temperature()
+    b, out = tmp_path / "wm", tmp_path / "judged"
+    shutil.copytree(tiny_bundle, b)
+    argv = [str(b), "--data", str(unseen_store), "--temperatures", "0,1.5", "--episodes", "2", "--seeds", "0,1",
+            "--out", str(out), "--threads", "1", "--no-progress"]
+    assert pick.main(argv) in (0, 1)  # 1: no temperature keeps the untrained model above copy-last
+    book = json.loads((out / "judgements.json").read_text())
+    assert len(book) == 4 and all(j["real_scrolls"] >= j["agree"] >= 0 for j in book.values())
+    assert "decoding" not in read_config(b)  # nothing written without --write
+
+    # The same judgements are read back, not redone; make T 1.5 the clear winner and record it.
+    for key, j in book.items():
+        better = key.startswith("T1.5")
+        j.update(real_scrolls=10, agree=9 if better else 3, psnr=30.0 if better else 10.0, copy_psnr=20.0,
+                 psnr_steps=[30.0 if better else 10.0] * 5, copy_psnr_steps=[20.0] * 5)
+    (out / "judgements.json").write_text(json.dumps(book))
+    monkeypatch.setattr(worldsim.evaluation, "evaluate", lambda *a, **k: pytest.fail("judged again"))
+    capsys.readouterr()
+    assert pick.main(argv + ["--write"]) == 0
+    assert "chosen: temperature 1.5" in capsys.readouterr().out
+    rec = read_config(b)["decoding"]
+    assert rec["temperature"] == 1.5 and rec["chosen_on"]["real_scrolls"] == 20
+    assert rec["chosen_on"]["scroll_agreement"] == 0.9
+
+    # New weights are judged anew: the book is keyed by the weights' hash.
+    monkeypatch.setattr(pick, "weights_hash", lambda folder: "other")
+    with pytest.raises(pytest.fail.Exception, match="judged again"):
+        pick.main(argv)
+
+
+def test_pick_temperature_chooses_the_best_pooled_scroll_above_the_psnr_floor():
+    pick = _pick_temperature()
+
+    def j(agree, real, psnr, copy, steps=None):
+        return {"agree": agree, "real_scrolls": real, "psnr": psnr, "copy_psnr": copy,
+                "psnr_steps": steps or [psnr] * 5, "copy_psnr_steps": [copy] * 5}
+
+    judged = {
+        0.6: [j(50, 100, 22, 18), j(60, 100, 22, 18)],  # 55% pooled
+        0.8: [j(90, 100, 21, 18), j(40, 100, 21, 18)],  # 65% pooled: one lucky draw does not decide
+        1.0: [j(80, 100, 19, 18), j(80, 100, 17, 18)],  # 80%, but below copy-last on the second draw
+        1.2: [j(70, 100, 20, 18, steps=[20, 20, 17, 20, 20]), j(70, 100, 20, 18)],  # below at step 3
+    }
+    best, rows = pick.choose(judged)
+    assert best == 0.8
+    assert [r["floor"] for r in rows] == [True, True, False, False]
+    assert rows[1]["scroll"] == pytest.approx(0.65) and rows[1]["real_scrolls"] == 200
+    assert pick.choose({1.0: judged[1.0]})[0] is None
+    tie = {0.7: [j(6, 10, 20, 18)], 0.9: [j(6, 10, 21, 18)]}
+    assert pick.choose(tie)[0] == 0.9  # equal scroll: the higher PSNR

@@ -2,7 +2,8 @@
 
     BUNDLE/config.json                 {"format": "worldsim.bundle", "version": 1,
                                         "image_tokenizer": {...}, "action_tokenizer": {...},
-                                        "model": {...}, "env": ..., "metrics": {...}}
+                                        "model": {...}, "env": ..., "metrics": {...},
+                                        "decoding": {"temperature": T}}   (optional)
     BUNDLE/<component>.safetensors     weights of each component that has them
 
 Every hyper-parameter lives in config.json, so loading builds each component from its config
@@ -99,6 +100,31 @@ def build_component(folder: str | os.PathLike, component: str, build: Callable[[
         return build()
     except (ValueError, TypeError) as e:
         raise BundleError(f"{Path(folder) / 'config.json'}: bad {component} config: {e}") from None
+
+
+# -- how the bundle plays ----------------------------------------------------------------------
+PLAY_TEMPERATURE = 0.8  # for a bundle that records none: the study's best for the first models
+
+
+def recorded_temperature(folder: str | os.PathLike) -> float | None:
+    """The sampling temperature the bundle plays at (config.json's "decoding": {"temperature":
+    T}, chosen on held-out windows: a sharper model scrolls best at a hotter sampler), or None
+    where it records none."""
+    t = (read_config(folder).get("decoding") or {}).get("temperature")
+    if t is None:
+        return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 10:
+        raise BundleError(f"{Path(folder) / 'config.json'}: decoding temperature must be a number "
+                          f"from 0 to 10, not {t!r}")
+    return float(t)
+
+
+def play_temperature(folder: str | os.PathLike, given: float | None, default: float = PLAY_TEMPERATURE) -> float:
+    """`given` (a command's --temperature) if set, else the bundle's own, else `default`."""
+    if given is not None:
+        return given
+    t = recorded_temperature(folder)
+    return default if t is None else t
 
 
 # -- loaders: a bundle's components, built from its config --------------------------------------

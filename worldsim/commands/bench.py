@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=positive_int, default=2, help="diagonal window w (default: 2)")
     p.add_argument("--graphs", action="store_true",
                    help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers)")
-    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    p.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="sampling temperature (default: a bundle's own; 0, greedy, for a preset or a "
+                        "bundle that records none)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from worldsim.bench import BenchInputs, bench, format_table
+    from worldsim.bundle import play_temperature
     from worldsim.device import pick_device
     from worldsim.errors import WorldsimError
     from worldsim.inference.engine import DECODERS, DecoderSettings, valid_decoders
@@ -82,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
         for n in names:
             if n not in DECODERS:
                 raise WorldsimError(f"unknown decoder {n!r}; choose from {', '.join(DECODERS)}")
-    sampling = SamplingSettings(temperature=args.temperature)
+    # A bundle decodes at its own temperature (its weights are what the sampler matters for).
+    sampling = SamplingSettings(temperature=args.temperature or 0.0 if args.preset else
+                                play_temperature(args.bundle, args.temperature, default=0.0))
     decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
                                 sampling=sampling, graphs=args.graphs, guidance=args.guidance) for n in names]
     for d in decoders:  # each decoder checks its own settings before anything runs

@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--idm", type=existing_dir, help="inverse dynamics model from `worldsim train-idm`")
     p.add_argument("--out", type=out_dir, help="report folder (default: BUNDLE-eval beside the bundle)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="episodes, starts and sampling (default: 0)")
-    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    p.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="sampling temperature (default: the bundle's own, as it plays; 0, greedy, for a "
+                        "bundle that records none)")
     p.add_argument("--videos", type=nonneg_int, default=4, help="episodes drawn as mp4 (default: 4)")
     p.add_argument("--no-teacher-forced", action="store_true",
                    help="skip the one-step-ahead dreams (halves the time)")
@@ -66,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.data:
         raise WorldsimError("--data is required (or --compare REPORT...)")
-    from worldsim.bundle import find_bundle
+    from worldsim.bundle import find_bundle, play_temperature
 
     args.bundle = find_bundle(args.bundle, "model to evaluate")
+    temperature = play_temperature(args.bundle, args.temperature, default=0.0)
     import torch
 
     from worldsim.evaluation import EvalSettings, evaluate, summary_line
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = EvalSettings(episodes=args.episodes, context=args.context, horizon=args.horizon,
-                     decoders=list(args.decoder), seed=args.seed, temperature=args.temperature,
+                     decoders=list(args.decoder), seed=args.seed, temperature=temperature,
                      videos=args.videos, teacher_forced=not args.no_teacher_forced, game=not args.no_game,
                      device=args.device)
     r = evaluate(args.bundle, args.data, s, idm=args.idm, out=args.out, progress=not args.no_progress)

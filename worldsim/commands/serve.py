@@ -47,10 +47,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--decoder", default="auto", help="ar | diagonal | block_diffusion | auto (default: auto)")
     p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame (default: 4)")
-    # 0.8: on 48 held-out episodes the 3,000-step model's 15-step dreams scroll with the player as
-    # often as at 1 (86.6% against 85.2%) and score 0.7 dB more; greedy dreams stop scrolling
-    # once new terrain comes in all grass (benchmarks/results/cpu/study).
-    p.add_argument("--temperature", type=nonneg_float, default=0.8, help="sampling temperature (default: 0.8)")
+    p.add_argument("--temperature", type=nonneg_float, default=None,
+                   help="sampling temperature (default: the bundle's own, chosen on held-out windows; "
+                        "0.8 for a bundle that records none)")
     p.add_argument("--guidance", type=nonneg_float, default=0.0,
                    help="block-diffusion action guidance: w in logits + w * (logits - logits under "
                         "the no-op); each pass runs twice the rows. It lost in the study: the "
@@ -67,6 +66,7 @@ def find_bundle(bundle: str | None) -> str:
 
 
 def build_server(args: argparse.Namespace, settings):
+    from worldsim.bundle import play_temperature
     from worldsim.device import pick_device
     from worldsim.inference.engine import DecoderSettings
     from worldsim.inference.sampling import SamplingSettings
@@ -75,7 +75,7 @@ def build_server(args: argparse.Namespace, settings):
     bundle = find_bundle(args.bundle)
     dev = pick_device(args.device)
     decoder = DecoderSettings(args.decoder, steps=args.steps, guidance=args.guidance,
-                              sampling=SamplingSettings(temperature=args.temperature))
+                              sampling=SamplingSettings(temperature=play_temperature(bundle, args.temperature)))
     return bundle, dev, make_server(bundle, settings, fps=args.fps, device=str(dev),
                                     decoder=decoder, scene=args.scene)
 
