@@ -192,3 +192,18 @@ def test_the_server_plays_at_the_bundles_recorded_temperature(tiny_bundle):
             assert server.scheduler.decoder.sampling.temperature == want
         finally:
             server.scheduler.stop()
+
+
+def test_info_describes_a_bundle_and_the_temperature_it_plays_at(tiny_bundle, capsys):
+    folder, model, _ = tiny_bundle
+    assert main(["info", "--bundle", str(folder)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
+    assert f"{folder}: block_diffusion on crafter" in row and f"{model.cfg.frames}-frame window" in row
+    assert "records no temperature (plays at 0.8)" in row
+    bundle.update_config(folder, decoding={"temperature": 1.1},
+                         model_metrics={"params": 2_500_000, "steps": 1234, "val_loss": 0.0441})
+    assert main(["info", "--bundle", str(folder)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
+    assert "2.5M parameters" in row and "1,234 steps, val loss 0.044" in row and "plays at temperature 1.1" in row
+    assert main(["info", "--bundle", str(folder / "nope")]) == 2
+    assert "is not a worldsim bundle" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_top_level_help_lists_commands():
 def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    for key in ("torch", "crafter", "torch threads", "minerl", "cuda"):
+    for key in ("torch", "crafter", "torch threads", "minerl", "cuda", "shipped model"):
         assert key in out
 
 

@@ -12,10 +12,13 @@ import platform
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show versions, devices, threads and optional integrations",
                        description="Show versions, compute devices, thread counts and which "
-                                   "optional integrations (MineRL, ffmpeg, ...) are available; "
-                                   "with --preset, the shape and parameter count of a model preset.")
+                                   "optional integrations (MineRL, ffmpeg, ...) are available, and "
+                                   "the shipped model (or --bundle): what it is and the temperature "
+                                   "it plays at; with --preset, the shape and parameter count of a "
+                                   "model preset.")
     p.add_argument("--preset", default=None,
                    help="also describe a model preset: tiny | crafter | mineworld-300m")
+    p.add_argument("--bundle", default=None, help="describe this bundle instead of the shipped model")
     p.set_defaults(func=run)
 
 
@@ -28,6 +31,26 @@ def _version(dist: str) -> str:
 
 def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def describe_bundle(folder: str) -> str:
+    """One line: objective, game, size, memory, training and the temperature it plays at."""
+    from worldsim.bundle import PLAY_TEMPERATURE, read_config, recorded_temperature
+
+    cfg = read_config(folder)
+    model, metrics = cfg.get("model") or {}, cfg.get("model_metrics") or {}
+    parts = [f"{model.get('objective', 'no world model')} on {cfg.get('env', 'an unnamed game')}"]
+    if metrics.get("params"):
+        parts.append(f"{metrics['params'] / 1e6:.1f}M parameters")
+    if model.get("frames"):
+        parts.append(f"{model['frames']}-frame window")
+    if metrics.get("steps"):
+        loss = f", val loss {metrics['val_loss']:.3f}" if metrics.get("val_loss") is not None else ""
+        parts.append(f"{metrics['steps']:,} steps{loss}")
+    t = recorded_temperature(folder)
+    parts.append(f"plays at temperature {t:g}" if t is not None
+                 else f"records no temperature (plays at {PLAY_TEMPERATURE:g})")
+    return f"{folder}: " + ", ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
     rows.append(("mp4 (ffmpeg)", ffmpeg))
     rows.append(("minerl", _version("minerl") if _available("minerl")
                  else "no (needs MineRL 1.0 and Java 8; see minerl.readthedocs.io)"))
+    from worldsim.bundle import BundleError, find_bundle
+
+    if args.bundle is not None:
+        rows.append(("bundle", describe_bundle(find_bundle(args.bundle))))
+    else:
+        try:
+            rows.append(("shipped model", describe_bundle(find_bundle(None))))
+        except BundleError:
+            rows.append(("shipped model", "none found (a checkout has one in assets/models/crafter)"))
     if args.preset:
         from worldsim.errors import WorldsimError
         from worldsim.model import preset_config
