@@ -23,7 +23,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data/crafter")
     p.add_argument("--episodes", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="the eval's --seed: which windows, and sampling")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default: the bundle's own (0.8 for a bundle that records none)")
     p.add_argument("--decoder", default="block_diffusion:4")
     p.add_argument("--threads", type=int, default=1)
 
@@ -58,5 +59,6 @@ def load(args: argparse.Namespace, what: str) -> Setup:
     real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, CONTEXT, HORIZON)
     if real.map_rows is None:
         raise SystemExit("this benchmark runs on Crafter stores only")
+    args.temperature = bundle.play_temperature(path, args.temperature)
     decoder = ev.parse_decoder(args.decoder, args.temperature).resolve(model.cfg.objective)
     return Setup(str(path), cfg, model, image_tok, action_tok, codec, store, ids, windows, real, decoder)

@@ -1,7 +1,7 @@
 """Why a Crafter dream fails to scroll: each miss of `worldsim eval`'s scroll agreement, sorted.
 
     python benchmarks/scroll_misses.py [--bundle B] [--data data/crafter] [--episodes 64]
-                                      [--seed 0] [--temperature 0.8] [--decoder block_diffusion:4]
+                                      [--seed 0] [--temperature T] [--decoder block_diffusion:4]
 
 Runs the eval's rollouts (the same windows, seeds and decoder as `worldsim eval` with the same
 arguments) and, for every step where the real view scrolls and the dream's does not scroll the

@@ -1,7 +1,7 @@
 """Does a stall in the context stop a Crafter dream from moving? A one-step probe.
 
     python benchmarks/stall_probe.py [--bundle B] [--data data/crafter] [--episodes 64]
-                                     [--seed 0] [--temperature 0.8] [--decoder block_diffusion:4]
+                                     [--seed 0] [--temperature T] [--decoder block_diffusion:4]
                                      [--draws 2]
 
 `benchmarks/scroll_misses.py` finds that most misses of the dream's scroll follow an earlier
