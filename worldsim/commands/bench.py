@@ -85,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
         for n in names:
             if n not in DECODERS:
                 raise WorldsimError(f"unknown decoder {n!r}; choose from {', '.join(DECODERS)}")
-    # A bundle decodes at its own temperature (its weights are what the sampler matters for).
-    sampling = SamplingSettings(temperature=args.temperature or 0.0 if args.preset else
-                                play_temperature(args.bundle, args.temperature, default=0.0))
+    # A bundle decodes at its own temperature; a preset's random weights greedy unless told.
+    temperature = (args.temperature or 0.0) if args.preset else \
+        play_temperature(args.bundle, args.temperature, default=0.0)
+    sampling = SamplingSettings(temperature=temperature)
     decoders = [DecoderSettings(n, steps=args.steps, threshold=args.threshold, window=args.window,
                                 sampling=sampling, graphs=args.graphs, guidance=args.guidance) for n in names]
     for d in decoders:  # each decoder checks its own settings before anything runs
