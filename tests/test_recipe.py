@@ -169,12 +169,16 @@ def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
     assert "== done" in first
     report = work / "model-eval" / "report.json"
     assert report.exists() and (work / "model" / "model.safetensors").exists()
+    book = work / "temperature" / "judgements.json"
+    assert len(json.loads(book.read_text())) == 3 * 2  # three temperatures on two draws
+    book_written = book.stat().st_mtime_ns
     tokenizer_written = (work / "tok" / "image_tokenizer.safetensors").stat().st_mtime_ns
     second = recipe()
     assert "== done" in second
     assert "6 episodes already in" in second  # nothing collected twice
     assert "tokenized 0 episodes (6 already there)" in second  # nor tokenized twice
     assert "resuming from step 4" in second  # the IDM finds its checkpoint
+    assert book.stat().st_mtime_ns == book_written  # no temperature judged again
     assert (work / "tok" / "image_tokenizer.safetensors").stat().st_mtime_ns == tokenizer_written  # nor fitted
 
 
