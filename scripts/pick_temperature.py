@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             j = book[key]
             print(f"T {t:g}, seed {seed}: scroll {j['agree']}/{j['real_scrolls']}, "
                   f"PSNR {j['psnr']:.2f} dB (copy-last {j['copy_psnr']:.2f})", flush=True)
+    if not any(j["real_scrolls"] for js in judged.values() for j in js):
+        print("pick_temperature: no real scrolls in these windows: scroll agreement is measured on "
+              "Crafter stores, where the view scrolls as the player walks", file=sys.stderr)
+        return 1
     best, rows = choose(judged)
     print(f"\n{'temperature':>11} | scroll (pooled) | real scrolls | PSNR | copy-last | PSNR floor")
     for r in rows:
