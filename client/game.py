@@ -1,6 +1,6 @@
 """The pygame window: keys and mouse in, the served model's frames out.
 
-    F1   HUD: frames/s, median action-to-frame latency, decoder and steps
+    F1   HUD: frames/s, median action-to-frame latency, decoder, steps and temperature
     F2   next decoder            F3 / F4   fewer / more decoder steps
     F5   reset                   P         pause (F8 too; in Crafter P places a plant, so F8)
     F9   record (mp4, and an episode store: a recording becomes training data)
@@ -267,6 +267,10 @@ class GameWindow:
         self._draw_hud()
         pygame.display.flip()
 
+    def _temperature(self) -> str:
+        t = self.welcome.temperature
+        return "" if t is None else "  greedy" if t == 0 else f"  T {t:g}"
+
     def _draw_hud(self) -> None:
         if not self.hud and not self.paused and self.recorder is None:
             return
@@ -276,7 +280,7 @@ class GameWindow:
                 if len(self.arrivals) > 1 and self.arrivals[-1] > self.arrivals[0] else 0.0
             lat = self.conn.median_latency()
             lines += [f"{fps:.1f} fps   latency {lat:.0f} ms" if lat is not None else f"{fps:.1f} fps",
-                      f"{self.decoder} steps {self.steps} (F2 decoder, F3/F4 steps)",
+                      f"{self.decoder} steps {self.steps}{self._temperature()} (F2 decoder, F3/F4 steps)",
                       f"frame {self.frame.index if self.frame else 0}  game step {self.frame.step if self.frame else 0}",
                       "F5 reset  F8 pause  F9 record  F12 shot  Esc quit"]
         if self.paused:

@@ -463,6 +463,7 @@ class FrameServer:
             session=conn.sid, width=w, height=h, fps=self.scheduler.fps,
             action_space=self.game.space.to_dict(), encoding=hello.encoding, ground_truth=truth,
             decoder=d.name, steps=d.steps, decoders=self.scheduler.decoders, seed=conn.seed,
+            temperature=d.sampling.temperature,
             limits={"max_message_bytes": self.settings.max_message,
                     "max_messages_per_second": self.settings.max_rate,
                     "idle_timeout_s": self.settings.idle_timeout, "window": hello.window})))

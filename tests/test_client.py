@@ -75,6 +75,7 @@ def test_window_plays_30_frames_from_synthetic_keys(tmp_path):
             conn.close()
             window.close()
     assert shown == 31 and len(frames) == 30
+    assert window._temperature() == "  greedy"  # the HUD's sampler, from the welcome
     assert pygame.image.load(str(shot)).get_size() == (2 * SIZE * window.scale + 8, SIZE * window.scale)
     keep = os.environ.get("WORLDSIM_SCREENSHOT")  # set to refresh the committed docs/ image
     if keep:

@@ -30,7 +30,7 @@ messages = st.one_of(
               fps=st.floats(0, 1000), action_space=st.just(CRAFTER_SPACE.to_dict()),
               encoding=st.sampled_from(P.ENCODINGS), ground_truth=st.booleans(), decoder=short,
               steps=st.integers(1, 256), decoders=st.lists(short, max_size=3), seed=st.integers(0, P.MAX_SEED),
-              limits=numbers),
+              limits=numbers, temperature=st.none() | st.floats(0, 100)),
     st.builds(P.Frame, index=seqs, seq=st.integers(-1, P.MAX_SEQ), encoding=st.just("jpeg"),
               width=st.integers(1, 512), height=st.integers(1, 512), image=st.binary(max_size=64),
               truth=st.none() | st.binary(max_size=64), step=seqs, decoder=st.none() | short, timings=numbers),
@@ -91,6 +91,18 @@ def test_size_limits_and_server_types_from_a_client():
     assert e.value.code == P.UNKNOWN_TYPE
     with pytest.raises(P.ProtocolError):
         P.unpack("text frame")  # text websocket frames are not the protocol
+
+
+def test_a_client_skips_fields_a_newer_server_adds_but_a_server_refuses_a_clients():
+    newer = {"type": "error", "code": "x", "message": "y", "hint": "a field from a later server"}
+    assert P.unpack(raw(newer), types=P.SERVER_TYPES) == P.Error(code="x", message="y")
+    older = {"type": "welcome", "session": 0, "width": 8, "height": 8, "fps": 0.0,
+             "action_space": CRAFTER_SPACE.to_dict(), "encoding": "raw", "ground_truth": False,
+             "decoder": "ar", "steps": 1, "decoders": ["ar"], "seed": 0}
+    assert P.unpack(raw(older), types=P.SERVER_TYPES).temperature is None  # a server before the field
+    with pytest.raises(P.ProtocolError, match="unknown fields") as e:
+        P.unpack(raw({"type": "reset", "seed": 1, "hint": 0}), types=P.CLIENT_TYPES)
+    assert e.value.code == P.BAD_FIELD
 
 
 @settings(max_examples=100, deadline=1000)

@@ -95,6 +95,7 @@ def test_a_session_plays_50_frames_with_ground_truth(server):
     ws, welcome, first, errors = join(server.url, ground_truth=True, encoding="raw")
     assert not errors and welcome.ground_truth and welcome.action_space == CRAFTER_SPACE.to_dict()
     assert (welcome.width, welcome.height) == (SIZE, SIZE) and welcome.fps == 0
+    assert welcome.temperature == 0.0  # the fixture's server decodes greedy
     assert first.seq == -1 and first.decoder is None and first.image == first.truth  # the real start
     frames = [play(ws, seq, [2, 2, 3, 5, 4][seq % 5]) for seq in range(50)]
     assert [f.seq for f in frames] == list(range(50))

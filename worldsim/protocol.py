@@ -246,6 +246,7 @@ class Welcome:
     decoders: list[str]
     seed: int
     limits: dict[str, float] = field(default_factory=dict)
+    temperature: float | None = None  # the sampling temperature (0: greedy); absent from older servers
     version: int = VERSION
 
 
@@ -291,7 +292,8 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
                           "action_space": action_space_value, "encoding": text(8, ENCODINGS),
                           "ground_truth": boolean, "decoder": text(32), "steps": integer(1, 256),
                           "decoders": string_list(16, 32), "seed": integer(0, MAX_SEED),
-                          "limits": number_map(16), "version": integer(0, 2**16)}),
+                          "limits": number_map(16), "temperature": number(0, 100),
+                          "version": integer(0, 2**16)}),
     "frame": (Frame, {"index": integer(0, MAX_SEQ), "seq": integer(-1, MAX_SEQ),
                       "encoding": text(8, ENCODINGS), "width": integer(1, 8192),
                       "height": integer(1, 8192), "image": blob(_MAX_IMAGE),
@@ -337,7 +339,11 @@ def unpack(data: bytes | str, max_bytes: int = MAX_SERVER_MESSAGE,
         raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {shown!r}")
     cls, spec = SCHEMA[kind]
     unknown = [k for k in d if k != "type" and k not in spec]
-    if unknown:
+    # A server may add fields to its messages within a version (a client skips what it does not
+    # know); a client's message is checked whole.
+    if unknown and kind in SERVER_TYPES:
+        d = {k: v for k, v in d.items() if k not in unknown}
+    elif unknown:
         raise ProtocolError(BAD_FIELD, f"{kind} has unknown fields {sorted(map(str, unknown))[:5]}")
     values: dict[str, Any] = {}
     for f in fields(cls):
