@@ -1,6 +1,6 @@
 """Choose the sampling temperature a bundle plays at, on held-out windows, and record it.
 
-    python scripts/pick_temperature.py runs/wm --data data/crafter --temperatures 0.8,0.9,1.0 \
+    python scripts/pick_temperature.py runs/wm --data data/crafter --temperatures 0.8,0.9,1.0 \\
         --episodes 64 --seeds 0,1 --write
 
 Dreams 15 steps from one real frame under the recorded keys (`worldsim eval`'s protocol, on the
