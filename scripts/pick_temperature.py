@@ -19,7 +19,6 @@ interrupted run picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -28,11 +27,10 @@ FLOOR_STEPS = 5  # PSNR above copy-last at each of the first 5 steps: the model 
 
 
 def weights_hash(bundle: Path) -> str:
-    h = hashlib.sha256()
-    with open(bundle / "model.safetensors", "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The model weights' hash: the book's key (config.json changes with --write, so not it)."""
+    from worldsim.fileio import file_sha256
+
+    return file_sha256(bundle / "model.safetensors")
 
 
 def judgement(report: dict) -> dict:
