@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0", help="comma list (default: 0.7,0.8,0.9,1.0)")
     p.add_argument("--episodes", type=int, default=64, help="windows per draw, one per episode (default: 64)")
     p.add_argument("--seeds", default="0,1", help="draws of windows, comma list (default: 0,1)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="sampling draws of each window draw, pooled (default: 1; one draw of 64 windows "
+                        "moves scroll agreement by about 3 points)")
     p.add_argument("--decoder", default=None, help="decoder spec (default: eval's default for the model)")
     p.add_argument("--out", default=None, help="folder for the eval reports (default: BUNDLE-temperature)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
@@ -88,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except (WorldsimError, ValueError) as e:
         print(f"pick_temperature: {e}", file=sys.stderr)
         return 2
-    if not temps or not seeds or min(temps) < 0:
-        print("pick_temperature: give at least one temperature (>= 0) and one seed", file=sys.stderr)
+    if not temps or not seeds or min(temps) < 0 or args.draws < 1:
+        print("pick_temperature: give at least one temperature (>= 0), one seed and one draw", file=sys.stderr)
         return 2
     import torch
 
@@ -105,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     judged: dict[float, list[dict]] = {}
     for t in temps:
         for seed in seeds:
-            key = f"T{t:g}-s{seed}-e{args.episodes}-{args.decoder or 'default'}"
+            key = f"T{t:g}-s{seed}-e{args.episodes}-{args.decoder or 'default'}" + (
+                f"-d{args.draws}" if args.draws > 1 else "")
             if book.get(key, {}).get("weights") != weights:
-                s = EvalSettings(episodes=args.episodes, seed=seed, temperature=t, videos=0,
+                s = EvalSettings(episodes=args.episodes, seed=seed, draws=args.draws, temperature=t, videos=0,
                                  teacher_forced=False, game=False,
                                  decoders=[args.decoder] if args.decoder else [])
                 try:
@@ -139,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         row = next(r for r in rows if r["temperature"] == best)
         update_config(bundle, decoding={"temperature": best, "chosen_on": {
-            "data": str(args.data), "episodes": args.episodes, "seeds": seeds, "temperatures": temps,
+            "data": str(args.data), "episodes": args.episodes, "seeds": seeds, "draws": args.draws,
+            "temperatures": temps,
             "scroll_agreement": round(row["scroll"], 4), "real_scrolls": row["real_scrolls"]}})
         print(f"recorded in {bundle / 'config.json'}")
     return 0

@@ -91,6 +91,35 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert "1:a game" in table and "tokenizer" not in table.splitlines()[3]
 
 
+def test_eval_pools_sampling_draws_and_keeps_each(tiny_bundle, unseen_store, tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("--no-teacher-forced", "--videos", "0", "--temperature", "1.0")
+    assert _eval(tiny_bundle, unseen_store, one, *args) == 0
+    assert _eval(tiny_bundle, unseen_store, two, *args, "--draws", "2") == 0
+    summary = capsys.readouterr().out.splitlines()[-1]
+    a, b = (json.loads((d / "report.json").read_text())["quality"] for d in (one, two))
+    for src in ("block_diffusion:4", "game"):
+        first, pooled = a[src]["rollout"]["all"]["overall"], b[src]["rollout"]["all"]["overall"]
+        draws = b[src]["rollout_draws"]
+        assert len(draws) == 2 and "rollout_draws" not in a[src]
+        assert draws[0] == first  # draw 0 is the single draw
+        assert pooled["frames"] == 2 * first["frames"]
+        assert pooled["changed_tiles"] == draws[0]["changed_tiles"] + draws[1]["changed_tiles"]
+        assert min(d["psnr"] for d in draws) <= pooled["psnr"] <= max(d["psnr"] for d in draws)
+    # The second draw samples anew: its dreams differ from the first (an untrained model at T 1).
+    assert b["block_diffusion:4"]["rollout_draws"][1]["psnr"] != b["block_diffusion:4"]["rollout_draws"][0]["psnr"]
+    assert b["copy-last"] == a["copy-last"]
+    md = (two / "report.md").read_text()
+    assert "drawn 2 times" in md and "### Each draw" in md
+    section = md.split("### Each draw")[1].split("\n## ")[0].splitlines()
+    for src in ("block_diffusion:4", "game"):
+        assert [line.split("|")[2].strip() for line in section if line.startswith(f"| {src} | ")] == ["0", "1"]
+    if b["block_diffusion:4"]["rollout"]["all"]["overall"]["scroll_agreement"] is not None:
+        assert "over 2 draws (per draw" in summary
+    with pytest.raises(SystemExit):
+        _eval(tiny_bundle, unseen_store, tmp_path / "bad", "--draws", "0")
+
+
 def test_eval_without_the_game_reference(tiny_bundle, unseen_store, tmp_path):
     assert _eval(tiny_bundle, unseen_store, tmp_path / "a", "--no-game", "--no-teacher-forced") == 0
     r = json.loads((tmp_path / "a" / "report.json").read_text())
@@ -300,3 +329,19 @@ def test_pick_temperature_chooses_the_best_pooled_scroll_above_the_psnr_floor():
     assert pick.choose({1.0: judged[1.0]})[0] is None
     tie = {0.7: [j(6, 10, 20, 18)], 0.9: [j(6, 10, 21, 18)]}
     assert pick.choose(tie)[0] == 0.9  # equal scroll: the higher PSNR
+
+
+def test_pick_temperature_judges_on_pooled_sampling_draws(tiny_bundle, unseen_store, tmp_path):
+    pick = _pick_temperature()
+    out = tmp_path / "judged"
+    argv = [str(tiny_bundle), "--data", str(unseen_store), "--temperatures", "1", "--episodes", "2", "--seeds", "0",
+            "--out", str(out), "--threads", "1", "--no-progress"]
+    pick.main(argv + ["--draws", "2"])
+    book = json.loads((out / "judgements.json").read_text())
+    (key,) = book
+    assert key.endswith("-d2")  # its own judgement: a single draw's is not reused
+    report = json.loads((out / key / "report.json").read_text())
+    assert report["settings"]["draws"] == 2
+    pooled = report["quality"][book[key]["decoder"]]["rollout"]["all"]["overall"]
+    assert book[key]["real_scrolls"] == (pooled["real_scroll_steps"] or 0)
+    assert pick.main(argv + ["--draws", "0"]) == 2

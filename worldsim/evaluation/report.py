@@ -127,9 +127,22 @@ def markdown(r: dict[str, Any]) -> str:
                 "episode (a tree it invents in the real player's path stops it), such as scroll "
                 "agreement along the rollout.",
                 ""]
+    draws = s.get("draws", 1)
+    if draws > 1:
+        out += [f"Every rollout (and the game) was drawn {draws} times with other sampling seeds; the "
+                "rollout figures pool the draws. IDM scores, the videos and the one-step figures are "
+                "from the first draw.", ""]
     out += ["## Headline", ""]
     rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()]
     out += [_table(["metric"] + srcs, rows), ""]
+    per = [src for src in srcs if _get(r, "quality", src, "rollout_draws")]
+    if per:
+        out += ["### Each draw", ""]
+        rows = [[src, str(k), _db(d.get("psnr")), _pct(d.get("changed_tile_acc")), _pct(d.get("scroll_agreement")),
+                 _pct(d.get("false_scroll"))]
+                for src in per for k, d in enumerate(r["quality"][src]["rollout_draws"])]
+        out += [_table(["source", "draw", "PSNR dB", "changed-tile acc", "scroll agreement", "false scroll"],
+                       rows), ""]
     out += ["![PSNR](psnr.png) ![SSIM](ssim.png) ![changed tiles](changed_tiles.png)", ""]
 
     sens = r["action_sensitivity"]
@@ -231,6 +244,15 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _spread(r: dict[str, Any], src: str, key: str) -> str:
+    """" over N draws (per draw lo-hi)" for a figure pooled over sampling draws, else ""."""
+    per = [d.get(key) for d in _get(r, "quality", src, "rollout_draws") or []]
+    per = [v for v in per if v is not None]
+    if not per:
+        return ""
+    return f" over {len(per)} draws (per draw {_pct(min(per))}-{_pct(max(per))})"
+
+
 def summary_line(r: dict[str, Any], out: str | Path) -> str:
     parts = []
     for src in decoders(r):
@@ -241,7 +263,7 @@ def summary_line(r: dict[str, Any], out: str | Path) -> str:
         text = (f"{src}: {_db(q.get('psnr'))} dB, changed tiles {_pct(q.get('changed_tile_acc'))}"
                 f" ({_pct(tf.get('changed_tile_acc'))} one step, {_pct(tf_day)} on day frames)")
         if q.get("scroll_agreement") is not None:
-            text += f", scroll {_pct(q.get('scroll_agreement'))}"
+            text += f", scroll {_pct(q.get('scroll_agreement'))}{_spread(r, src, 'scroll_agreement')}"
         text += f", {_num(sp.get('frames_per_s'), '.1f')} frames/s"
         parts.append(text)
     cl = _get(r, "quality", "copy-last", "rollout", "all", "overall", "psnr")
@@ -249,7 +271,8 @@ def summary_line(r: dict[str, Any], out: str | Path) -> str:
     gap = _get(r, "action_sensitivity", "all", "gap")
     game = _get(r, "quality", "game", "rollout", "all", "overall") or {}
     if game:
-        parts.append(f"game: {_db(game.get('psnr'))} dB, scroll {_pct(game.get('scroll_agreement'))}")
+        parts.append(f"game: {_db(game.get('psnr'))} dB, scroll {_pct(game.get('scroll_agreement'))}"
+                     f"{_spread(r, 'game', 'scroll_agreement')}")
     return (f"eval ({r['episodes']['count']} episodes x {r['settings']['horizon']} frames): " + "; ".join(parts)
             + f"; copy-last {_db(cl)} dB, tokenizer {_db(tk)} dB; action gap {_num(gap, '.3f')} nats"
             + f"; flicker {_pct(_get(r, 'tokenizer', 'day', 'flicker'))} (day) -> {Path(out) / 'report.md'}")

@@ -49,6 +49,9 @@ class EvalSettings:
     decoders: list[str] = field(default_factory=list)  # specs; empty: every valid decoder
     seed: int = 0
     temperature: float = 0.0  # greedy by default: the dream most likely under the model
+    # Sampling draws of every rollout (and of the game), pooled: at 64 windows one draw's scroll
+    # agreement spreads by about 3 points from draw to draw. Draw 0 is the single draw's.
+    draws: int = 1
     videos: int = 4  # episodes drawn side by side (real | each decoder)
     teacher_forced: bool = True  # also dream one frame ahead from real context at every step
     game: bool = True  # Crafter stores from `worldsim collect`: the game itself as a reference (game.py)
@@ -276,12 +279,25 @@ class Real:
               ) -> dict[str, Any]:
         """Every measurement of generated horizon frames (B, H, ...) against the real ones,
         summarised per subset (all, day, night)."""
+        return self.pooled_stats([(gen_prev, gen, tok_gen)])
+
+    def pooled_stats(self, draws: list[tuple[np.ndarray, np.ndarray, torch.Tensor | None]]) -> dict[str, Any]:
+        """`stats` of several draws of the same windows, each (previous frames, frames, tokens or
+        None), pooled as if each draw were more windows."""
         C, H = self.context, self.horizon
         tok_prev, tok_real = self.tokens[:, C - 1:C + H - 1], self.tokens[:, C:C + H]
-        st = frame_stats(self.frames[:, C - 1:C + H - 1], self.frames[:, C:C + H], gen_prev, gen,
-                         self.tile, self.map_rows, tok_prev if tok_gen is not None else None,
-                         tok_real if tok_gen is not None else None, tok_gen)
-        return summarise(st, self.night[:, C:C + H])
+        per = [frame_stats(self.frames[:, C - 1:C + H - 1], self.frames[:, C:C + H], gen_prev, gen,
+                           self.tile, self.map_rows, tok_prev if tok_gen is not None else None,
+                           tok_real if tok_gen is not None else None, tok_gen)
+               for gen_prev, gen, tok_gen in draws]
+        st = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
+        return summarise(st, np.tile(self.night[:, C:C + H], (len(draws), 1)))
+
+
+def draw_seed(seed: int, draw: int, windows: int) -> int:
+    """The sampling seed of draw `draw` (window i samples from this + i): draw 0 is `seed`
+    itself, and no two draws' windows share a seed."""
+    return seed + draw * max(1000, windows)
 
 
 def _real(windows: list, codec: Codec, action_tok: Any, grid_rows: int, env: str, context: int,
@@ -395,8 +411,8 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     from worldsim.evaluation import report as report_mod
 
     s = settings or EvalSettings()
-    if s.episodes < 1 or s.context < 1 or s.horizon < 1:
-        raise WorldsimError("--episodes, --context and --horizon must be at least 1")
+    if s.episodes < 1 or s.context < 1 or s.horizon < 1 or s.draws < 1:
+        raise WorldsimError("--episodes, --context, --horizon and --draws must be at least 1")
     t_run = time.perf_counter()
     cfg = bundle.read_config(bundle_dir)
     dev = pick_device(s.device)
@@ -438,7 +454,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     windows = select_windows(store, ids, s.episodes, max(C + H, model.cfg.frames), s.seed)
     real = _real(windows, codec, action_tok, tcfg.grid[0], store.info.env, C, H)
     B = len(windows)
-    bar = tqdm(total=len(decoders) * H * (2 if s.teacher_forced else 1), desc="eval", unit="frame-batch",
+    bar = tqdm(total=len(decoders) * H * (s.draws + (1 if s.teacher_forced else 0)), desc="eval", unit="frame-batch",
                disable=not progress)
 
     # Baselines: copy-last (the last context frame, forever) and the tokenizer's ceiling.
@@ -457,9 +473,15 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     for d, label in zip(decoders, labels):
         engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed)
         images, toks, speed[label] = _rollout(engine, real, codec, s.seed, bar)
-        gen_prev = np.concatenate([real.frames[:, C - 1:C], images[:, :-1]], 1)
-        quality[label] = {"rollout": real.stats(gen_prev, images, toks)}
-        dreams[label], pairs[label] = images, (gen_prev, images)
+        drawn = [(np.concatenate([real.frames[:, C - 1:C], images[:, :-1]], 1), images, toks)]
+        for k in range(1, s.draws):
+            more, more_toks, _ = _rollout(engine, real, codec, draw_seed(s.seed, k, B), bar)
+            drawn.append((np.concatenate([real.frames[:, C - 1:C], more[:, :-1]], 1), more, more_toks))
+        quality[label] = {"rollout": real.pooled_stats(drawn)}
+        if s.draws > 1:
+            quality[label]["rollout_draws"] = [real.stats(*x)["all"]["overall"] for x in drawn]
+        dreams[label], pairs[label] = images, drawn[0][:2]
+        del drawn
         if s.teacher_forced:
             tf, tf_toks = _teacher_forced(engine, real, codec, s.seed, model.cfg.frames, bar)
             quality[label]["teacher_forced"] = real.stats(real_prev, tf, tf_toks)
@@ -469,15 +491,19 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     game_note = "not computed (turned off)"
     if s.game:
         try:
-            with tqdm(total=B, desc="game", unit="window", disable=not progress) as gbar:
-                g = game_dreams(store, windows, C, H, s.seed, gbar)
+            with tqdm(total=B * s.draws, desc="game", unit="window", disable=not progress) as gbar:
+                games = [game_dreams(store, windows, C, H, draw_seed(s.seed, k, B), gbar) for k in range(s.draws)]
         except NotReplayable as e:
             game_note = f"not computed: {e}"
         else:
-            g_prev = np.concatenate([real.frames[:, C - 1:C], g[:, :-1]], 1)
-            g_tok = codec.encode(g.reshape(B * H, *real.shape), real.light_of(slice(C, C + H))).view(B, H, -1)
-            quality["game"] = {"rollout": real.stats(g_prev, g, g_tok)}
-            pairs["game"] = (g_prev, g)
+            drawn = []
+            for g in games:
+                g_tok = codec.encode(g.reshape(B * H, *real.shape), real.light_of(slice(C, C + H))).view(B, H, -1)
+                drawn.append((np.concatenate([real.frames[:, C - 1:C], g[:, :-1]], 1), g, g_tok))
+            quality["game"] = {"rollout": real.pooled_stats(drawn)}
+            if s.draws > 1:
+                quality["game"]["rollout_draws"] = [real.stats(*x)["all"]["overall"] for x in drawn]
+            pairs["game"] = drawn[0][:2]
             game_note = ("Crafter itself from the last context frame, with the world out of view, its "
                          "creatures and their dice drawn anew (worldsim/evaluation/game.py)")
 
