@@ -279,19 +279,21 @@ class Real:
               ) -> dict[str, Any]:
         """Every measurement of generated horizon frames (B, H, ...) against the real ones,
         summarised per subset (all, day, night)."""
-        return self.pooled_stats([(gen_prev, gen, tok_gen)])
+        return self.pooled_stats([(gen_prev, gen, tok_gen)])[0]
 
-    def pooled_stats(self, draws: list[tuple[np.ndarray, np.ndarray, torch.Tensor | None]]) -> dict[str, Any]:
+    def pooled_stats(self, draws: list[tuple[np.ndarray, np.ndarray, torch.Tensor | None]]
+                     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """`stats` of several draws of the same windows, each (previous frames, frames, tokens or
-        None), pooled as if each draw were more windows."""
+        None), pooled as if each draw were more windows; and each draw's figures over all frames."""
         C, H = self.context, self.horizon
         tok_prev, tok_real = self.tokens[:, C - 1:C + H - 1], self.tokens[:, C:C + H]
         per = [frame_stats(self.frames[:, C - 1:C + H - 1], self.frames[:, C:C + H], gen_prev, gen,
                            self.tile, self.map_rows, tok_prev if tok_gen is not None else None,
                            tok_real if tok_gen is not None else None, tok_gen)
                for gen_prev, gen, tok_gen in draws]
+        night = self.night[:, C:C + H]
         st = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
-        return summarise(st, np.tile(self.night[:, C:C + H], (len(draws), 1)))
+        return summarise(st, np.tile(night, (len(draws), 1))), [pool(p, np.ones_like(night)) for p in per]
 
 
 def draw_seed(seed: int, draw: int, windows: int) -> int:
@@ -477,9 +479,10 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         for k in range(1, s.draws):
             more, more_toks, _ = _rollout(engine, real, codec, draw_seed(s.seed, k, B), bar)
             drawn.append((np.concatenate([real.frames[:, C - 1:C], more[:, :-1]], 1), more, more_toks))
-        quality[label] = {"rollout": real.pooled_stats(drawn)}
+        pooled, each = real.pooled_stats(drawn)
+        quality[label] = {"rollout": pooled}
         if s.draws > 1:
-            quality[label]["rollout_draws"] = [real.stats(*x)["all"]["overall"] for x in drawn]
+            quality[label]["rollout_draws"] = each
         dreams[label], pairs[label] = images, drawn[0][:2]
         del drawn
         if s.teacher_forced:
@@ -500,9 +503,10 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
             for g in games:
                 g_tok = codec.encode(g.reshape(B * H, *real.shape), real.light_of(slice(C, C + H))).view(B, H, -1)
                 drawn.append((np.concatenate([real.frames[:, C - 1:C], g[:, :-1]], 1), g, g_tok))
-            quality["game"] = {"rollout": real.pooled_stats(drawn)}
+            pooled, each = real.pooled_stats(drawn)
+            quality["game"] = {"rollout": pooled}
             if s.draws > 1:
-                quality["game"]["rollout_draws"] = [real.stats(*x)["all"]["overall"] for x in drawn]
+                quality["game"]["rollout_draws"] = each
             pairs["game"] = drawn[0][:2]
             game_note = ("Crafter itself from the last context frame, with the world out of view, its "
                          "creatures and their dice drawn anew (worldsim/evaluation/game.py)")
