@@ -275,6 +275,17 @@ class Real:
         """(B * frames,) daylight of frames `ts` of every window, or None."""
         return None if self.light is None else self.light[:, ts].reshape(-1)
 
+    def before(self, gen: np.ndarray) -> np.ndarray:
+        """The frame before each generated horizon frame (B, H, ...): the last context frame,
+        then the generated frames but the last."""
+        return np.concatenate([self.frames[:, self.context - 1:self.context], gen[:, :-1]], 1)
+
+    def judged(self, drawn: list[tuple[np.ndarray, torch.Tensor | None]]) -> dict[str, Any]:
+        """{"rollout": figures pooled over the draws (frames (B, H, ...), tokens or None)} and,
+        where there are several, {"rollout_draws": each draw's figures over all frames}."""
+        pooled, each = self.pooled_stats([(self.before(g), g, t) for g, t in drawn])
+        return {"rollout": pooled, **({"rollout_draws": each} if len(drawn) > 1 else {})}
+
     def stats(self, gen_prev: np.ndarray, gen: np.ndarray, tok_gen: torch.Tensor | None = None
               ) -> dict[str, Any]:
         """Every measurement of generated horizon frames (B, H, ...) against the real ones,
@@ -475,16 +486,11 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     for d, label in zip(decoders, labels):
         engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed)
         images, toks, speed[label] = _rollout(engine, real, codec, s.seed, bar)
-        drawn = [(np.concatenate([real.frames[:, C - 1:C], images[:, :-1]], 1), images, toks)]
-        for k in range(1, s.draws):
-            more, more_toks, _ = _rollout(engine, real, codec, draw_seed(s.seed, k, B), bar)
-            drawn.append((np.concatenate([real.frames[:, C - 1:C], more[:, :-1]], 1), more, more_toks))
-        pooled, each = real.pooled_stats(drawn)
-        quality[label] = {"rollout": pooled}
-        if s.draws > 1:
-            quality[label]["rollout_draws"] = each
-        dreams[label], pairs[label] = images, drawn[0][:2]
+        drawn = [(images, toks)] + [_rollout(engine, real, codec, draw_seed(s.seed, k, B), bar)[:2]
+                                    for k in range(1, s.draws)]
+        quality[label] = real.judged(drawn)
         del drawn
+        dreams[label], pairs[label] = images, (real.before(images), images)
         if s.teacher_forced:
             tf, tf_toks = _teacher_forced(engine, real, codec, s.seed, model.cfg.frames, bar)
             quality[label]["teacher_forced"] = real.stats(real_prev, tf, tf_toks)
@@ -499,15 +505,9 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         except NotReplayable as e:
             game_note = f"not computed: {e}"
         else:
-            drawn = []
-            for g in games:
-                g_tok = codec.encode(g.reshape(B * H, *real.shape), real.light_of(slice(C, C + H))).view(B, H, -1)
-                drawn.append((np.concatenate([real.frames[:, C - 1:C], g[:, :-1]], 1), g, g_tok))
-            pooled, each = real.pooled_stats(drawn)
-            quality["game"] = {"rollout": pooled}
-            if s.draws > 1:
-                quality["game"]["rollout_draws"] = each
-            pairs["game"] = drawn[0][:2]
+            quality["game"] = real.judged([(g, codec.encode(g.reshape(B * H, *real.shape), real.light_of(
+                slice(C, C + H))).view(B, H, -1)) for g in games])
+            pairs["game"] = (real.before(games[0]), games[0])
             game_note = ("Crafter itself from the last context frame, with the world out of view, its "
                          "creatures and their dice drawn anew (worldsim/evaluation/game.py)")
 
