@@ -65,13 +65,10 @@ def main() -> None:
     C, H = CONTEXT, HORIZON
     engine = Engine(w.model, w.image_tok, w.action_tok, d, max_sessions=B, seed=args.seed)
 
-    def directions(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return metrics.scroll_direction(torch.from_numpy(a.reshape(-1, *a.shape[2:])),
-                                        torch.from_numpy(b.reshape(-1, *b.shape[2:])),
-                                        real.tile, real.map_rows).view(B, H).numpy()
+    def flat(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x.reshape(-1, *real.shape)))
 
-    r = directions(real.frames[:, C - 1:C + H - 1], real.frames[:, C:C + H])
-    moving = r != 0
+    real_prev, real_next = flat(real.frames[:, C - 1:C + H - 1]), flat(real.frames[:, C:C + H])
     label = (f"{args.decoder} T={args.temperature}" + (f" per pass {args.pass_temperatures}" if temps else "")
              + (f" top-p {args.top_p}" if args.top_p < 1 else ""))
     rows = []
@@ -79,13 +76,14 @@ def main() -> None:
         t0 = time.perf_counter()
         with tqdm(total=H, desc=f"draw {k}", leave=False) as bar:
             dream, _, _ = ev._rollout(engine, real, w.codec, ev.draw_seed(args.seed, k, B), bar)
-        g = directions(np.concatenate([real.frames[:, :C], dream[:, :-1]], 1), dream)
-        psnr = metrics.pooled_psnr(torch.from_numpy(dream.reshape(-1, *real.shape)),
-                                   torch.from_numpy(real.frames[:, C:C + H].reshape(-1, *real.shape)))
+        counts = metrics.scroll_counts(real_prev, real_next, flat(real.before(dream)), flat(dream),
+                                       real.tile, real.map_rows)
+        n = {k: int(v.sum()) for k, v in counts.items()}
+        psnr = metrics.pooled_psnr(flat(dream), real_next)
         row = {"bundle": w.bundle, "data": args.data, "seed": args.seed, "draw": k, "sampler": label,
-               "real_scrolls": int(moving.sum()), "agree": int((g[moving] == r[moving]).sum()),
-               "false_scrolls": int(((g != 0) & ~moving).sum()), "real_still": int((~moving).sum()),
-               "psnr": round(float(psnr), 3), "seconds": round(time.perf_counter() - t0, 1)}
+               "real_scrolls": n["real_scroll"], "agree": n["agree"], "false_scrolls": n["false_scroll"],
+               "real_still": n["real_still"], "psnr": round(float(psnr), 3),
+               "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(f"draw {k}: scroll {row['agree']}/{row['real_scrolls']} ({row['agree'] / max(row['real_scrolls'], 1):.1%}), "
               f"false scroll {row['false_scrolls']}/{row['real_still']}, PSNR {row['psnr']:.2f} dB", flush=True)
