@@ -118,11 +118,11 @@ def main() -> None:
         t0 = time.perf_counter()
         with tqdm(total=H, desc=f"draw {k}", leave=False) as bar:
             dream, _, _ = ev._rollout(engine, real, w.codec, ev.draw_seed(args.seed, k, B), bar)
-        counts = metrics.scroll_counts(real_prev, real_next, flat(real.before(dream)), flat(dream),
-                                       real.tile, real.map_rows)
-        n = {k: int(v.sum()) for k, v in counts.items()}
-        psnr = metrics.pooled_psnr(flat(dream), real_next)
-        new, _ = metrics.new_tile_counts(flat(real.before(dream)), flat(dream), real.tile, real.map_rows)
+        gen_prev, gen = flat(real.before(dream)), flat(dream)
+        counts = metrics.scroll_counts(real_prev, real_next, gen_prev, gen, real.tile, real.map_rows)
+        n = {name: int(v.sum()) for name, v in counts.items()}
+        psnr = metrics.pooled_psnr(gen, real_next)
+        new, _ = metrics.new_tile_counts(gen_prev, gen, real.tile, real.map_rows)
         row = {"bundle": w.bundle, "data": args.data, "seed": args.seed, "draw": k, "sampler": label,
                "real_scrolls": n["real_scroll"], "agree": n["agree"], "false_scrolls": n["false_scroll"],
                "real_still": n["real_still"], "psnr": round(float(psnr), 3),
