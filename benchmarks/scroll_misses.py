@@ -30,51 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _windows import CONTEXT, HORIZON, add_options, load
+from _windows import (CONTEXT, HORIZON, PLAYER, STEP, TARGET_TILE, WayMatcher, add_options, load,
+                      plain_share, scroll_visible)
 from worldsim import metrics
-from worldsim.data.store import EpisodeStore
 from worldsim.evaluation import run as ev
 from worldsim.inference.engine import Engine
-
-# Crafter's discrete actions 1-4 move the player left, right, up, down; the player stands at
-# tile (row 3, column 4) of the 9 x 7 map.
-TARGET_TILE = {1: (3, 3), 2: (3, 5), 3: (2, 4), 4: (4, 4)}
-STEP = {1: (0, -1), 2: (0, 1), 3: (-1, 0), 4: (1, 0)}  # a move (or scroll direction) in tiles
-PLAYER = (3, 4)
-DAY = 0.7  # daylight above which a tile's pixels are its texture
-
-
-def tile_at(frame: np.ndarray, action: int, tile: int, where: tuple[int, int] | None = None) -> np.ndarray:
-    """The tile the player walks into with `action`, or the tile at (row, column) `where`."""
-    r, c = TARGET_TILE[action] if where is None else where
-    return frame[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile].astype(np.float32)
-
-
-def plain_share(frames: np.ndarray, tile: int, map_rows: int, share: float = 0.9) -> float:
-    """The fraction of frames (..., H, W, 3) whose map is at least `share` one tile (every copy
-    pixel for pixel the same): a view on which a move hardly shows."""
-    f = frames.reshape(-1, *frames.shape[-3:])[:, :map_rows * tile]
-    n, h, w = len(f), map_rows, f.shape[2] // tile
-    tiles = f.reshape(n, h, tile, w, tile, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * w, -1)
-    top = [np.unique(t, axis=0, return_counts=True)[1].max() / (h * w) for t in tiles]
-    return float(np.mean(np.asarray(top) >= share))
-
-
-def move_library(store: EpisodeStore, ids: list[str], tile: int, map_rows: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Day tiles the player tried to walk into, and whether the view then scrolled."""
-    tiles, walked = [], []
-    for ep in store.iter_episodes(ids):
-        frames = np.asarray(ep.frames)
-        acts = np.asarray(ep.actions).reshape(len(ep.actions), -1)[:, 0]
-        n = min(len(frames) - 1, len(acts))
-        moved = metrics.scroll_direction(torch.from_numpy(frames[:n]), torch.from_numpy(frames[1:n + 1]),
-                                         tile, map_rows).numpy() != 0
-        for t in range(n):
-            if int(acts[t]) in TARGET_TILE and (ep.daylight is None or ep.daylight[t] > DAY):
-                tiles.append(tile_at(frames[t], int(acts[t]), tile))
-                walked.append(bool(moved[t]))
-    return np.stack(tiles), np.array(walked)
 
 
 def main() -> None:
@@ -100,12 +60,10 @@ def main() -> None:
     acts = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[C - 1:C - 1 + H, 0] for w in windows])
 
     held = set(ids)
-    lib_tiles, lib_walked = move_library(store, [i for i in store.episode_ids() if i not in held]
-                                         [:args.library_episodes], t, rows)
+    matcher = WayMatcher(store, [i for i in store.episode_ids() if i not in held][:args.library_episodes], t, rows)
 
     def open_way(frame: np.ndarray, action: int, where: tuple[int, int] | None = None) -> bool:
-        d = np.abs(lib_tiles - tile_at(frame, action, t, where)).reshape(len(lib_tiles), -1).mean(1)
-        return bool(lib_walked[d.argmin()])
+        return bool(matcher.open(frame[None], np.array([action]), None if where is None else [where])[0])
 
     # The dream's player, in tiles of the context frame's view, before each step.
     moves = np.array([(0, 0)] + [STEP[d] for d in sorted(STEP)])[g]  # (B, H, 2)
@@ -114,21 +72,6 @@ def main() -> None:
     def in_context_view(b: int, s: int, action: int) -> tuple[int, int] | None:
         r_, c_ = pos[b, s] + STEP[action]
         return (int(r_), int(c_)) if 0 <= r_ < rows and 0 <= c_ < real.frames.shape[3] // t else None
-
-    def scroll_visible(frame: np.ndarray, direction: int, margin: float = 0.5) -> bool:
-        """Whether a move `direction` over `frame`'s own terrain would show: the map and its
-        copy moved one tile differ, over their overlap and away from the player (who stays in
-        the middle), by more than the scroll detector's margin."""
-        m = frame[:rows * t].astype(np.float32)
-        dr, dc = STEP[direction]
-        h, w = m.shape[0] - abs(dr) * t, m.shape[1] - abs(dc) * t
-        new = m[max(dr, 0) * t:, max(dc, 0) * t:][:h, :w]  # what the moved view shows there: the old tile
-        old = m[max(-dr, 0) * t:, max(-dc, 0) * t:][:h, :w]
-        diff = np.abs(new - old).reshape(h // t, t, w // t, t, -1).mean((1, 3, 4))  # per tile
-        pr, pc = PLAYER
-        for r_, c_ in ((pr - max(dr, 0), pc - max(dc, 0)), (pr - max(-dr, 0), pc - max(-dc, 0))):
-            diff[r_, c_] = 0.0  # the player's tile, in either copy
-        return float(diff.mean()) > margin
 
     moving = r != 0
     misses, hits, seen = Counter(), Counter(), Counter()
@@ -140,7 +83,7 @@ def main() -> None:
         else:
             kind = "still" if g[b, s] == 0 else "another way"
             misses[(kind, way)] += 1
-            if kind == "still" and not scroll_visible(dream_prev[b, s], int(r[b, s])):
+            if kind == "still" and not scroll_visible(dream_prev[b, s], int(r[b, s]), t, rows):
                 seen[(kind, way, "invisible")] += 1
             where = in_context_view(b, s, a) if a in TARGET_TILE else None
             if a in TARGET_TILE:
@@ -156,7 +99,7 @@ def main() -> None:
     print(f"{w.bundle}, {B} windows (seed {args.seed}), {args.decoder} at T={args.temperature}: "
           f"the real view scrolls on {int(moving.sum())} steps, the dream agrees on "
           f"{sum(hits.values())} ({sum(hits.values()) / max(int(moving.sum()), 1):.1%})")
-    print(f"tile matcher: {len(lib_tiles)} real moves, {lib_walked.mean():.0%} walked; on the hits it "
+    print(f"tile matcher: {len(matcher)} real moves, {matcher.walked.mean():.0%} walked; on the hits it "
           f"calls the way blocked {hits['blocked']} times of {sum(hits.values())} (its error rate)")
     print(f"{n_miss} misses:")
     for (kind, way), n in sorted(misses.items(), key=lambda kv: -kv[1]):

@@ -1,0 +1,159 @@
+"""Does a long dream stay in the game? A Crafter dream of many steps, measured against the real
+episode by what a player sees rather than frame by frame.
+
+    python benchmarks/long_dream.py [--bundle B] [--data data/crafter] [--episodes 32]
+        [--seed 0] [--horizon 150] [--bucket 25] [--temperature T] [--decoder block_diffusion:4]
+        [--threads 2] [--out long_dream.json]
+
+`worldsim eval` judges 15 dreamed steps against the real ones, and past the first few a dream
+that invents its own terrain cannot match the real episode tile for tile. A player plays for
+minutes. So this dreams `--horizon` steps from one real frame of held-out episodes under the
+recorded keys (the eval's episodes, temperature and decoder), and compares the dream with the
+real episode per bucket of steps, on day frames, by figures that do not need the two to agree
+tile for tile:
+- walks: of the steps that press a move key, the share where the view scrolls that way, counting
+  only moves from a view that is not plain (a plain view's map is at least 90% one tile, and a
+  scroll over it may show nothing but a creature or two; each source's own frame before the
+  step); "moves shown" is their share of the moves;
+- on an open way / through a wall: the same share where the tile the player walks into, in the
+  frame before the step, is open / blocked. The tile is matched to its nearest day tile among
+  real moves of training episodes, labelled walked or blocked (`scroll_misses.py`'s matcher),
+  each frame in its own world: the dream's tile in the dream, the real tile in the real episode
+  (the label of a tile with many copies is the copies' majority's).
+  On the real frames these two show the matcher's errors (and creatures stepping into the way);
+- open ways: the share of moves whose way is open, which says how open the world is drawn;
+- plain views: the share of frames that are plain;
+- tiles from nowhere per frame (`worldsim.metrics.new_tile_counts`);
+- the distance (total variation) between the dream's and the real frames' histograms of map
+  codes, and the most common code's share (grass).
+A dream that stays in the game walks as often as the real player, obeys its own walls and
+draws the same mix of terrain at step 150 as at step 15.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from _windows import CONTEXT, DAY, TARGET_TILE, WayMatcher, add_options, load, plain_share, top_tile_share
+from worldsim import metrics
+from worldsim.evaluation import run as ev
+from worldsim.inference.engine import Engine
+
+PLAIN = 0.9  # a view whose map is at least this share one tile is plain: a move hardly shows
+FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways", "plain_views",
+           "new_tiles_per_frame", "top_code_share")
+
+
+def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarray, day: np.ndarray,
+            matcher: WayMatcher, tile: int, rows: int, top_code: int) -> dict[str, float | int | None]:
+    """One source's figures over the steps of a bucket: frames before and after each step (Q, H,
+    W, 3), the map codes after it (Q, M), the keys (Q,) and which steps are day (Q,)."""
+    prev, nxt, codes, acts = prev[day], nxt[day], codes[day], acts[day]
+    if len(prev) == 0:
+        return {k: None for k in FIGURES} | {"moves": 0, "open_way_moves": 0}
+    direction = metrics.scroll_direction(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows).numpy()
+    move = np.isin(acts, list(TARGET_TILE))
+    walked = direction[move] == acts[move]
+    open_ = matcher.open(prev[move], acts[move])
+    # A move on a plain view (a field of one tile, where only creatures might show it) is not
+    # counted, on either side.
+    seen = top_tile_share(prev[move], tile, rows) < PLAIN
+
+    def share(x: np.ndarray) -> float | None:
+        return float(x.mean()) if len(x) else None
+
+    new = metrics.new_tile_counts(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows)[0]
+    return {"moves": int(move.sum()), "visible_moves": share(seen), "open_way_moves": int((seen & open_).sum()),
+            "walks": share(walked[seen]),
+            "open_way_walks": share(walked[seen & open_]), "wall_walks": share(walked[seen & ~open_]),
+            "open_ways": share(open_),
+            "plain_views": plain_share(nxt, tile, rows, PLAIN), "new_tiles_per_frame": float(new.float().mean()),
+            "top_code_share": float((codes == top_code).mean())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p)
+    p.set_defaults(episodes=32, threads=2)
+    p.add_argument("--horizon", type=int, default=150, help="dreamed steps (default: 150; Crafter "
+                   "episodes from `worldsim collect --steps 200` hold up to 200)")
+    p.add_argument("--bucket", type=int, default=25, help="steps per row of the table (default: 25)")
+    p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
+    p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    args = p.parse_args()
+    if args.horizon < 1 or args.bucket < 1:
+        raise SystemExit("--horizon and --bucket must be at least 1")
+    w = load(args, "model to measure", horizon=args.horizon)
+    real, B, H, C = w.real, len(w.windows), args.horizon, CONTEXT
+    if real.light is None:
+        raise SystemExit("this benchmark needs a store that records the daylight")
+    t0 = time.perf_counter()
+    engine = Engine(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed)
+    with tqdm(total=H, desc="dream") as bar:
+        dream, dream_codes, _ = ev._rollout(engine, real, w.codec, args.seed, bar)
+    seconds = time.perf_counter() - t0
+    held = set(w.ids)
+    if len(held) == len(w.store.episode_ids()):
+        raise SystemExit(f"the tile matcher learns from training episodes, and {args.data} holds none "
+                         "(every episode is held out)")
+    matcher = WayMatcher(w.store, [i for i in w.store.episode_ids() if i not in held][:args.library_episodes],
+                         real.tile, real.map_rows, vote=True)
+    cols = w.image_tok.cfg.grid[1]
+    m = real.map_rows * cols  # the map's codes come first, row by row, over the inventory's
+    sources = {"dream": (real.before(dream), dream, dream_codes[:, :, :m].numpy()),
+               "real": (real.frames[:, C - 1:C + H - 1], real.frames[:, C:C + H],
+                        real.tokens[:, C:C + H, :m].numpy())}
+    acts = np.stack([np.asarray(x.actions).reshape(len(x.actions), -1)[C - 1:C - 1 + H, 0] for x in w.windows])
+    day = (real.light[:, C - 1:C + H - 1] > DAY) & (real.light[:, C:C + H] > DAY)  # (B, H)
+    K = int(max(dream_codes.max(), real.tokens.max())) + 1
+    top_code = int(np.bincount(sources["real"][2][day].ravel(), minlength=K).argmax())
+
+    rows = []
+    spans = [slice(s, min(H, s + args.bucket)) for s in range(0, H, args.bucket)]
+    for sl in spans + ([slice(0, H)] if len(spans) > 1 else []):  # and all steps, last
+        flat = lambda x: x[:, sl].reshape(-1, *x.shape[2:])  # noqa: E731
+        row = {"steps": [sl.start + 1, sl.stop], "day_frames": int(day[:, sl].sum())}
+        for name, (prev, nxt, codes) in sources.items():
+            row[name] = figures(flat(prev), flat(nxt), flat(codes), flat(acts), day[:, sl].reshape(-1),
+                                matcher, real.tile, real.map_rows, top_code)
+        hist = [np.bincount(flat(sources[k][2])[day[:, sl].reshape(-1)].ravel(), minlength=K) for k in sources]
+        row["code_tv"] = (float(0.5 * np.abs(hist[0] / hist[0].sum() - hist[1] / hist[1].sum()).sum())
+                          if hist[0].sum() and hist[1].sum() else None)
+        rows.append(row)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
+    def pair(row: dict, key: str, fmt=pct) -> str:
+        return f"{fmt(row['dream'][key])} / {fmt(row['real'][key])}"
+
+    print(f"{w.bundle}, {B} windows of held-out episodes (seed {args.seed}), {args.decoder} at "
+          f"T={args.temperature}: {H} dreamed steps from 1 real frame in {seconds:.0f} s; "
+          f"dream / real, day frames, tile matcher of {len(matcher)} real moves")
+    head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall", "open ways",
+            "plain views", "tiles from nowhere", "top code", "codes TV"]
+    print(" | ".join(head))
+    for r in rows:
+        print(" | ".join([f"{r['steps'][0]}-{r['steps'][1]}", str(r["day_frames"]),
+                          str(r["real"]["moves"]),
+                          pair(r, "visible_moves"), pair(r, "walks"),
+                          f"{pair(r, 'open_way_walks')} ({r['dream']['open_way_moves']} / {r['real']['open_way_moves']})",
+                          pair(r, "wall_walks"), pair(r, "open_ways"),
+                          pair(r, "plain_views"),
+                          pair(r, "new_tiles_per_frame", lambda x: "-" if x is None else f"{x:.2f}"),
+                          pair(r, "top_code_share"), "-" if r["code_tv"] is None else f"{r['code_tv']:.3f}"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"bundle": w.bundle, "data": args.data, "episodes": B, "seed": args.seed,
+                       "decoder": args.decoder, "temperature": args.temperature, "horizon": H,
+                       "seconds": round(seconds, 1), "top_code": top_code, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
