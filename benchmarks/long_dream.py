@@ -17,9 +17,9 @@ tile for tile:
   step); "moves shown" is their share of the moves;
 - on an open way / through a wall: the same share where the tile the player walks into, in the
   frame before the step, is open / blocked. The tile is matched to its nearest day tile among
-  real moves of training episodes, labelled walked or blocked (`scroll_misses.py`'s matcher),
-  each frame in its own world: the dream's tile in the dream, the real tile in the real episode
-  (the label of a tile with many copies is the copies' majority's).
+  real moves of training episodes, labelled walked or blocked (`worldsim.evaluation.ways`, which
+  `worldsim eval` reports too), each frame in its own world: the dream's tile in the dream, the
+  real tile in the real episode (the label of a tile with many copies is the copies' majority's).
   On the real frames these two show the matcher's errors (and creatures stepping into the way);
 - open ways: the share of moves whose way is open, which says how open the world is drawn;
 - plain views: the share of frames that are plain;
@@ -40,12 +40,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _windows import CONTEXT, DAY, TARGET_TILE, WayMatcher, add_options, load, plain_share, top_tile_share
+from _windows import CONTEXT, DAY, TARGET_TILE, add_options, load, plain_share, training_matcher
 from worldsim import metrics
 from worldsim.evaluation import run as ev
+from worldsim.evaluation.ways import PLAIN, WayMatcher, top_tile_share
 from worldsim.inference.engine import Engine
 
-PLAIN = 0.9  # a view whose map is at least this share one tile is plain: a move hardly shows
 FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways", "plain_views",
            "new_tiles_per_frame", "top_code_share")
 
@@ -60,7 +60,7 @@ def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarr
     direction = metrics.scroll_direction(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows).numpy()
     move = np.isin(acts, list(TARGET_TILE))
     walked = direction[move] == acts[move]
-    open_ = matcher.open(prev[move], acts[move])
+    open_ = matcher.open(prev[move], acts[move], rows)
     # A move on a plain view (a field of one tile, where only creatures might show it) is not
     # counted, on either side.
     seen = top_tile_share(prev[move], tile, rows) < PLAIN
@@ -98,12 +98,7 @@ def main() -> None:
     with tqdm(total=H, desc="dream") as bar:
         dream, dream_codes, _ = ev._rollout(engine, real, w.codec, args.seed, bar)
     seconds = time.perf_counter() - t0
-    held = set(w.ids)
-    if len(held) == len(w.store.episode_ids()):
-        raise SystemExit(f"the tile matcher learns from training episodes, and {args.data} holds none "
-                         "(every episode is held out)")
-    matcher = WayMatcher(w.store, [i for i in w.store.episode_ids() if i not in held][:args.library_episodes],
-                         real.tile, real.map_rows, vote=True)
+    matcher = training_matcher(w, args.library_episodes, vote=True)
     cols = w.image_tok.cfg.grid[1]
     m = real.map_rows * cols  # the map's codes come first, row by row, over the inventory's
     sources = {"dream": (real.before(dream), dream, dream_codes[:, :, :m].numpy()),

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _windows import (CONTEXT, HORIZON, PLAYER, STEP, TARGET_TILE, WayMatcher, add_options, load,
-                      plain_share, scroll_visible)
+from _windows import (CONTEXT, HORIZON, PLAYER, STEP, TARGET_TILE, add_options, load, plain_share,
+                      scroll_visible, training_matcher)
 from worldsim import metrics
 from worldsim.evaluation import run as ev
 from worldsim.inference.engine import Engine
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
     args = p.parse_args()
     w = load(args, "model to measure")
-    store, ids, windows, real, codec = w.store, w.ids, w.windows, w.real, w.codec
+    windows, real, codec = w.windows, w.real, w.codec
     C, H = CONTEXT, HORIZON
     engine = Engine(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=len(windows), seed=args.seed)
     with tqdm(total=H, desc="rollout") as bar:
@@ -59,11 +59,10 @@ def main() -> None:
     g = directions(dream_prev, dream)
     acts = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[C - 1:C - 1 + H, 0] for w in windows])
 
-    held = set(ids)
-    matcher = WayMatcher(store, [i for i in store.episode_ids() if i not in held][:args.library_episodes], t, rows)
+    matcher = training_matcher(w, args.library_episodes, vote=False)  # the first match, as always here
 
     def open_way(frame: np.ndarray, action: int, where: tuple[int, int] | None = None) -> bool:
-        return bool(matcher.open(frame[None], np.array([action]), None if where is None else [where])[0])
+        return bool(matcher.open(frame[None], np.array([action]), rows, [where])[0])
 
     # The dream's player, in tiles of the context frame's view, before each step.
     moves = np.array([(0, 0)] + [STEP[d] for d in sorted(STEP)])[g]  # (B, H, 2)

@@ -63,6 +63,13 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     assert "teacher_forced" in q["block_diffusion:4"]
     assert q["copy-last"]["teacher_forced"]["all"]["overall"]["changed_tile_acc"] in (0.0, None)
     assert q["copy-last"]["rollout"]["all"]["overall"]["new_tiles_per_frame"] == 0  # a frozen view
+    # The keys in each source's own world: the matcher learnt from the store's moves (all three
+    # episodes are judged, so from all of them); a frozen view never walks, the game obeys its rule.
+    assert r["ways"]["library_episodes"] == 3 and r["ways"]["library_moves"] > 0 and r["ways"]["library_judged_too"]
+    frozen = q["copy-last"]["rollout"]["all"]["overall"]
+    assert frozen["open_way_moves"] > 0 and frozen["own_way_follow"] == 0
+    assert game["open_way_moves"] > 0 and game["own_way_follow"] > 0.8
+    assert game["wall_walks"] in (0.0, None)
     assert bd["overall"]["new_tiles_per_frame"] >= 0 and len(bd["per_step"]["new_tiles_per_frame"]) == 4
     assert r["speed"]["block_diffusion:4"]["ms_per_frame_median"] > 0
     assert r["speed"]["block_diffusion:4"]["passes_per_frame"] == 4
@@ -72,7 +79,9 @@ def test_eval_writes_every_report_file_and_repeats_with_the_same_seed(tiny_bundl
     md = (tmp_path / "a" / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| metric"))
     assert header == "| metric | block_diffusion:4 | game | copy-last | tokenizer |"
-    assert "The game column is Crafter itself" in md
+    assert "The game column is Crafter itself" in md and "Own world: each source judged" in md
+    assert "the store holds no episodes but those judged here" in md
+    assert any(line.startswith("| keys followed on an open way, own world |") for line in md.splitlines())
     # The model's targets are on day frames: the one-step day figure has its own headline row.
     day_row = next(line for line in md.splitlines() if line.startswith("| changed-tile acc, 1 step, day |"))
     day_tf = q["block_diffusion:4"]["teacher_forced"]["day"]["overall"]["changed_tile_acc"]

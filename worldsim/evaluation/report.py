@@ -59,6 +59,8 @@ def _headline_rows() -> list[tuple[str, Any, Any]]:
         ("scroll agreement (real scrolls)", q("rollout", "all", "scroll_agreement"), _pct),
         ("scroll agreement, 1 step", q("teacher_forced", "all", "scroll_agreement"), _pct),
         ("false scroll (real still)", q("rollout", "all", "false_scroll"), _pct),
+        ("keys followed on an open way, own world", q("rollout", "all", "own_way_follow"), _pct),
+        ("walks through a wall, own world", q("rollout", "all", "wall_walks"), _pct),
         ("tiles from nowhere per frame, day (tokenizer: the game's own)", q("rollout", "day", "new_tiles_per_frame"),
          lambda v: _num(v, ".2f")),
         ("PSNR drift dB (last - first quarter)", lambda r, src: _get(r, "quality", src, "rollout", "all", "drift", "psnr"), _db),
@@ -127,6 +129,18 @@ def markdown(r: dict[str, Any]) -> str:
                 "episode (a tree it invents in the real player's path stops it), such as scroll "
                 "agreement along the rollout.",
                 ""]
+    if isinstance(r.get("ways"), dict):
+        w = r["ways"]
+        out += ["Own world: each source judged in its own frames rather than against the real ones. Of "
+                "the move keys pressed between two day frames from a view that is not plain (under "
+                "90% one tile), split by whether the tile the player walks into is open in the frame "
+                "before: the share after which the view scrolls that way. Which tiles are open is "
+                f"learnt from {w['library_moves']} real moves of {w['library_episodes']} episodes "
+                + ("(the store holds no episodes but those judged here)" if w.get("library_judged_too")
+                   else "not judged here") +
+                " (worldsim/evaluation/ways.py). A dream that follows the player scrolls "
+                "on every open way and through no wall, wherever its world differs from the real one.",
+                ""]
     draws = s.get("draws", 1)
     if draws > 1:
         out += [f"Every rollout (and the game) was drawn {draws} times with other sampling seeds; the "
@@ -175,7 +189,8 @@ def markdown(r: dict[str, Any]) -> str:
         out += ["Inverse dynamics: " + str(r.get("idm")), ""]
 
     out += ["## Drift (last quarter of the horizon minus the first)", ""]
-    keys = ["psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll"]
+    keys = ["psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll",
+            "own_way_follow"]
     rows = []
     for src in srcs:
         drift = _get(r, "quality", src, "rollout", "all", "drift") or {}
@@ -264,6 +279,8 @@ def summary_line(r: dict[str, Any], out: str | Path) -> str:
                 f" ({_pct(tf.get('changed_tile_acc'))} one step, {_pct(tf_day)} on day frames)")
         if q.get("scroll_agreement") is not None:
             text += f", scroll {_pct(q.get('scroll_agreement'))}{_spread(r, src, 'scroll_agreement')}"
+        if q.get("own_way_follow") is not None:
+            text += f", open-way keys followed {_pct(q.get('own_way_follow'))} (own world)"
         text += f", {_num(sp.get('frames_per_s'), '.1f')} frames/s"
         parts.append(text)
     cl = _get(r, "quality", "copy-last", "rollout", "all", "overall", "psnr")

@@ -6,7 +6,8 @@ One run, all episodes as one batch through the engine per decoder:
 2. per decoder, a rollout of `horizon` frames from `context` real frames (timed: ms per frame,
    image decode included), and, teacher forced, one frame ahead from real context at every step;
 3. per frame, against the real frame: squared error, SSIM, changed tiles, changed tokens, scroll
-   (worldsim.metrics); pooled per horizon step and overall, day and night frames apart, with
+   (worldsim.metrics); and on Crafter, against the frame's own world, whether a move key on an
+   open way scrolled it (`ways.py`); pooled per horizon step and overall, day and night frames apart, with
    the drift from the first quarter of the horizon to the last;
 4. on Crafter stores from `worldsim collect`, the same measures of the game itself replayed from
    the context with the unseen world redrawn (`game.py`): what the game's own rules score;
@@ -36,6 +37,7 @@ from worldsim.errors import WorldsimError
 from worldsim.evaluation.episodes import held_out_ids, select_windows
 from worldsim.evaluation.game import NotReplayable, game_dreams
 from worldsim.evaluation.sensitivity import action_sensitivity
+from worldsim.evaluation import ways as ways_mod
 from worldsim.inference.engine import DecoderSettings, Engine, valid_decoders
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
@@ -173,10 +175,15 @@ def pool(stats: dict[str, np.ndarray], sel: np.ndarray) -> dict[str, Any]:
         out["scroll_agreement"] = _ratio(stats["agree"][sel].sum(), stats["real_scroll"][sel].sum())
         out["false_scroll"] = _ratio(stats["false_scroll"][sel].sum(), stats["real_still"][sel].sum())
         out["real_scroll_steps"] = int(stats["real_scroll"][sel].sum())
+    if "open_moves" in stats:  # Crafter, with a tile matcher: the keys in the dream's own world
+        out["own_way_follow"] = _ratio(stats["open_walks"][sel].sum(), stats["open_moves"][sel].sum())
+        out["wall_walks"] = _ratio(stats["wall_walks"][sel].sum(), stats["wall_moves"][sel].sum())
+        out["open_way_moves"] = int(stats["open_moves"][sel].sum())
     return out
 
 
-DRIFT_KEYS = ("psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll")
+DRIFT_KEYS = ("psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_agreement", "false_scroll",
+              "own_way_follow")
 
 
 def summarise(stats: dict[str, np.ndarray], night_BS: np.ndarray) -> dict[str, Any]:
@@ -263,6 +270,9 @@ class Real:
     horizon: int
     tile: int  # pixels per token side
     map_rows: int | None  # tile rows of the scrolling map (Crafter), None: no scroll measure
+    # Crafter: the keys in the dream's own world (ways.py), where a tile matcher was built
+    ways: ways_mod.WayMatcher | None = None
+    keys: np.ndarray | None = None  # (B, T-1) the recorded action ids
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -302,6 +312,12 @@ class Real:
                            self.tile, self.map_rows, tok_prev if tok_gen is not None else None,
                            tok_real if tok_gen is not None else None, tok_gen)
                for gen_prev, gen, tok_gen in draws]
+        if self.ways is not None:
+            keys = self.keys[:, C - 1:C + H - 1]
+            day = np.ones(keys.shape, bool) if self.light is None else \
+                (self.light[:, C - 1:C + H - 1] > ways_mod.DAY) & (self.light[:, C:C + H] > ways_mod.DAY)
+            for p, (gen_prev, gen, _) in zip(per, draws):
+                p.update(ways_mod.way_counts(gen_prev, gen, keys, day, self.ways, self.tile, self.map_rows))
         night = self.night[:, C:C + H]
         st = {k: np.concatenate([p[k] for p in per]) for k in per[0]}
         return summarise(st, np.tile(night, (len(draws), 1))), [pool(p, np.ones_like(night)) for p in per]
@@ -327,6 +343,24 @@ def _real(windows: list, codec: Codec, action_tok: Any, grid_rows: int, env: str
     map_rows = (grid_rows * 7) // 9 if env == "crafter" else None
     return Real(windows, frames, light, night, actions, tokens, context, horizon,
                 frames.shape[2] // grid_rows, map_rows)
+
+
+def _attach_ways(real: Real, store: EpisodeStore, windows: list) -> dict[str, Any] | str:
+    """On Crafter, the tile matcher that judges the keys in each source's own world (ways.py),
+    learnt from the moves of episodes not being judged; what it was learnt from, or why not."""
+    if store.info.env != "crafter" or real.map_rows is None:
+        return "not computed (Crafter stores only)"
+    judged = {w.episode for w in windows}
+    ids = ways_mod.library_ids(store, sorted(judged))
+    try:
+        matcher = ways_mod.WayMatcher.from_store(store, ids, real.tile, real.map_rows)
+    except ValueError:
+        return "not computed: no move on a day frame in the store to learn which tiles are open"
+    real.ways = matcher
+    real.keys = np.stack([np.asarray(w.actions).reshape(len(w.actions), -1)[:, 0] for w in windows])
+    return {"library_episodes": len(ids) - len(matcher.skipped), "library_moves": len(matcher),
+            "library_walked": float(matcher.walked.mean()), "library_unreadable": matcher.skipped,
+            "library_judged_too": bool(judged & set(ids))}
 
 
 def _rollout(engine: Engine, real: Real, codec: Codec, seed: int, bar: tqdm
@@ -467,6 +501,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     windows = select_windows(store, ids, s.episodes, max(C + H, model.cfg.frames), s.seed)
     real = _real(windows, codec, action_tok, tcfg.grid[0], store.info.env, C, H)
     B = len(windows)
+    ways_note = _attach_ways(real, store, windows)
     bar = tqdm(total=len(decoders) * H * (s.draws + (1 if s.teacher_forced else 0)), desc="eval", unit="frame-batch",
                disable=not progress)
 
@@ -527,7 +562,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         "episodes": {"count": B, "source": source_note,
                      "windows": [{"episode": w.episode, "start": w.start} for w in windows],
                      "night_frames": int(night_H.sum()), "day_frames": int((~night_H).sum())},
-        "quality": quality, "game": game_note, "speed": speed, "tokenizer": tokenizer,
+        "quality": quality, "game": game_note, "ways": ways_note, "speed": speed, "tokenizer": tokenizer,
         "action_sensitivity": _sensitivity(model, real, s.seed),
         "idm": _idm_scores(idm_model, idm, real, pairs) if idm_model is not None else
         "not computed (pass --idm DIR from `worldsim train-idm`)",
