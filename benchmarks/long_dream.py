@@ -46,8 +46,8 @@ from worldsim.evaluation import run as ev
 from worldsim.evaluation.ways import PLAIN, WayMatcher, top_tile_share
 from worldsim.inference.engine import Engine
 
-FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways", "plain_views",
-           "new_tiles_per_frame", "top_code_share")
+FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways",
+           "plain_views", "new_tiles_per_frame", "top_code_share")
 
 
 def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarray, day: np.ndarray,
@@ -131,14 +131,15 @@ def main() -> None:
     print(f"{w.bundle}, {B} windows of held-out episodes (seed {args.seed}), {args.decoder} at "
           f"T={args.temperature}: {H} dreamed steps from 1 real frame in {seconds:.0f} s; "
           f"dream / real, day frames, tile matcher of {len(matcher)} real moves")
-    head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall", "open ways",
-            "plain views", "tiles from nowhere", "top code", "codes TV"]
+    head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall",
+            "open ways", "plain views", "tiles from nowhere", "top code", "codes TV"]
     print(" | ".join(head))
     for r in rows:
         print(" | ".join([f"{r['steps'][0]}-{r['steps'][1]}", str(r["day_frames"]),
                           str(r["real"]["moves"]),
                           pair(r, "visible_moves"), pair(r, "walks"),
-                          f"{pair(r, 'open_way_walks')} ({r['dream']['open_way_moves']} / {r['real']['open_way_moves']})",
+                          f"{pair(r, 'open_way_walks')} "
+                          f"({r['dream']['open_way_moves']} / {r['real']['open_way_moves']})",
                           pair(r, "wall_walks"), pair(r, "open_ways"),
                           pair(r, "plain_views"),
                           pair(r, "new_tiles_per_frame", lambda x: "-" if x is None else f"{x:.2f}"),

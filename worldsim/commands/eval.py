@@ -13,9 +13,9 @@ Crafter stores from `worldsim collect`, the game itself replayed from the contex
 world out of view drawn anew (what the game's own rules score against one real episode):
 PSNR and SSIM, changed-tile accuracy (rollout and one step ahead, teacher forced), changed-token
 accuracy, scroll agreement and the keys followed in each dream's own world (Crafter: a move on
-a way its own frame shows open must scroll the view, one into a wall must not), code flicker, the action-sensitivity gap, an inverse
-dynamics model's F1 (--idm), drift over the horizon, and ms/frame per decoder. Day and night
-frames are reported apart. Writes report.json, report.md, plots and videos into --out.
+a way its own frame shows open must scroll the view, one into a wall must not), code flicker,
+the action-sensitivity gap, an inverse dynamics model's F1 (--idm), drift over the horizon, and
+ms/frame per decoder. Day and night frames are reported apart. Writes report.json, report.md, plots and videos into --out.
 
   worldsim eval --bundle runs/wm --data data/crafter
   worldsim eval --bundle runs/wm --data data/crafter --idm runs/idm --decoder block_diffusion:4 \\
