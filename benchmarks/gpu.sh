@@ -19,22 +19,24 @@ python -m worldsim info | grep -E "torch|cuda"
 QUICK=${1:-}
 if [ "$QUICK" = quick ]; then
     timeout 100 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
-    for g in --graphs ""; do
+    for g in graphs no-graphs; do  # graph replay is the default on CUDA; --no-graphs: eager
+        x=${g/no-graphs/}; x=${x:+_graphs}
         timeout 100 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
-            --context 16 --frames 16 --sessions 1,4,16 --session-frames 4 $g \
-            --json "$OUT/bench_mineworld_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_mineworld_full_window${g:+_graphs}.txt"
+            --context 16 --frames 16 --sessions 1,4,16 --session-frames 4 --$g \
+            --json "$OUT/bench_mineworld_full_window$x.json" 2>&1 | tee "$OUT/bench_mineworld_full_window$x.txt"
         timeout 60 python -m worldsim bench --preset crafter --device cuda --dtype bf16 --decoders block_diffusion \
-            --context 8 --frames 32 --sessions 1,4,16 $g \
-            --json "$OUT/bench_crafter_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_crafter_full_window${g:+_graphs}.txt"
+            --context 8 --frames 32 --sessions 1,4,16 --$g \
+            --json "$OUT/bench_crafter_full_window$x.json" 2>&1 | tee "$OUT/bench_crafter_full_window$x.txt"
     done
     exit 0
 fi
 # The headline first: mineworld-300m block diffusion K=4 with a full window of context (16
 # frames: the state of any session past its first 15 frames), graph-replayed, then eager.
-for g in --graphs ""; do
+for g in graphs no-graphs; do
+    x=${g/no-graphs/}; x=${x:+_graphs}
     python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --decoders block_diffusion \
-        --context 16 --frames 32 --sessions 1,4,16 --session-frames 4 $g \
-        --json "$OUT/bench_mineworld_full_window${g:+_graphs}.json" 2>&1 | tee "$OUT/bench_mineworld_full_window${g:+_graphs}.txt"
+        --context 16 --frames 32 --sessions 1,4,16 --session-frames 4 --$g \
+        --json "$OUT/bench_mineworld_full_window$x.json" 2>&1 | tee "$OUT/bench_mineworld_full_window$x.txt"
 done
 python benchmarks/cuda_check.py 2>&1 | tee "$OUT/cuda_check.txt"
 python -m worldsim bench --preset mineworld-300m --device cuda --dtype bf16 --frames 32 --ar-frames 3 \

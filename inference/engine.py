@@ -63,8 +63,9 @@ class DecoderSettings:
     window: int = 2  # diagonal: how far a row runs ahead of the next
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     # block_diffusion: replay each pass shape from static buffers, captured as a CUDA graph on
-    # CUDA (worldsim.inference.graphs); elsewhere it only adds copies
-    graphs: bool = False
+    # CUDA (worldsim.inference.graphs); elsewhere it only adds copies. None: the engine decides,
+    # on where it runs on CUDA (`graphs_by_default`)
+    graphs: bool | None = None
     # block_diffusion: action guidance, logits + w * (logits - logits under the null action);
     # the engine keeps a shadow cache row per session for it when its decoder has it
     guidance: float = 0.0
@@ -84,7 +85,7 @@ class DecoderSettings:
             raise ValueError(f"decoder {name!r} does not fit a model trained with {objective!r}; "
                              f"use {' or '.join(valid_decoders(objective))}")
         own = {f.name for f in fields(DECODERS[name].Settings)}
-        out = replace(self, name=name, graphs=self.graphs and "graphs" in own,
+        out = replace(self, name=name, graphs=self.graphs if "graphs" in own else False,
                       guidance=self.guidance if "guidance" in own else 0.0)
         out.own()  # validates
         return out
@@ -96,12 +97,24 @@ class DecoderSettings:
         return DECODERS[self.name]
 
     def own(self) -> Any:
-        """The named decoder's `Settings`, from the fields it has."""
+        """The named decoder's `Settings`, from the fields it has (`graphs` left to the engine
+        counts as off)."""
         cls = self.module.Settings
-        return cls.from_dict({f.name: getattr(self, f.name) for f in fields(cls)})
+        return cls.from_dict({f.name: bool(self.graphs) if f.name == "graphs" else getattr(self, f.name)
+                              for f in fields(cls)})
 
     def passes_per_frame(self, cfg: ModelConfig) -> int:
         return self.module.passes_per_frame(cfg, self.own())
+
+
+def graphs_by_default(decoder: DecoderSettings, device: torch.device) -> bool:
+    """Whether a resolved decoder that leaves `graphs` to the engine replays its passes: on CUDA,
+    where a pass's hundreds of kernel launches would otherwise set the frame rate (graph replay
+    gives the same frames, checked by benchmarks/cuda_check.py), for a decoder that can replay
+    (block diffusion without action guidance)."""
+    if decoder.graphs is not None:
+        return decoder.graphs
+    return device.type == "cuda" and decoder.name == "block_diffusion" and not decoder.guidance
 
 
 class Engine:
@@ -203,7 +216,8 @@ class Engine:
         d = self.decoder  # may be swapped between steps (the server's per-session decoders)
         if self._own is None or self._own[0] != d:
             self._own = (replace(d), d.own())
-        if d.graphs and self.graphs is None:  # `resolve` leaves it on only where it applies
+        replay = graphs_by_default(d, self.device)  # `resolve` leaves it on only where it applies
+        if replay and self.graphs is None:
             self.graphs = PassGraphs(self.model, self.cache)
         extra = {}
         if d.guidance:
@@ -211,7 +225,7 @@ class Engine:
                 raise ValueError("action guidance needs an engine made with a guidance decoder")
             extra["guide"] = ([r + self.max_sessions for r in rows], self.null_action)
         frame, stats = d.module.decode(self.model, self.cache, rows, last, acts, d.sampling, gen,
-                                       self._own[1], self.graphs if d.graphs else None, **extra)
+                                       self._own[1], self.graphs if replay else None, **extra)
         images = None
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)

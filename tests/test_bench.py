@@ -47,6 +47,11 @@ def test_bench_graphs_flag_reaches_the_block_diffusion_row(tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert row["settings"]["graphs"] and row["passes_per_frame"] == 4
     assert "block_diffusion K=4 graphs" in capsys.readouterr().out
+    # Without the flag (graph replay's default is on with CUDA only) and with --no-graphs: eager here.
+    for flag in ([], ["--no-graphs"]):
+        assert main(["bench", "--preset", "tiny", "--decoders", "block_diffusion", "--frames", "2",
+                     "--sessions", "1", "--threads", "1", "--json", str(out), *flag]) == 0
+        assert json.loads(out.read_text())["rows"][0]["settings"]["graphs"] is False
 
 
 @pytest.mark.parametrize("extra,label", [([], "block_diffusion K=4 "),

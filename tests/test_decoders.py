@@ -8,7 +8,8 @@ import torch
 from worldsim.envs.crafter import CRAFTER_SPACE
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagonal, plain
-from worldsim.inference.engine import DECODERS, DecoderSettings, Engine, auto_decoder, valid_decoders
+from worldsim.inference.engine import (DECODERS, DecoderSettings, Engine, auto_decoder, graphs_by_default,
+                                       valid_decoders)
 from worldsim.inference.sampling import GREEDY
 
 from _models import tiny_model as tiny
@@ -68,6 +69,23 @@ def test_decoder_settings_resolve_checks_the_decoders_own_settings():
     assert d.own() == decode_diagonal.Settings(window=2) and not d.graphs
     assert DecoderSettings("block_diffusion", steps=3, threshold=0.5, graphs=True).resolve(
         "block_diffusion").own() == decode_block_diffusion.Settings(steps=3, threshold=0.5, graphs=True)
+
+
+def test_graph_replay_is_the_default_on_cuda_only_where_it_applies():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # device objects only: no GPU needed
+    auto = DecoderSettings().resolve("block_diffusion")
+    assert auto.graphs is None and auto.own().graphs is False  # left to the engine
+    assert graphs_by_default(auto, cuda) and not graphs_by_default(auto, cpu)
+    assert not graphs_by_default(dataclasses.replace(auto, graphs=False), cuda)  # --no-graphs
+    assert graphs_by_default(dataclasses.replace(auto, graphs=True), cpu)  # asked for: static buffers
+    assert not graphs_by_default(DecoderSettings(guidance=1.0).resolve("block_diffusion"), cuda)
+    assert not graphs_by_default(DecoderSettings().resolve("ar"), cuda)  # diagonal: no replays
+    # On the CPU an engine with the default decoder makes no graphs.
+    model = tiny("block_diffusion")
+    e = Engine(model, None, make_action_tokenizer(CRAFTER_SPACE, offset=model.cfg.codebook_size))
+    s = e.open(torch.zeros(1, model.cfg.tokens_per_frame, dtype=torch.long), [])
+    s.step(0)
+    assert e.graphs is None
 
 
 @pytest.mark.parametrize("name,settings", [("ar", {}), ("diagonal", {"window": 1}), ("diagonal", {"window": 3}),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from worldsim.model import WorldModel
 from worldsim.metrics import pooled_psnr_per_step
 from worldsim.tokenizers.image import ImageTokenizer
-from worldsim.inference.engine import DECODERS, DecoderSettings, Engine
+from worldsim.inference.engine import DECODERS, DecoderSettings, Engine, graphs_by_default
 from worldsim.inference.sampling import SamplingSettings
 
 
@@ -124,7 +124,9 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
             print(f"  {d.name}: {n} frames ...", flush=True)
         r = run_decoder(m, image_tok, action_tok, d, inputs, n)
         r["speed_only"] = objective != model.cfg.objective  # weights not trained for this decoder
-        r["settings"] = asdict(d.resolve(objective).own())  # the decoder's own settings
+        resolved = d.resolve(objective)
+        # The decoder's own settings, with graph replay as the engine ran it (its default on CUDA).
+        r["settings"] = asdict(replace(resolved, graphs=graphs_by_default(resolved, device)).own())
         r["sessions_fps"] = {}
         for b in (ar_sessions if d.name == "ar" and ar_sessions is not None else sessions):
             if b > 1:

@@ -42,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=nonneg_float, default=0.0,
                    help="block-diffusion action guidance w against the no-op (default: 0, off)")
     p.add_argument("--window", type=positive_int, default=2, help="diagonal window w (default: 2)")
-    p.add_argument("--graphs", action="store_true",
-                   help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers)")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay block-diffusion passes as CUDA graphs (CUDA; elsewhere static buffers) "
+                        "(default: on with CUDA, off elsewhere)")
     p.add_argument("--temperature", type=nonneg_float, default=None,
                    help="sampling temperature (default: a bundle's own; 0, greedy, for a preset or a "
                         "bundle that records none)")
