@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from _windows import CONTEXT, DAY, TARGET_TILE, add_options, load, plain_share, training_matcher
+from _windows import CONTEXT, DAY, add_options, load, plain_share, training_matcher
 from worldsim import metrics
 from worldsim.evaluation import run as ev
-from worldsim.evaluation.ways import PLAIN, WayMatcher, top_tile_share
+from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, way_counts
 from worldsim.inference.engine import Engine
 
 FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways",
@@ -57,22 +57,21 @@ def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarr
     prev, nxt, codes, acts = prev[day], nxt[day], codes[day], acts[day]
     if len(prev) == 0:
         return {k: None for k in FIGURES} | {"moves": 0, "open_way_moves": 0}
-    direction = metrics.scroll_direction(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows).numpy()
-    move = np.isin(acts, list(TARGET_TILE))
-    walked = direction[move] == acts[move]
-    open_ = matcher.open(prev[move], acts[move], rows)
-    # A move on a plain view (a field of one tile, where only creatures might show it) is not
-    # counted, on either side.
-    seen = top_tile_share(prev[move], tile, rows) < PLAIN
+    # The moves that show (not from a plain view), split open / blocked: `worldsim eval`'s counts.
+    c = {k: v.astype(bool) for k, v in way_counts(prev, nxt, acts, np.ones(len(acts), bool), matcher, tile,
+                                                   rows).items()}
+    move = np.isin(acts, MOVES)
+    shown = c["open_moves"] | c["wall_moves"]
 
-    def share(x: np.ndarray) -> float | None:
-        return float(x.mean()) if len(x) else None
+    def share(num: np.ndarray, den: np.ndarray) -> float | None:
+        return float(num.sum() / den.sum()) if den.sum() else None
 
     new = metrics.new_tile_counts(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows)[0]
-    return {"moves": int(move.sum()), "visible_moves": share(seen), "open_way_moves": int((seen & open_).sum()),
-            "walks": share(walked[seen]),
-            "open_way_walks": share(walked[seen & open_]), "wall_walks": share(walked[seen & ~open_]),
-            "open_ways": share(open_),
+    return {"moves": int(move.sum()), "visible_moves": share(shown, move),
+            "open_way_moves": int(c["open_moves"].sum()), "walks": share(c["open_walks"] | c["wall_walks"], shown),
+            "open_way_walks": share(c["open_walks"], c["open_moves"]),
+            "wall_walks": share(c["wall_walks"], c["wall_moves"]),
+            "open_ways": share(matcher.open(prev[move], acts[move], rows), move[move]),  # plain views too
             "plain_views": plain_share(nxt, tile, rows, PLAIN), "new_tiles_per_frame": float(new.float().mean()),
             "top_code_share": float((codes == top_code).mean())}
 
