@@ -2,7 +2,7 @@
 
 Three steps, the middle one on the GPU machine:
 
-    python scripts/train_gpu.py prepare --shards data/crafter-tile-tokens --tokenizer runs/tok-tile \
+    python scripts/train_gpu.py prepare --shards data/tokens-tile --tokenizer assets/models/crafter \
         --data data/crafter                       # here: pack the inputs into .gpu/ (< 64 MiB)
     python scripts/train_gpu.py run --minutes 7   # there, from the repository root: train,
                                                   # evaluate, bench; results into $OUT
@@ -10,9 +10,12 @@ Three steps, the middle one on the GPU machine:
 
     python scripts/train_gpu.py smoke             # all three on this CPU, tiny, in about a minute
 
-`prepare` writes `.gpu/`: a snapshot of the committed code (`git archive HEAD`, so edits in the
-working tree cannot break the run), the token shards gzipped (codes of a 256-code tokenizer
-squeeze to about a tenth), the tokenizer bundle and the store's first validation episodes.
+`prepare` writes `.gpu/`: a snapshot of the committed code (`git archive HEAD` of the packages
+alone, so edits in the working tree cannot break the run and the checkout's results and weights
+do not travel twice), the token shards gzipped (codes of a 256-code tokenizer squeeze to about a
+tenth), the tokenizer (a model bundle may be named: its world-model weights stay here) and the
+store's first validation episodes. It refuses a carry that would not fit beside the checkout,
+which travels too.
 `run` installs nothing: it maps the snapshot's packages with PYTHONPATH, trains with
 `worldsim train` under bf16 autocast for `--minutes` of training time (the learning-rate schedule
 runs on that clock, so the cosine ends when the time does), evaluates the bundle on the carried
@@ -38,6 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / ".gpu"  # ignored by git (.git/info/exclude), named in the device call's carry
 PART = 15 * 2**20  # weights come back in parts under the 16 MiB limit per file
+CARRY_LIMIT = 64 * 2**20  # the device call's limit on the checkout and the carry together
+CARRY_MARGIN = 4 * 2**20  # room for what the checkout gains before the call
+CODE = ("pyproject.toml", "setup.py", "worldsim", "tokenizers", "inference", "client")  # what runs there
 
 
 def sh(cmd: list[str], **kw) -> int:
@@ -56,7 +62,7 @@ def prepare(args: argparse.Namespace) -> None:
     if ref == "WORKTREE":  # the tracked files as they are now, without touching the index
         ref = subprocess.run(["git", "-C", str(ROOT), "stash", "create"], check=True,
                              capture_output=True, text=True).stdout.strip() or "HEAD"
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "--", *CODE],
                              check=True, capture_output=True).stdout
     (dest / "src.tar").write_bytes(archive)
     shards = Path(args.shards)
@@ -67,14 +73,29 @@ def prepare(args: argparse.Namespace) -> None:
     # Where the shards live here: `unpack` writes it into the bundle, whose training.shards
     # would otherwise name the device's copy (and `worldsim eval` would judge the whole store).
     (dest / "origin.json").write_text(json.dumps({"shards": str(shards.resolve())}))
-    shutil.copytree(args.tokenizer, dest / "tokenizer",
-                    ignore=shutil.ignore_patterns("*.png", "train_state*", "*.jsonl"))
+    # `worldsim train --tokenizer` reads config.json and image_tokenizer.safetensors alone.
+    (dest / "tokenizer").mkdir()
+    for name in ("config.json", "image_tokenizer.safetensors"):
+        shutil.copy(Path(args.tokenizer) / name, dest / "tokenizer" / name)
     if args.data:
         _copy_val_episodes(Path(args.data), dest / "val", args.val_episodes)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    print(f"prepared {dest}: {size / 2**20:.1f} MiB (the device call's limit is 64 MiB with the checkout)")
-    if size > 56 * 2**20:
-        raise SystemExit("too large to carry: tokenize fewer episodes")
+    tree = checkout_size()
+    print(f"prepared {dest}: {size / 2**20:.1f} MiB, beside a checkout of {tree / 2**20:.1f} MiB "
+          f"(the device call's limit is {CARRY_LIMIT / 2**20:.0f} MiB for both)")
+    if size + tree > CARRY_LIMIT - CARRY_MARGIN:
+        raise SystemExit(f"too large to carry: {(size + tree) / 2**20:.1f} MiB with the checkout, "
+                         f"over {(CARRY_LIMIT - CARRY_MARGIN) / 2**20:.0f}; tokenize fewer episodes "
+                         "or carry fewer validation episodes (--val-episodes)")
+
+
+def checkout_size() -> int:
+    """Bytes of what the device copies of the checkout: tracked files and untracked ones that
+    git does not ignore."""
+    names = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
+                            "--exclude-standard"], check=True, capture_output=True).stdout
+    paths = (ROOT / n for n in names.decode().split("\0") if n)
+    return sum(p.stat().st_size for p in paths if p.is_file())
 
 
 def _copy_val_episodes(store: Path, out: Path, n: int) -> None:

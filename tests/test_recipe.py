@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,15 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path):
     parts = list((tmp_path / "results").glob("model.safetensors.part*"))
     assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
     assert (tmp_path / "bundle" / "model.safetensors").exists()
+    # What travels: the code's packages alone (the checkout's results and weights travel beside
+    # it anyway), and the tokenizer's two files; the size is reported with the checkout's.
+    with tarfile.open(tmp_path / "carry" / "src.tar") as t:
+        tops = {n.split("/")[0] for n in t.getnames()}
+    assert {"worldsim", "tokenizers", "inference", "client"} <= tops
+    assert not tops & {"assets", "benchmarks", "docs", "tests"}
+    assert sorted(p.name for p in (tmp_path / "carry" / "tokenizer").iterdir()) == [
+        "config.json", "image_tokenizer.safetensors"]
+    assert "beside a checkout of" in r.stdout
     # The bundle names the shards here, not the device's copy: eval keeps to its held-out episodes.
     cfg = json.loads((tmp_path / "bundle" / "config.json").read_text())
     assert cfg["training"]["shards"] == str((tmp_path / "shards").resolve())
