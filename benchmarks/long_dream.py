@@ -28,6 +28,12 @@ tile for tile:
   codes, and the most common code's share (grass).
 A dream that stays in the game walks as often as the real player, obeys its own walls and
 draws the same mix of terrain at step 150 as at step 15.
+
+`--exact-window` checks the rolling KV cache on the way: once a session's window is full, the
+cache keeps keys that were computed while older frames, now evicted, were still in view, which
+training never shows (a training window's first frame sees only itself). With the flag, every
+step first rebuilds each session's cache from its own last frames, exactly as a training window
+reads them, at the cost of a forward over the whole window per frame.
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ from _windows import CONTEXT, DAY, add_options, load, plain_share, training_matc
 from worldsim import metrics
 from worldsim.evaluation import run as ev
 from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, way_counts
-from worldsim.inference.engine import Engine
+from worldsim.inference.common import prefill
+from worldsim.inference.engine import Engine, Session
 
 FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways",
            "plain_views", "new_tiles_per_frame", "top_code_share")
@@ -76,6 +83,37 @@ def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarr
             "top_code_share": float((codes == top_code).mean())}
 
 
+class ExactWindowEngine(Engine):
+    """An engine that, before every step, rebuilds the cache of each session whose window is full
+    from the session's own last frames and actions (a prefill of them), so that every cached key
+    is what a training window computes: slow, a check of the rolling cache, not a way to play."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.history: dict[Session, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def open(self, context, actions, seed=None, start_step=0) -> Session:
+        s = super().open(context, actions, seed=seed, start_step=start_step)
+        self.history[s] = (list(self._frame_tokens(context, start_step)), list(self._action_tokens(actions)))
+        return s
+
+    def step(self, inputs, decode_images=True):
+        n = self.cache.blocks  # frames in a full window, the one being drawn from excepted
+        acts = {s: self._action_tokens([a])[0] for s, a in inputs.items()}  # (A,) each
+        full = sorted((s for s in inputs if len(self.history[s][0]) >= n), key=lambda s: s.row)
+        if full:
+            frames_BCN = torch.stack([torch.stack(self.history[s][0][-n:]) for s in full])
+            actions_BCA = torch.stack([torch.stack(self.history[s][1][-(n - 1):]) for s in full])
+            prefill(self.model, self.cache, [s.row for s in full], frames_BCN, actions_BCA)
+        out = super().step(acts, decode_images)
+        for s in inputs:
+            frames, actions = self.history[s]
+            frames.append(s.last_frame.reshape(-1))
+            actions.append(acts[s])
+            del frames[:-n], actions[:-n]
+        return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
@@ -85,6 +123,9 @@ def main() -> None:
     p.add_argument("--bucket", type=int, default=25, help="steps per row of the table (default: 25)")
     p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
     p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    p.add_argument("--exact-window", action="store_true",
+                   help="rebuild each session's cache from its own last frames before every step, as "
+                        "training reads a window (slow: checks the rolling cache)")
     args = p.parse_args()
     if args.horizon < 1 or args.bucket < 1:
         raise SystemExit("--horizon and --bucket must be at least 1")
@@ -93,7 +134,8 @@ def main() -> None:
     if real.light is None:
         raise SystemExit("this benchmark needs a store that records the daylight")
     t0 = time.perf_counter()
-    engine = Engine(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed)
+    make = ExactWindowEngine if args.exact_window else Engine
+    engine = make(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed)
     with tqdm(total=H, desc="dream") as bar:
         dream, dream_codes, _ = ev._rollout(engine, real, w.codec, args.seed, bar)
     seconds = time.perf_counter() - t0
@@ -128,7 +170,8 @@ def main() -> None:
         return f"{fmt(row['dream'][key])} / {fmt(row['real'][key])}"
 
     print(f"{w.bundle}, {B} windows of held-out episodes (seed {args.seed}), {args.decoder} at "
-          f"T={args.temperature}: {H} dreamed steps from 1 real frame in {seconds:.0f} s; "
+          f"T={args.temperature}{', exact window' if args.exact_window else ''}: {H} dreamed steps "
+          f"from 1 real frame in {seconds:.0f} s; "
           f"dream / real, day frames, tile matcher of {len(matcher)} real moves")
     head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall",
             "open ways", "plain views", "tiles from nowhere", "top code", "codes TV"]
@@ -147,6 +190,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"bundle": w.bundle, "data": args.data, "episodes": B, "seed": args.seed,
                        "decoder": args.decoder, "temperature": args.temperature, "horizon": H,
+                       "exact_window": args.exact_window,
                        "seconds": round(seconds, 1), "top_code": top_code, "rows": rows}, f, indent=1)
 
 
