@@ -25,7 +25,10 @@ tile for tile:
 - plain views: the share of frames that are plain;
 - tiles from nowhere per frame (`worldsim.metrics.new_tile_counts`);
 - the distance (total variation) between the dream's and the real frames' histograms of map
-  codes, and the most common code's share (grass).
+  codes, and the most common code's share (grass);
+- `do` on grass: of the `do` presses while the player faces a grass tile (it faces the way of
+  the last move key, pressed or blocked, known from the first move key of the window on), the
+  share after which that tile is no longer grass. In the game, nothing: grass stays grass.
 A dream that stays in the game walks as often as the real player, obeys its own walls and
 draws the same mix of terrain at step 150 as at step 15.
 
@@ -49,21 +52,42 @@ from tqdm import tqdm
 from _windows import CONTEXT, DAY, add_options, load, plain_share, training_matcher
 from worldsim import metrics
 from worldsim.evaluation import run as ev
-from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, way_counts
+from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, target_tile, way_counts
 from worldsim.inference.common import prefill
 from worldsim.inference.engine import Engine, Session
 
 FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways",
-           "plain_views", "new_tiles_per_frame", "top_code_share")
+           "plain_views", "new_tiles_per_frame", "top_code_share", "grass_do", "grass_do_changed")
+DO = 5
+
+
+def facing_codes(acts: np.ndarray, before: np.ndarray, after: np.ndarray, rows: int, cols: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The code of the tile the player faces, before and after each step (B, H), from the keys
+    (B, H) and the map codes before and after each step (B, H, M); -1 before the window's first
+    move key, when the facing is not known."""
+    b, h = acts.shape
+    out = np.full((2, b, h), -1, np.int64)
+    for i in range(b):
+        facing = 0
+        for t in range(h):
+            if facing:
+                r, c = target_tile(facing, rows, cols)
+                out[:, i, t] = before[i, t, r * cols + c], after[i, t, r * cols + c]
+            if acts[i, t] in MOVES:
+                facing = int(acts[i, t])
+    return out[0], out[1]
 
 
 def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarray, day: np.ndarray,
-            matcher: WayMatcher, tile: int, rows: int, top_code: int) -> dict[str, float | int | None]:
+            matcher: WayMatcher, tile: int, rows: int, top_code: int, ahead: np.ndarray
+            ) -> dict[str, float | int | None]:
     """One source's figures over the steps of a bucket: frames before and after each step (Q, H,
-    W, 3), the map codes after it (Q, M), the keys (Q,) and which steps are day (Q,)."""
-    prev, nxt, codes, acts = prev[day], nxt[day], codes[day], acts[day]
+    W, 3), the map codes after it (Q, M), the keys (Q,), which steps are day (Q,) and the code of
+    the tile the player faces before and after each step (2, Q)."""
+    prev, nxt, codes, acts, ahead = prev[day], nxt[day], codes[day], acts[day], ahead[:, day]
     if len(prev) == 0:
-        return {k: None for k in FIGURES} | {"moves": 0, "open_way_moves": 0}
+        return {k: None for k in FIGURES} | {"moves": 0, "open_way_moves": 0, "grass_do": 0}
     # The moves that show (not from a plain view), split open / blocked: `worldsim eval`'s counts.
     c = {k: v.astype(bool) for k, v in way_counts(prev, nxt, acts, np.ones(len(acts), bool), matcher, tile,
                                                    rows).items()}
@@ -74,13 +98,15 @@ def figures(prev: np.ndarray, nxt: np.ndarray, codes: np.ndarray, acts: np.ndarr
         return float(num.sum() / den.sum()) if den.sum() else None
 
     new = metrics.new_tile_counts(torch.from_numpy(prev), torch.from_numpy(nxt), tile, rows)[0]
+    grass_do = (acts == DO) & (ahead[0] == top_code)
     return {"moves": int(move.sum()), "visible_moves": share(shown, move),
             "open_way_moves": int(c["open_moves"].sum()), "walks": share(c["open_walks"] | c["wall_walks"], shown),
             "open_way_walks": share(c["open_walks"], c["open_moves"]),
             "wall_walks": share(c["wall_walks"], c["wall_moves"]),
             "open_ways": share(matcher.open(prev[move], acts[move], rows), move[move]),  # plain views too
             "plain_views": plain_share(nxt, tile, rows, PLAIN), "new_tiles_per_frame": float(new.float().mean()),
-            "top_code_share": float((codes == top_code).mean())}
+            "top_code_share": float((codes == top_code).mean()),
+            "grass_do": int(grass_do.sum()), "grass_do_changed": share(grass_do & (ahead[1] != top_code), grass_do)}
 
 
 class ExactWindowEngine(Engine):
@@ -149,6 +175,9 @@ def main() -> None:
     day = (real.light[:, C - 1:C + H - 1] > DAY) & (real.light[:, C:C + H] > DAY)  # (B, H)
     K = int(max(dream_codes.max(), real.tokens.max())) + 1
     top_code = int(np.bincount(sources["real"][2][day].ravel(), minlength=K).argmax())
+    before = {"dream": np.concatenate([real.tokens[:, C - 1:C, :m].numpy(), sources["dream"][2][:, :-1]], 1),
+              "real": real.tokens[:, C - 1:C + H - 1, :m].numpy()}
+    ahead = {k: np.stack(facing_codes(acts, before[k], sources[k][2], real.map_rows, cols)) for k in sources}
 
     rows = []
     spans = [slice(s, min(H, s + args.bucket)) for s in range(0, H, args.bucket)]
@@ -157,7 +186,8 @@ def main() -> None:
         row = {"steps": [sl.start + 1, sl.stop], "day_frames": int(day[:, sl].sum())}
         for name, (prev, nxt, codes) in sources.items():
             row[name] = figures(flat(prev), flat(nxt), flat(codes), flat(acts), day[:, sl].reshape(-1),
-                                matcher, real.tile, real.map_rows, top_code)
+                                matcher, real.tile, real.map_rows, top_code,
+                                ahead[name][:, :, sl].reshape(2, -1))
         hist = [np.bincount(flat(sources[k][2])[day[:, sl].reshape(-1)].ravel(), minlength=K) for k in sources]
         row["code_tv"] = (float(0.5 * np.abs(hist[0] / hist[0].sum() - hist[1] / hist[1].sum()).sum())
                           if hist[0].sum() and hist[1].sum() else None)
@@ -165,6 +195,9 @@ def main() -> None:
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.0%}"
+
+    def tenth(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
 
     def pair(row: dict, key: str, fmt=pct) -> str:
         return f"{fmt(row['dream'][key])} / {fmt(row['real'][key])}"
@@ -174,7 +207,8 @@ def main() -> None:
           f"from 1 real frame in {seconds:.0f} s; "
           f"dream / real, day frames, tile matcher of {len(matcher)} real moves")
     head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall",
-            "open ways", "plain views", "tiles from nowhere", "top code", "codes TV"]
+            "open ways", "plain views", "tiles from nowhere", "top code", "codes TV",
+            "do on grass: changed (presses)"]
     print(" | ".join(head))
     for r in rows:
         print(" | ".join([f"{r['steps'][0]}-{r['steps'][1]}", str(r["day_frames"]),
@@ -185,7 +219,8 @@ def main() -> None:
                           pair(r, "wall_walks"), pair(r, "open_ways"),
                           pair(r, "plain_views"),
                           pair(r, "new_tiles_per_frame", lambda x: "-" if x is None else f"{x:.2f}"),
-                          pair(r, "top_code_share"), "-" if r["code_tv"] is None else f"{r['code_tv']:.3f}"]))
+                          pair(r, "top_code_share"), "-" if r["code_tv"] is None else f"{r['code_tv']:.3f}",
+                          f"{pair(r, 'grass_do_changed', tenth)} ({r['dream']['grass_do']} / {r['real']['grass_do']})"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"bundle": w.bundle, "data": args.data, "episodes": B, "seed": args.seed,

@@ -56,6 +56,36 @@ def test_explorer_moves_in_runs_and_works_what_it_faces():
     assert (actions == 5).sum() > 5  # it works trees, stone, water, creatures
 
 
+def _facing_and_actions(p_idle_do: float, steps: int = 100, games: int = 4
+                        ) -> tuple[list[str | None], np.ndarray]:
+    """What the player faced (None: a creature) and the policy's action, over a few games."""
+    facing, actions = [], []
+    for seed in range(games):
+        env = CrafterEnv(size=72, seed=seed)
+        env.reset()
+        policy = ExplorerPolicy(seed=seed, p_idle_do=p_idle_do)
+        for _ in range(steps):
+            material, creature = env.facing()
+            facing.append(None if creature else material)
+            actions.append(policy(env))
+            if env.step(actions[-1])[1]:
+                break
+    return facing, np.array(actions)
+
+
+def test_explorer_presses_do_where_nothing_changes_only_when_asked():
+    """Without p_idle_do, `do` is never pressed facing grass, sand or path (so a model trained
+    on such data never learns that it does nothing there); with it, about that often."""
+    boring = {"grass", "sand", "path"}
+    facing, actions = _facing_and_actions(0.0)
+    at_boring = np.array([f in boring for f in facing])
+    assert at_boring.sum() > 100 and not (actions[at_boring] == 5).any()
+    facing, actions = _facing_and_actions(0.2)
+    at_boring = np.array([f in boring for f in facing])
+    share = (actions[at_boring] == 5).mean()
+    assert 0.1 < share < 0.3, share
+
+
 def test_cli_rerun_adds_nothing(tmp_path, capsys):
     args = ["collect", "--episodes", "2", "--steps", "15", "--out", str(tmp_path / "c"),
             "--workers", "1", "--no-progress"]
@@ -81,7 +111,8 @@ def test_resume_with_other_steps_seed_or_size_is_refused(tmp_path, capsys):
     capsys.readouterr()
     for extra, says in ((["--steps", "6"], "was collected with --steps 5; resume it with --steps 5"),
                         (["--seed", "1"], "was collected with --seed 0; resume it with --seed 0"),
-                        (["--size", "81"], "already holds a crafter store at 72x72; cannot add crafter at 81x81")):
+                        (["--size", "81"], "already holds a crafter store at 72x72; cannot add crafter at 81x81"),
+                        (["--idle-do", "0.05"], "was collected with --idle-do 0.0; resume it with --idle-do 0.0")):
         assert main(base + extra + ["--episodes", "2"]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 224x384, MineWorld's)")
     p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
                    help="parallel game processes (default: up to 4, one per core)")
+    p.add_argument("--idle-do", type=float, default=0.0, metavar="P",
+                   help="crafter: the chance of pressing `do` facing grass, sand or path, where the game "
+                        "changes nothing in view, so that a model learns that too (default: 0, the "
+                        "policy the shipped model's store was collected with; 0.05 is suggested for new "
+                        "stores, see benchmarks/idle_do.py)")
     p.add_argument("--integer-camera", action="store_true",
                    help="VPT: truncate camera degrees to integers, as MineWorld does")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise WorldsimError(f"crafter frames are square with 9 tiles a side: --size must be a "
                             f"multiple of 9, got {h}x{w}")
     s = collect_crafter(args.out, args.episodes, args.steps, seed=args.seed, size=h,
-                        workers=args.workers, progress=not args.no_progress)
+                        workers=args.workers, progress=not args.no_progress, idle_do=args.idle_do)
     if s["episodes"] == 0:
         print(f"nothing to do: {s['skipped']} episodes already in {args.out} "
               f"({s['store_frames']} frames)")

@@ -28,6 +28,7 @@ class CollectJob:
     steps: int
     seed: int
     size: int
+    idle_do: float = 0.0  # ExplorerPolicy's p_idle_do
 
 
 def episode_id(index: int) -> str:
@@ -81,7 +82,7 @@ def run_episode(job: CollectJob) -> tuple[str, int, int]:
     """Play one episode and write it. Returns (id, frames, bytes)."""
     s = episode_seed(job.seed, job.index)
     env = CrafterEnv(size=job.size, seed=s, length=job.steps)
-    policy = ExplorerPolicy(seed=s + 1)
+    policy = ExplorerPolicy(seed=s + 1, p_idle_do=job.idle_do)
     frames = np.empty((job.steps + 1, job.size, job.size, 3), np.uint8)
     daylight = np.empty(job.steps + 1, np.float32)
     actions = np.empty(job.steps, np.int16)
@@ -101,30 +102,35 @@ def run_episode(job: CollectJob) -> tuple[str, int, int]:
     return episode_id(job.index), t + 1, path.stat().st_size
 
 
-def _check_resume(store: EpisodeStore, **wanted: int) -> None:
-    """Episode i is fixed by (seed, i) at a given length: resuming with another --steps or --seed
-    would mix two collections in one store, so it is refused. (The size is checked by the store.)
-    Stores written before the steps were recorded at creation may lack them: nothing to check."""
+def _check_resume(store: EpisodeStore, defaults: dict[str, float] | None = None, **wanted: float) -> None:
+    """Episode i is fixed by (seed, i) at a given length and policy: resuming with another --steps,
+    --seed or --idle-do would mix two collections in one store, so it is refused. (The size is
+    checked by the store.) Stores written before a setting was recorded lack it: `defaults`
+    gives what they were collected with, and with none there is nothing to check."""
     for key, value in wanted.items():
-        old = store.info.source.get(key)
+        old = store.info.source.get(key, (defaults or {}).get(key))
         if old is not None and old != value:
-            raise StoreError(f"{store.root} was collected with --{key} {old}; resume it with "
-                             f"--{key} {old}, or choose another --out for --{key} {value}")
+            flag = key.replace("_", "-")
+            raise StoreError(f"{store.root} was collected with --{flag} {old}; resume it with "
+                             f"--{flag} {old}, or choose another --out for --{flag} {value}")
 
 
 def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, size: int = 72,
-                    workers: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Collect `episodes` episodes of up to `steps` steps into the store at `out` (resumable)."""
+                    workers: int = 1, progress: bool = True, idle_do: float = 0.0) -> dict[str, Any]:
+    """Collect `episodes` episodes of up to `steps` steps into the store at `out` (resumable).
+    `idle_do` is the policy's chance of `do` where it changes nothing in view (ExplorerPolicy)."""
     if episodes < 1 or steps < 1:
         raise StoreError("--episodes and --steps must be at least 1")
+    if not 0 <= idle_do <= 1:
+        raise StoreError(f"--idle-do must lie in [0, 1], got {idle_do}")
     CrafterEnv(size=size)  # validates the size before anything is written
     store = EpisodeStore.create(out, env="crafter", action_space=CRAFTER_SPACE,
                                 frame_size=(size, size), fps=CRAFTER_FPS,
                                 source={"collector": "explorer", "seed": seed, "size": size,
-                                        "steps": steps})
-    _check_resume(store, steps=steps, seed=seed)
+                                        "steps": steps, "idle_do": idle_do})
+    _check_resume(store, {"idle_do": 0.0}, steps=steps, seed=seed, idle_do=idle_do)
     todo = [i for i in range(episodes) if not store.has_valid(episode_id(i))]
-    jobs = [CollectJob(str(out), i, steps, seed, size) for i in todo]
+    jobs = [CollectJob(str(out), i, steps, seed, size, idle_do) for i in todo]
     summary = {"episodes": 0, "skipped": episodes - len(todo), "frames": 0, "bytes": 0,
                "seconds": 0.0}
     t0 = time.perf_counter()

@@ -92,13 +92,18 @@ class ExplorerPolicy:
     Uniform random actions mostly jitter in place; a world model learns camera motion and
     interaction far better from runs of the same move (the view scrolls tile by tile) and from
     `do` aimed at trees, stone, water and creatures.
+
+    `p_idle_do`: the chance of `do` facing grass, sand or path, where the game changes nothing in
+    view. A player presses it there all the time; a model that never saw it draws something in
+    front (a table, on the shipped model, benchmarks/idle_do.py). 0 keeps the policy, and so the
+    episodes of a seed, as they were before the option.
     """
 
     def __init__(self, seed: int, min_run: int = 2, max_run: int = 8,
-                 p_do: float = 0.7, p_place: float = 0.04, p_noop: float = 0.03):
+                 p_do: float = 0.7, p_place: float = 0.04, p_noop: float = 0.03, p_idle_do: float = 0.0):
         self.rng = np.random.default_rng(seed)
         self.min_run, self.max_run = min_run, max_run
-        self.p_do, self.p_place, self.p_noop = p_do, p_place, p_noop
+        self.p_do, self.p_place, self.p_noop, self.p_idle_do = p_do, p_place, p_noop, p_idle_do
         self._move = int(self.rng.choice(_MOVES))
         self._left = 0
 
@@ -107,6 +112,9 @@ class ExplorerPolicy:
         material, creature = env.facing()
         if (creature or (material is not None and material not in _BORING)) and rng.random() < self.p_do:
             return 5  # do: chop, mine, drink, hit
+        # Drawn only when asked for, so that 0 leaves the random stream, and the episodes, as they were.
+        if self.p_idle_do and material in _BORING and not creature and rng.random() < self.p_idle_do:
+            return 5  # do where nothing in view changes
         r = rng.random()
         if r < self.p_place:
             return int(rng.choice(_PLACE_OR_CRAFT))
