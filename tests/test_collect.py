@@ -139,3 +139,15 @@ def test_killed_collection_resumes_without_corrupt_files(tmp_path):
     assert len(good) == 12 and not bad
     assert not list((out / "episodes").glob(".*"))  # no temporaries left
     assert store.info.episodes == 12
+
+
+def test_stores_collected_with_another_idle_do_are_not_the_same_collection(tmp_path):
+    """The eval tells a model's training store by how it was collected: the same seed with
+    another --idle-do plays other episodes under the same ids."""
+    from worldsim.evaluation.episodes import _same_collection
+
+    collect_crafter(tmp_path / "a", 1, 5, seed=0, progress=False)
+    collect_crafter(tmp_path / "longer", 1, 8, seed=0, progress=False)
+    collect_crafter(tmp_path / "idle", 1, 5, seed=0, progress=False, idle_do=0.05)
+    assert _same_collection(EpisodeStore(tmp_path / "a"), str(tmp_path / "longer"))
+    assert not _same_collection(EpisodeStore(tmp_path / "a"), str(tmp_path / "idle"))

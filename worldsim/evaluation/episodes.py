@@ -63,8 +63,9 @@ def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[
 
 def _same_collection(store: EpisodeStore, source: str | None) -> bool:
     """Whether `store` and the training store `source` were collected alike by `worldsim
-    collect` (same game, collector, seed and frame size): an episode is then the same game under
-    the same id in both, although one store may hold fewer episodes, or more, or shorter ones."""
+    collect` (same game, collector, seed, frame size and `--idle-do`, 0 where a store predates
+    it): an episode is then the same game under the same id in both, although one store may hold
+    fewer episodes, or more, or shorter ones."""
     if source is None:
         return False
     try:
@@ -74,7 +75,8 @@ def _same_collection(store: EpisodeStore, source: str | None) -> bool:
     mine, theirs = store.info.source or {}, other.info.source or {}
     return (store.info.env == other.info.env and mine.get("collector") == "explorer"
             and mine.get("seed") is not None
-            and all(mine.get(k) == theirs.get(k) for k in ("collector", "seed", "size")))
+            and all(mine.get(k) == theirs.get(k) for k in ("collector", "seed", "size"))
+            and mine.get("idle_do", 0.0) == theirs.get("idle_do", 0.0))
 
 
 def _same_episodes(store: EpisodeStore, trained: list[dict[str, Any]], sample: int = 32) -> bool:
