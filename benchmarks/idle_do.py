@@ -26,7 +26,7 @@ from worldsim import bundle
 from worldsim.data.store import EpisodeStore
 from worldsim.evaluation import run as ev
 from worldsim.evaluation.episodes import held_out_ids
-from worldsim.evaluation.ways import MOVES, target_tile
+from worldsim.evaluation.ways import facing_before, target_tile
 from worldsim.inference.engine import Engine
 from worldsim.tokenizers.action import action_tokenizer_from_config
 
@@ -45,13 +45,11 @@ def grass_facing_contexts(store: EpisodeStore, ids: list[str], codec: ev.Codec, 
         toks = codec.encode(ep.frames, ep.daylight)  # (T+1, N)
         codes.append(toks[:, :MAP_ROWS * cols].reshape(-1))
         acts = np.asarray(ep.actions).reshape(len(ep.actions), -1)[:, 0]
-        facing = 0
-        for t in range(len(acts)):
-            if t >= CONTEXT - 1 and facing:
-                r, c = target_tile(facing, MAP_ROWS, cols)
+        facing = facing_before(acts)
+        for t in range(CONTEXT - 1, len(acts)):
+            if facing[t]:
+                r, c = target_tile(int(facing[t]), MAP_ROWS, cols)
                 out.append((toks[t - CONTEXT + 1:t + 1], torch.as_tensor(acts[t - CONTEXT + 1:t]), r * cols + c))
-            if acts[t] in MOVES:
-                facing = int(acts[t])
         if len(out) >= 4 * limit:
             break
     grass = int(torch.cat(codes).bincount().argmax())

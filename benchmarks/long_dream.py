@@ -52,7 +52,7 @@ from tqdm import tqdm
 from _windows import CONTEXT, DAY, add_options, load, plain_share, training_matcher
 from worldsim import metrics
 from worldsim.evaluation import run as ev
-from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, target_tile, way_counts
+from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, facing_before, target_tile, way_counts
 from worldsim.inference.common import prefill
 from worldsim.inference.engine import Engine, Session
 
@@ -66,16 +66,12 @@ def facing_codes(acts: np.ndarray, before: np.ndarray, after: np.ndarray, rows: 
     """The code of the tile the player faces, before and after each step (B, H), from the keys
     (B, H) and the map codes before and after each step (B, H, M); -1 before the window's first
     move key, when the facing is not known."""
-    b, h = acts.shape
-    out = np.full((2, b, h), -1, np.int64)
-    for i in range(b):
-        facing = 0
-        for t in range(h):
-            if facing:
-                r, c = target_tile(facing, rows, cols)
-                out[:, i, t] = before[i, t, r * cols + c], after[i, t, r * cols + c]
-            if acts[i, t] in MOVES:
-                facing = int(acts[i, t])
+    facing = facing_before(acts)
+    out = np.full((2, *acts.shape), -1, np.int64)
+    for way in MOVES:
+        r, c = target_tile(way, rows, cols)
+        at = facing == way
+        out[0][at], out[1][at] = before[..., r * cols + c][at], after[..., r * cols + c][at]
     return out[0], out[1]
 
 

@@ -99,3 +99,10 @@ def test_the_library_of_real_moves_and_which_episodes_teach_it(crafter_store):
         c = ways.way_counts(frames[:n], frames[1:n + 1], keys[:n], day, m, T, ROWS)
         opened, walks = opened + c["open_moves"].sum(), walks + c["open_walks"].sum()
     assert opened > 0 and walks / opened > 0.9
+
+
+def test_the_player_faces_the_way_of_the_last_move_key():
+    # noop, do, left, do, up, place, right: unknown until the first move key, then the last one.
+    keys = np.array([[0, 5, 1, 5, 3, 8, 2], [4, 0, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(ways.facing_before(keys),
+                                  [[0, 0, 0, 1, 1, 3, 3], [0, 4, 4, 4, 4, 4, 4]])

@@ -49,6 +49,18 @@ def target_tile(action: int, map_rows: int, cols: int) -> tuple[int, int]:
     return pr + dr, pc + dc
 
 
+def facing_before(keys: np.ndarray) -> np.ndarray:
+    """The move whose way the player faces before each step (int64, the shape of `keys` (..., T)):
+    the last move key pressed before it, walked or blocked (Crafter turns the player either way),
+    0 before the first one, when it is not known."""
+    keys = np.asarray(keys)
+    last = np.where(np.isin(keys, MOVES), keys, 0).astype(np.int64)
+    out = np.zeros_like(last)
+    for t in range(1, keys.shape[-1]):
+        out[..., t] = np.where(last[..., t - 1] > 0, last[..., t - 1], out[..., t - 1])
+    return out
+
+
 def tile_at(frame: np.ndarray, rc: tuple[int, int], tile: int) -> np.ndarray:
     """The pixels of tile (row, column) of `frame` (H, W, 3), as float32."""
     r, c = rc
