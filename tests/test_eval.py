@@ -151,6 +151,37 @@ def test_eval_on_the_training_store_uses_its_held_out_episodes(tiny_bundle, craf
     assert note.startswith("whole store") and ids == EpisodeStore(unseen_store).episode_ids()
 
 
+def test_shards_of_two_stores_keep_each_stores_held_out_episodes(tiny_tokens, crafter_store, unseen_store, tmp_path):
+    """A model trained on two stores tokenized together judges each store on the episodes its
+    training held out: the first's ids are its own, the second's were split as `<folder>/<id>`."""
+    from worldsim.data.shards import tokenize_store
+    from worldsim.data.store import EpisodeStore, split_ids
+    from worldsim.evaluation.episodes import held_out_ids
+
+    second = tmp_path / "second"
+    shutil.copytree(unseen_store, second)
+    tokenize_store([crafter_store, second], tiny_tokens[0], tmp_path / "sh", progress=False)
+    cfg = {"training": {"shards": str(tmp_path / "sh"), "val_fraction": 0.4}}
+    first_ids, second_ids = EpisodeStore(crafter_store).episode_ids(), EpisodeStore(second).episode_ids()
+    _, val = split_ids(first_ids + [f"second/{i}" for i in second_ids], 0.4)
+    want_first = sorted(i for i in val if "/" not in i)
+    want_second = sorted(i[len("second/"):] for i in val if i.startswith("second/"))
+    assert want_first and want_second and len(want_second) < len(second_ids)
+    ids, note = held_out_ids(EpisodeStore(crafter_store), cfg)
+    assert note.startswith("validation split") and ids == want_first
+    ids, note = held_out_ids(EpisodeStore(second), cfg)
+    assert note.startswith("validation split") and ids == want_second
+    moved = tmp_path / "elsewhere"  # the second store moved: its episodes still say it was trained on
+    shutil.copytree(second, moved)
+    assert held_out_ids(EpisodeStore(moved), cfg)[0] == want_second
+    third = tmp_path / "third"  # a store trained on by neither
+    from worldsim.data.collect import collect_crafter
+    collect_crafter(third, episodes=2, steps=20, seed=11, size=72, workers=1, progress=False)
+    ids, note = held_out_ids(EpisodeStore(third), cfg)
+    assert note.startswith("whole store") and ids == EpisodeStore(third).episode_ids()
+    assert str(crafter_store) in note and str(second) in note
+
+
 def test_a_smaller_store_collected_like_the_training_store_keeps_its_trained_episodes_out(
         tiny_bundle, crafter_store, tmp_path):
     """The first episodes of the training store's collection, collected again (the same seed

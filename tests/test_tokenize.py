@@ -96,3 +96,48 @@ def test_shards_record_their_tokenizers_weights(crafter_store, tiny_tokens, tmp_
     shutil.copytree(tiny_tokens[1], shards)
     with pytest.raises(WorldsimError, match="holds shards from another tokenizer"):
         tokenize_store(crafter_store, other, shards, progress=False)
+
+
+def test_several_stores_go_into_one_set_of_shards(crafter_store, tiny_tokens, tmp_path):
+    """The first store keeps its ids; a further one's episodes are `<folder>/<id>`, with the
+    same codes as that store tokenized alone."""
+    import shutil
+
+    second = tmp_path / "second"
+    shutil.copytree(crafter_store, second)
+    ep = EpisodeStore(second).load("000001")  # make it another episode than the first store's
+    EpisodeStore(second).write_episode("000001", ep.frames[::-1].copy(), ep.actions, daylight=ep.daylight)
+    assert main(["tokenize", "--data", str(crafter_store), "--data", str(second), "--tokenizer",
+                 str(tiny_tokens[0]), "--out", str(tmp_path / "both"), "--no-progress"]) == 0
+    both, alone = TokenShards(tmp_path / "both"), TokenShards(tiny_tokens[1])
+    ids = EpisodeStore(crafter_store).episode_ids()
+    assert both.episode_ids == ids + [f"second/{i}" for i in ids]
+    assert both.index["data"] == str(crafter_store)
+    assert both.index["more_data"] == [{"data": str(second), "prefix": "second/"}]
+    for i in ids:
+        np.testing.assert_array_equal(both.episode(i)[0], alone.episode(i)[0])
+    np.testing.assert_array_equal(both.episode("second/000002")[0], alone.episode("000002")[0])
+    assert not np.array_equal(both.episode("second/000001")[0], alone.episode("000001")[0])
+    np.testing.assert_array_equal(both.episode("second/000001")[0], alone.episode("000001")[0][::-1])
+    f, a = both.window_starts(5)  # windows come from both stores
+    assert len(f) == 2 * len(alone.window_starts(5)[0])
+
+
+def test_stores_of_another_game_or_with_one_name_are_not_tokenized_together(crafter_store, tiny_tokens, tmp_path):
+    import shutil
+
+    from worldsim.errors import WorldsimError
+
+    other = tmp_path / "fast"
+    shutil.copytree(crafter_store, other)
+    info = json.loads((other / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**info, "fps": info["fps"] * 2}))
+    with pytest.raises(WorldsimError, match="not of the same game"):
+        tokenize_store([crafter_store, other], tiny_tokens[0], tmp_path / "sh", progress=False)
+    twin = tmp_path / "x" / "store"
+    shutil.copytree(crafter_store, twin)
+    twin2 = tmp_path / "y" / "store"
+    shutil.copytree(crafter_store, twin2)
+    with pytest.raises(WorldsimError, match="distinct folder names"):
+        tokenize_store([crafter_store, twin, twin2], tiny_tokens[0], tmp_path / "sh", progress=False)
+    assert not (tmp_path / "sh" / "index.json").exists()

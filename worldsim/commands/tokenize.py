@@ -13,13 +13,22 @@ an index.json (see worldsim.data.shards for the layout).
 
   worldsim tokenize --data data/crafter --tokenizer runs/tok --out data/crafter-tokens
 
+Several stores of one game go into one set of shards with --data repeated, for a model trained
+on all of them (a new collection beside an old one):
+
+  worldsim tokenize --data data/crafter --data data/crafter-idle5 --tokenizer runs/tok --out data/mix
+
+The first store's episodes keep their ids, so its held-out episodes stay the ones `worldsim eval`
+judges; another store's are named <its folder name>/<id>, and keep their own held-out split.
+
 Resumable: episodes already tokenized are kept. Corrupt episodes are skipped with a warning."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenize", help="encode an episode store into token shards",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=existing_dir, required=True, help="episode store folder")
+    p.add_argument("--data", type=existing_dir, required=True, action="append",
+                   help="episode store folder; repeat it to tokenize several stores of one game together")
     p.add_argument("--tokenizer", type=existing_dir, required=True, help="bundle with an image tokenizer")
     p.add_argument("--out", type=out_dir, required=True, help="token shards folder (made if missing)")
     p.add_argument("--batch", type=positive_int, default=256, help="frames per encode batch (default: 256)")

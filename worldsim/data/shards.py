@@ -12,6 +12,11 @@ Layout of a shards folder:
     SHARDS/parts/<id>.npz        per-episode results while tokenizing; packed into the two
                                  arrays above at the end (kept, so adding episodes resumes)
 
+Shards may hold several stores of one game (`worldsim tokenize --data A --data B`): the first
+store's episodes keep their ids and `data` names it, so its validation split, and every reader
+of `data`, stay as with that store alone; a further store's episodes are named
+`<its folder name>/<id>`, and `more_data` lists those stores with their prefixes.
+
 `TokenShards` memory-maps the two arrays and draws random windows of F consecutive frames
 with their F actions, with vectorised indexing (no per-token Python loops).
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -36,15 +41,23 @@ FORMAT = "worldsim.tokens"
 VERSION = 1
 
 
-def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Path,
+def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: str | Path, out: str | Path,
                    batch: int = 256, device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Encode every episode of a store into token shards (resumable; corrupt episodes skipped)."""
+    """Encode every episode of a store, or of several stores of one game, into token shards
+    (resumable; corrupt episodes skipped). With several, the first store's ids are kept and a
+    further store's episodes are named `<folder name>/<id>` (see the module's docstring)."""
     import warnings
 
     from worldsim.data.store import CorruptEpisodeWarning
     from worldsim.bundle import load_image_tokenizer
 
-    store = EpisodeStore(data)
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    if not paths:
+        raise WorldsimError("no episode store to tokenize")
+    stores = [EpisodeStore(p) for p in paths]
+    prefixes = [""] + [f"{Path(p).resolve().name}/" for p in paths[1:]]
+    _check_alike(paths, stores, prefixes)
+    store, data = stores[0], paths[0]
     from worldsim.device import pick_device
 
     dev = pick_device(device)
@@ -65,6 +78,8 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
               "env": store.info.env, "action_space": store.info.action_space.to_dict(),
               "frame_size": list(store.info.frame_size), "fps": store.info.fps,
               "tokenizer": str(tokenizer_bundle), "data": str(data),
+              **({"more_data": [{"data": str(p), "prefix": pre} for p, pre in zip(paths[1:], prefixes[1:])]}
+                 if len(paths) > 1 else {}),
               # which weights made the codes: train refuses a --tokenizer with other weights
               "tokenizer_sha256": file_sha256(Path(tokenizer_bundle) / "image_tokenizer.safetensors")}
     old_index = out / "index.json"
@@ -75,14 +90,18 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
         if same != {k: header[k] for k in same}:
             raise WorldsimError(f"{out} holds shards from another tokenizer; choose another --out")
 
-    ids = store.episode_ids()
+    source = {pre + i: (st, i) for st, pre in zip(stores, prefixes) for i in st.episode_ids()}
+    ids = list(source)
     todo = [i for i in ids if not _part_ok(parts / f"{i}.npz")]
+    for pre in prefixes[1:]:
+        (parts / pre).mkdir(exist_ok=True)
     t0 = time.perf_counter()
     n_frames = corrupt = 0
     bar = tqdm(todo, desc="tokenize", unit="ep", disable=not progress or not todo)
     for eid in bar:
+        st, local = source[eid]
         try:
-            ep = store.load(eid)
+            ep = st.load(local)
         except CorruptEpisode as e:
             warnings.warn(f"skipping corrupt episode {e}", CorruptEpisodeWarning, stacklevel=2)
             corrupt += 1
@@ -101,6 +120,22 @@ def tokenize_store(data: str | Path, tokenizer_bundle: str | Path, out: str | Pa
     index = _pack(out, ids, header)
     return {"episodes": len(index["episodes"]), "tokenized": len(todo) - corrupt, "corrupt": corrupt,
             "frames": index["frames"], "new_frames": n_frames, "seconds": time.perf_counter() - t0}
+
+
+def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -> None:
+    """Stores tokenized together must be of one game, frame size, rate and action space, and
+    the further ones must have distinct folder names (their episodes' prefixes)."""
+    first = stores[0].info
+    for p, st in zip(paths[1:], stores[1:]):
+        i = st.info
+        if (i.env, tuple(i.frame_size), i.fps, i.action_space.to_dict()) != (
+                first.env, tuple(first.frame_size), first.fps, first.action_space.to_dict()):
+            raise WorldsimError(f"{p} is not of the same game as {paths[0]} (game, frame size, "
+                                "frame rate and action space must match to tokenize them together)")
+    seen = [pre for pre in prefixes[1:]]
+    if len(set(seen)) != len(seen):
+        raise WorldsimError("stores tokenized together after the first need distinct folder names: "
+                            "their episodes are named <folder name>/<id>")
 
 
 def _part_ok(path: Path) -> bool:

@@ -6,7 +6,9 @@ the episode store they came from (`data` in their index.json) and the episode id
 out `split_ids(ids, training.val_fraction)[1]`. When `--data` is that store, only those
 validation episodes are used, and so for a store collected like it (the same `worldsim collect`
 seed and size, so the same episodes under the same ids, however many); any other store is used
-whole (a store collected with unseen seeds tests generalisation).
+whole (a store collected with unseen seeds tests generalisation). Shards tokenized from several
+stores (`more_data` in their index) are judged the same way on each of those stores, with the
+split their training saw (a further store's episodes were split under `<folder name>/<id>`).
 """
 
 from __future__ import annotations
@@ -47,18 +49,36 @@ def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[
         warnings.warn(f"cannot read {index_path}, the shards the model was trained on, to tell whether "
                       f"{store.root} was its training store; using every episode of it", stacklevel=2)
         return ids, f"whole store (training shards {shards} unreadable)"
-    source = index.get("data")
     trained = [e["id"] for e in index.get("episodes", [])]
-    if source is None or Path(source).resolve() != store.root.resolve():
-        # The recorded path may be relative to another working folder, or the store may have
-        # moved: the same episodes (ids and lengths) make it the training store all the same.
-        if not (_same_episodes(store, index.get("episodes", [])) or _same_collection(store, source)):
-            return ids, f"whole store (the model was trained on {source})"
-    _, val = split_ids(trained, float(training.get("val_fraction", 0.05)))
-    have = set(ids)
-    # Episodes added to the store after tokenizing were never trained on: they count as held out.
-    val = sorted((set(val) & have) | (have - set(trained)))
-    return val, f"validation split of the training store ({len(val)} of {len(ids)} episodes)"
+    val_fraction = float(training.get("val_fraction", 0.05))
+    sources = [(index.get("data"), "")] + [(m.get("data"), m.get("prefix", ""))
+                                          for m in index.get("more_data", [])]
+    for source, prefix in sources:
+        # the episodes of that store, under the store's own ids (the first keeps them whole)
+        mine = [e for e in index.get("episodes", []) if _prefix_of(e["id"]) == prefix]
+        local = [{**e, "id": e["id"][len(prefix):]} for e in mine]
+        if source is None or Path(source).resolve() != store.root.resolve():
+            # The recorded path may be relative to another working folder, or the store may have
+            # moved: the same episodes (ids and lengths) make it the training store all the same.
+            if not (_same_episodes(store, local) or _same_collection(store, source)):
+                continue
+        # A side depends on the id the training saw, prefix included.
+        _, val = split_ids(trained, val_fraction)
+        val_local = {v[len(prefix):] for v in val if _prefix_of(v) == prefix}
+        have, seen = set(ids), {e["id"] for e in local}
+        # Episodes added to the store after tokenizing were never trained on: they count as held out.
+        held = sorted((val_local & have) | (have - seen))
+        return held, f"validation split of the training store ({len(held)} of {len(ids)} episodes)"
+    return ids, f"whole store (the model was trained on {_named(sources)})"
+
+
+def _prefix_of(episode_id: str) -> str:
+    """The prefix a store tokenized after the first gives its episodes ("" for the first)."""
+    return episode_id[:episode_id.index("/") + 1] if "/" in episode_id else ""
+
+
+def _named(sources: list[tuple[str | None, str]]) -> str:
+    return " and ".join(str(s) for s, _ in sources)
 
 
 def _same_collection(store: EpisodeStore, source: str | None) -> bool:
