@@ -523,3 +523,54 @@ def test_ema_must_be_below_one(tiny_tokens, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(_args(tiny_tokens, tmp_path / "wm", "--ema", "1"))
     assert "must be below 1" in capsys.readouterr().err
+
+
+def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp_path, capsys):
+    """--init: the new run's model is the parent's (shape and weights, bf16 weights read into
+    float32), its bundle records the parent, a resume keeps it, and a parent that cannot read
+    the shards, or a shape given beside it, is refused in one line."""
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.cli import main
+    from worldsim.fileio import file_sha256
+
+    base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
+    assert main(_args(tiny_tokens, tmp_path / "parent", *base, "--steps", "3", "--width", "48")) == 0
+    parent = tmp_path / "parent"
+    sd = load_file(str(parent / "model.safetensors"))  # shipped bundles hold bf16 weights
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()},
+              str(parent / "model.safetensors"))
+    want = load_world_model(parent).float().state_dict()
+    capsys.readouterr()
+    # --lr so small that one step leaves the weights where they started
+    assert main(_args(tiny_tokens, tmp_path / "child", *base, "--steps", "1", "--lr", "1e-12",
+                      "--init", str(parent))) == 0
+    assert "starting from the weights of" in capsys.readouterr().out
+    child = read_config(tmp_path / "child")
+    assert child["model"] == read_config(parent)["model"] and child["model"]["dim"] == 48
+    got = load_world_model(tmp_path / "child").state_dict()
+    assert all(got[k].dtype == torch.float32 for k in got if got[k].is_floating_point())
+    for k in want:
+        torch.testing.assert_close(got[k].float(), want[k], atol=1e-6, rtol=0)
+    assert child["training"]["init"] == str(parent)
+    assert child["init"]["bundle"] == str(parent)
+    assert child["init"]["model_sha256"] == file_sha256(parent / "model.safetensors")
+    assert child["init"]["training"]["steps"] == 3 and child["init"]["model_metrics"]["steps"] == 3
+    # without --init the same run starts from random weights
+    assert main(_args(tiny_tokens, tmp_path / "fresh", *base, "--steps", "1", "--lr", "1e-12",
+                      "--width", "48")) == 0
+    fresh = load_world_model(tmp_path / "fresh").state_dict()
+    assert any((fresh[k] - want[k]).abs().max() > 1e-3 for k in want if want[k].is_floating_point())
+    # a resume goes on from its checkpoint, and keeps the --init it started from
+    assert main(_args(tiny_tokens, tmp_path / "child", *base, "--steps", "2", "--lr", "1e-12")) == 0
+    assert read_config(tmp_path / "child")["training"]["init"] == str(parent)
+    capsys.readouterr()
+    assert main(_args(tiny_tokens, tmp_path / "x", *base, "--steps", "1", "--init", str(parent),
+                      "--depth", "3")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "leave out --width, --depth and --rope" in err
+    assert main(_args(tiny_tokens, tmp_path / "y", "--objective", "ar", "--batch", "2", "--steps", "1",
+                      "--init", str(parent))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "objective block_diffusion against ar" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

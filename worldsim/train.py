@@ -179,10 +179,42 @@ class WorldModelRun(TrainingRun):
         train_ids, val_ids = split_ids(self.all_shards.episode_ids, s.val_fraction)  # the store's rule
         self.train_shards = TokenShards(self.shards_dir, train_ids)
         self.val_shards = TokenShards(self.shards_dir, val_ids or train_ids)
-        self.cfg = self.window_of_resumed(_build_config(self.preset, self.all_shards, self.objective,
-                                                        s.frames, s.rope, s.width, s.depth))
+        self.s = s = replace(s, init=self.init_of_resumed())
+        built = _build_config(self.preset, self.all_shards, self.objective, s.frames, s.rope, s.width, s.depth)
+        if s.init:
+            built = self.config_of_init(built)
+        self.cfg = self.window_of_resumed(built)
         self.train_starts = self.train_shards.window_starts(self.cfg.frames)
         self.val_starts = self.val_shards.window_starts(self.cfg.frames)
+
+    def init_of_resumed(self) -> str:
+        """--init for a fresh run; a resumed run goes on from its checkpoint and keeps the
+        --init it started from (recorded in its bundle)."""
+        if self.saved_state() is None or not (self.out / "config.json").exists():
+            return self.s.init
+        return bundle.read_config(self.out).get("training", {}).get("init", "")
+
+    def config_of_init(self, built: ModelConfig) -> ModelConfig:
+        """--init's model, which must read these shards (the same codes and actions) and train
+        with --objective; only its window may change (--frames)."""
+        s, parent = self.s, Path(self.s.init)
+        if s.width or s.depth or s.rope:
+            raise WorldsimError("--init starts from a trained model of its own shape: leave out "
+                                "--width, --depth and --rope")
+        cfg = bundle.read_config(parent)
+        if "model" not in cfg or not (parent / "model.safetensors").is_file():
+            raise WorldsimError(f"--init {parent} is not a trained world model bundle (no model in it)")
+        try:
+            model = ModelConfig.from_dict(cfg["model"])
+        except ValueError as e:
+            raise WorldsimError(f"--init {parent}: {e}") from e
+        check_shards_tokenizer(self.all_shards, self.shards_dir, parent)
+        keys = ("codebook_size", "tokens_per_frame", "action_tokens", "grid", "action_ids", "objective")
+        wrong = [k for k in keys if getattr(model, k) != getattr(built, k)]
+        if wrong:
+            raise WorldsimError(f"--init {parent} does not fit these shards and objective "
+                                f"({', '.join(f'{k} {getattr(model, k)} against {getattr(built, k)}' for k in wrong)})")
+        return replace(model, frames=s.frames) if s.frames else model
 
     def window_of_resumed(self, cfg: ModelConfig) -> ModelConfig:
         """A bundle that is resumed keeps its window unless --frames names another. No weight
@@ -237,6 +269,13 @@ class WorldModelRun(TrainingRun):
             frame_size=index["frame_size"], fps=index["fps"],
             training={**asdict(self.s), "objective": self.objective, "preset": self.preset,
                       "shards": str(self.shards_dir), "world_size": self.ddp.world})
+        if self.s.init and self.saved_state() is None:
+            # what the run starts from, and what that was trained from, for the model card
+            parent = bundle.read_config(self.s.init)
+            bundle.update_config(out, init={
+                "bundle": self.s.init,
+                "model_sha256": file_sha256(Path(self.s.init) / "model.safetensors"),
+                **{k: parent[k] for k in ("training", "model_metrics", "init") if k in parent}})
 
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
@@ -259,6 +298,16 @@ class WorldModelRun(TrainingRun):
         self.opt = make_optimizer(model, s.optimizer, s.lr, s.weight_decay, fused=self.dev.type == "cuda")
         if s.ema:
             self.keep_ema(s.ema)
+
+    def start_from_init(self) -> None:
+        """A fresh run's weights from --init (in the run's float dtype; the optimizer starts
+        afresh, and a moving average from these weights)."""
+        from safetensors.torch import load_file
+
+        sd = load_file(str(Path(self.s.init) / "model.safetensors"))
+        self.model.load_state_dict(sd)  # copies, so bf16 weights become the model's float32
+        if self.is_main:
+            print(f"starting from the weights of {self.s.init}")
 
     def wrap_data_parallel(self) -> None:
         if self.ddp.enabled:
@@ -402,7 +451,8 @@ class WorldModelRun(TrainingRun):
                 self.write_bundle_config()
             self.ddp.barrier()
             self.setup()
-            self.resume()
+            if not self.resume() and self.s.init:
+                self.start_from_init()
             self.wrap_data_parallel()
             self.objective_mod.train()
             self.loop()

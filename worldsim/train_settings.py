@@ -46,6 +46,8 @@ class TrainSettings:
     optimizer: str = ""
     width: int = 0  # model dimension; 0: the preset's (the feed-forward dimension scales with it)
     depth: int = 0  # transformer layers; 0: the preset's
+    # a trained bundle whose model (config and weights) a fresh run starts from; "": none
+    init: str = ""
 
 
 @dataclass

@@ -18,7 +18,12 @@ Objectives: ar (next-token, decoded by `ar` or `diagonal`) and block_diffusion (
 a frame, causal across frames, decoded in a few passes per frame). Killed and started again with
 the same --out, training continues from its last checkpoint, and may go on with longer windows
 (--frames). The loss curve goes to
-train_log.jsonl in --out."""
+train_log.jsonl in --out.
+
+To train a trained model further on new data, start a new --out from it:
+
+  worldsim train --init assets/models/crafter --shards data/mix-tokens --tokenizer \
+      assets/models/crafter --out runs/ft --objective block_diffusion --lr 1.5e-4 --ema 0.99"""
 
 
 def window_frames(text: str) -> int:
@@ -88,6 +93,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "scales with it (default: 0, the preset's)")
     p.add_argument("--depth", type=nonneg_int, default=S.depth,
                    help="transformer layers instead of the preset's (default: 0, the preset's)")
+    p.add_argument("--init", type=existing_dir, default=None,
+                   help="a trained bundle to start from: its model and weights, with a fresh optimizer "
+                        "(to go on training a shipped model on new data); the bundle records it "
+                        "(default: random weights)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
                       context_dreams=args.context_dreams, context_stalls=args.context_stalls,
                       rope=args.rope or "", ema=args.ema, optimizer=args.optimizer,
-                      width=args.width, depth=args.depth)
+                      width=args.width, depth=args.depth, init=str(args.init or ""))
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
