@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GPU = ROOT / ".gpu"  # ignored by git (.git/info/exclude), named in the device call's carry
+GPU = ROOT / ".gpu"  # ignored by git (.gitignore), named in the device call's carry
 PART = 15 * 2**20  # weights come back in parts under the 16 MiB limit per file
 CARRY_LIMIT = 64 * 2**20  # the device call's limit on the checkout and the carry together
 CARRY_MARGIN = 4 * 2**20  # room for what the checkout gains before the call
