@@ -2,13 +2,17 @@
 
 Three steps, the middle one on the GPU machine:
 
-    python scripts/train_gpu.py prepare --shards data/tokens-tile --tokenizer assets/models/crafter \
+    python scripts/train_gpu.py prepare --shards data/tokens-mix --tokenizer assets/models/crafter \
         --data data/crafter                       # here: pack the inputs into .gpu/ (< 64 MiB)
     python scripts/train_gpu.py run --minutes 7   # there, from the repository root: train,
                                                   # evaluate, bench; results into $OUT
     python scripts/train_gpu.py unpack --results DIR --out runs/wm-gpu   # here: rebuild the bundle
 
     python scripts/train_gpu.py smoke             # all three on this CPU, tiny, in about a minute
+
+`data/tokens-mix` holds `data/crafter` and a store collected with `--idle-do 0.05`
+(`worldsim tokenize --data data/crafter --data data/crafter-idle5 ...`, the study's "The same fix
+mixed into the old store"); its first store's held-out episodes are the shipped model's.
 
 `prepare` writes `.gpu/`: a snapshot of the committed code (`git archive HEAD` of the packages
 alone, so edits in the working tree cannot break the run and the checkout's results and weights
