@@ -561,9 +561,12 @@ def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp
                       "--width", "48")) == 0
     fresh = load_world_model(tmp_path / "fresh").state_dict()
     assert any((fresh[k] - want[k]).abs().max() > 1e-3 for k in want if want[k].is_floating_point())
-    # a resume goes on from its checkpoint, and keeps the --init it started from
+    # a resume goes on from its checkpoint, and keeps the --init it started from, even when
+    # that folder no longer holds a model
+    (parent / "model.safetensors").rename(parent / "moved.safetensors")
     assert main(_args(tiny_tokens, tmp_path / "child", *base, "--steps", "2", "--lr", "1e-12")) == 0
     assert read_config(tmp_path / "child")["training"]["init"] == str(parent)
+    (parent / "moved.safetensors").rename(parent / "model.safetensors")
     capsys.readouterr()
     assert main(_args(tiny_tokens, tmp_path / "x", *base, "--steps", "1", "--init", str(parent),
                       "--depth", "3")) == 2

@@ -201,6 +201,9 @@ class WorldModelRun(TrainingRun):
         if s.width or s.depth or s.rope:
             raise WorldsimError("--init starts from a trained model of its own shape: leave out "
                                 "--width, --depth and --rope")
+        if self.saved_state() is not None:  # a resume: its own model, whatever --init holds now
+            model = ModelConfig.from_dict(bundle.read_config(self.out)["model"])
+            return replace(model, frames=s.frames) if s.frames else model
         cfg = bundle.read_config(parent)
         if "model" not in cfg or not (parent / "model.safetensors").is_file():
             raise WorldsimError(f"--init {parent} is not a trained world model bundle (no model in it)")

@@ -132,8 +132,7 @@ def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -
                 first.env, tuple(first.frame_size), first.fps, first.action_space.to_dict()):
             raise WorldsimError(f"{p} is not of the same game as {paths[0]} (game, frame size, "
                                 "frame rate and action space must match to tokenize them together)")
-    seen = [pre for pre in prefixes[1:]]
-    if len(set(seen)) != len(seen):
+    if len(set(prefixes[1:])) != len(prefixes[1:]):
         raise WorldsimError("stores tokenized together after the first need distinct folder names: "
                             "their episodes are named <folder name>/<id>")
 
