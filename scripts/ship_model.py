@@ -7,6 +7,12 @@ engine runs bf16 on CPUs with fast bf16 anyway), OUT/image_tokenizer.safetensors
 eval folder report.md, report.json, the plots and the GIF. The model card (OUT/CARD.md) is
 written by hand from the report. Evaluate the shipped copy too (`worldsim eval --bundle OUT`):
 bf16 weights must hold the quality of the float32 ones.
+
+A run that kept a moving average of its weights (`worldsim train --ema`) writes the average into
+its bundle; `--weights last` ships the last step's weights instead, read from the run's
+`train_state.safetensors`, and records it in OUT/config.json (`model_metrics.weights`, with the
+validation loss of those weights). On the Crafter model an average dreams like a lower
+temperature, with fewer moves (benchmarks/results/cpu/study).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from worldsim.bundle import read_config, update_config
+
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
 
 
@@ -27,12 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle")
     p.add_argument("--eval", help="the bundle's `worldsim eval` folder")
     p.add_argument("--out", default="assets/models/crafter")
+    p.add_argument("--weights", choices=("bundle", "last"), default="bundle",
+                   help="bundle: the bundle's model.safetensors (the moving average where the run "
+                        "kept one); last: the last step's weights, from its train_state.safetensors")
     args = p.parse_args(argv)
     src, out = Path(args.bundle), Path(args.out)
+    if args.weights == "last":
+        sd, metrics = last_weights(src)
+        if sd is None:
+            print(f"error: {metrics}", file=sys.stderr)
+            return 2
+    else:
+        sd, metrics = load_file(str(src / "model.safetensors")), None
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "config.json", out / "config.json")
+    if metrics is not None:
+        update_config(out, model_metrics=metrics)
     shutil.copy(src / "image_tokenizer.safetensors", out / "image_tokenizer.safetensors")
-    sd = load_file(str(src / "model.safetensors"))
     save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()},
               str(out / "model.safetensors"))
     if args.eval:
@@ -45,6 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"shipped {src} -> {out} ({size / 2**20:.1f} MiB)")
     return 0
+
+
+def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]:
+    """The last step's weights of a run and its bundle's metrics restated for them, or (None, a
+    one-line reason) where the run kept no moving average or no training state."""
+    state = run / "train_state.safetensors"
+    metrics = dict(read_config(run).get("model_metrics") or {})
+    if not metrics.get("ema"):
+        return None, f"{run} kept no moving average: its model.safetensors holds its last weights"
+    if not state.exists():
+        return None, f"{state} is missing: the last weights of a run live in its training state"
+    sd = {k[len("model."):]: v for k, v in load_file(str(state)).items() if k.startswith("model.")}
+    metrics.update(weights="last", ema_val_loss=metrics.get("val_loss"),
+                   val_loss=metrics.get("val_loss_last_step"))
+    return sd, metrics
 
 
 if __name__ == "__main__":

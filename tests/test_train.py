@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -577,3 +578,44 @@ def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "objective block_diffusion against ar" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_path, capsys):
+    """scripts/ship_model.py --weights last: the shipped weights are the run's last step's (from
+    its training state, in bf16), not the moving average its bundle holds, and the shipped
+    config says so; a run without an average is refused in one line."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    from worldsim.cli import main
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
+    spec = importlib.util.spec_from_file_location("ship_model", path)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
+    run = tmp_path / "run"
+    assert main(_args(tiny_tokens, run, *base, "--steps", "4", "--ema", "0.5")) == 0
+    assert ship.main([str(run), "--out", str(tmp_path / "avg")]) == 0
+    assert ship.main([str(run), "--out", str(tmp_path / "last"), "--weights", "last"]) == 0
+    state = {k[len("model."):]: v for k, v in load_file(str(run / "train_state.safetensors")).items()
+             if k.startswith("model.")}
+    avg, last = load_file(str(tmp_path / "avg" / "model.safetensors")), \
+        load_file(str(tmp_path / "last" / "model.safetensors"))
+    assert set(last) == set(avg) == set(state)
+    assert all(torch.equal(last[k], state[k].to(torch.bfloat16)) for k in state if state[k].is_floating_point())
+    assert any(not torch.equal(last[k], avg[k]) for k in state if state[k].is_floating_point())
+    metrics, run_metrics = read_config(tmp_path / "last")["model_metrics"], read_config(run)["model_metrics"]
+    assert metrics["weights"] == "last" and metrics["val_loss"] == run_metrics["val_loss_last_step"]
+    assert metrics["ema_val_loss"] == run_metrics["val_loss"]
+    assert "weights" not in read_config(tmp_path / "avg")["model_metrics"]
+    assert load_world_model(tmp_path / "last") is not None
+    # a run without a moving average has no other weights to ship
+    plain = tmp_path / "plain"
+    assert main(_args(tiny_tokens, plain, *base, "--steps", "1")) == 0
+    capsys.readouterr()
+    assert ship.main([str(plain), "--out", str(tmp_path / "x"), "--weights", "last"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kept no moving average" in err and not (tmp_path / "x").exists()
