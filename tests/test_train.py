@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worldsim.bundle import read_config
-from worldsim.bundle import load_world_model
+from worldsim.bundle import load_world_model, read_config, recorded_temperature, update_config
 from worldsim.train import STATE_FILE, TrainSettings, train
 from worldsim.inference.decode_block_diffusion import masked_after
 from worldsim.inference.plain import rollout
@@ -557,6 +556,13 @@ def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp
     assert child["init"]["bundle"] == str(parent)
     assert child["init"]["model_sha256"] == file_sha256(parent / "model.safetensors")
     assert child["init"]["training"]["steps"] == 3 and child["init"]["model_metrics"]["steps"] == 3
+    assert "decoding" not in child  # the parent records no temperature
+    # a parent's temperature is the child's until one is chosen for it
+    update_config(parent, decoding={"temperature": 0.9, "chosen_on": {"episodes": 64}})
+    assert main(_args(tiny_tokens, tmp_path / "warm", *base, "--steps", "1", "--lr", "1e-12",
+                      "--init", str(parent))) == 0
+    assert read_config(tmp_path / "warm")["decoding"] == {"temperature": 0.9, "inherited_from": str(parent)}
+    assert recorded_temperature(tmp_path / "warm") == 0.9
     # without --init the same run starts from random weights
     assert main(_args(tiny_tokens, tmp_path / "fresh", *base, "--steps", "1", "--lr", "1e-12",
                       "--width", "48")) == 0

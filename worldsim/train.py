@@ -279,6 +279,11 @@ class WorldModelRun(TrainingRun):
                 "bundle": self.s.init,
                 "model_sha256": file_sha256(Path(self.s.init) / "model.safetensors"),
                 **{k: parent[k] for k in ("training", "model_metrics", "init") if k in parent}})
+            t = bundle.recorded_temperature(self.s.init)
+            if t is not None:
+                # plays and is judged as its parent did until a temperature is chosen for it
+                # (scripts/pick_temperature.py --write)
+                bundle.update_config(out, decoding={"temperature": t, "inherited_from": self.s.init})
 
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)

@@ -95,8 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="transformer layers instead of the preset's (default: 0, the preset's)")
     p.add_argument("--init", type=existing_dir, default=None,
                    help="a trained bundle to start from: its model and weights, with a fresh optimizer "
-                        "(to go on training a shipped model on new data); the bundle records it "
-                        "(default: random weights)")
+                        "(to go on training a shipped model on new data); the bundle records it, and "
+                        "plays at its temperature until one is chosen for it (default: random weights)")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
