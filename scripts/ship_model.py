@@ -11,8 +11,9 @@ bf16 weights must hold the quality of the float32 ones.
 A run that kept a moving average of its weights (`worldsim train --ema`) writes the average into
 its bundle; `--weights last` ships the last step's weights instead, read from the run's
 `train_state.safetensors`, and records it in OUT/config.json (`model_metrics.weights`, with the
-validation loss of those weights). On the Crafter model an average dreams like a lower
-temperature, with fewer moves (benchmarks/results/cpu/study).
+validation loss of those weights). On the Crafter model the average of a long run
+(`--ema 0.998`) dreamed like a lower temperature, with fewer moves; at the end of a short
+fine-tune it is close to the last weights (benchmarks/results/cpu/study).
 """
 
 from __future__ import annotations
