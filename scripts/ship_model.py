@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from worldsim.bundle import read_config, update_config
+from worldsim.checkpoint import checkpoint_weights
 
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
 
@@ -76,7 +77,7 @@ def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]
         return None, f"{run} kept no moving average: its model.safetensors holds its last weights"
     if not state.exists():
         return None, f"{state} is missing: the last weights of a run live in its training state"
-    sd = {k[len("model."):]: v for k, v in load_file(str(state)).items() if k.startswith("model.")}
+    sd = checkpoint_weights(state)
     metrics.update(weights="last", ema_val_loss=metrics.get("val_loss"),
                    val_loss=metrics.get("val_loss_last_step"))
     return sd, metrics

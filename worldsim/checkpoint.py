@@ -60,9 +60,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise WorldsimError(f"cannot read the checkpoint {path}: {e}; delete it to start the run over") from e
-    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(model_sd)
+        model.load_state_dict(_part(tensors, "model"))
     except RuntimeError:  # another model's state (checkpoints from before they named their run)
         raise WorldsimError(f"{path} holds the training state of another model (its weights do not "
                             "fit this one); choose another --out") from None
@@ -77,11 +76,26 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
         except ValueError as e:  # parameters were split or merged since the checkpoint was written
             raise WorldsimError(f"{path}: its optimizer state does not fit this model's parameters "
                                 f"({e}); start a new run in another folder") from None
-    ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    ema_sd = _part(tensors, "ema")
     state["ema_restored"] = ema is not None and bool(ema_sd)
     if state["ema_restored"]:
         ema.load_state_dict(ema_sd)
     return state
+
+
+def checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model's weights in a checkpoint (its last step's, not the moving average), as a state
+    dict, without building the model."""
+    try:
+        return _part(load_file(str(path)), "model")
+    except Exception as e:  # safetensors raises its own error types for torn or foreign files
+        raise WorldsimError(f"cannot read the checkpoint {path}: {e}") from e
+
+
+def _part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under `prefix.`, with the prefix taken off."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
