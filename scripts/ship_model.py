@@ -14,6 +14,15 @@ its bundle; `--weights last` ships the last step's weights instead, read from th
 validation loss of those weights). On the Crafter model the average of a long run
 (`--ema 0.998`) dreamed like a lower temperature, with fewer moves; at the end of a short
 fine-tune it is close to the last weights (benchmarks/results/cpu/study).
+
+A run that started from a bundle (`worldsim train --init PARENT`) can be shipped as a point on
+the line between its parent and itself, `--interpolate ALPHA`: (1 - ALPHA) * parent + ALPHA *
+the run's weights, key by key (weight-space ensembling of a fine-tune with the model it started
+from, as in WiSE-FT). The parent is the one the run's config records; it must still hold the
+weights the run started from (their sha256 is recorded too), and OUT/config.json records the
+interpolation (`model_metrics.interpolated`). On the Crafter model, half way between the shipped
+model and a fine-tune that taught it what `do` does on grass kept most of the lesson and none
+of the fine-tune's cost in scroll (benchmarks/results/cpu/study).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from worldsim.bundle import read_config, update_config
 from worldsim.checkpoint import checkpoint_weights
+from worldsim.fileio import file_sha256
 
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
 
@@ -40,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", choices=("bundle", "last"), default="bundle",
                    help="bundle: the bundle's model.safetensors (the moving average where the run "
                         "kept one); last: the last step's weights, from its train_state.safetensors")
+    p.add_argument("--interpolate", type=float, metavar="ALPHA",
+                   help="ship (1 - ALPHA) * parent + ALPHA * the run's weights, the parent being "
+                        "the bundle the run started from (`worldsim train --init`)")
     args = p.parse_args(argv)
     src, out = Path(args.bundle), Path(args.out)
     if args.weights == "last":
@@ -49,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         sd, metrics = load_file(str(src / "model.safetensors")), None
+    if args.interpolate is not None:
+        sd, metrics = interpolated(src, sd, metrics, args.interpolate)
+        if sd is None:
+            print(f"error: {metrics}", file=sys.stderr)
+            return 2
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "config.json", out / "config.json")
     if metrics is not None:
@@ -81,6 +99,35 @@ def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]
     metrics.update(weights="last", ema_val_loss=metrics.get("val_loss"),
                    val_loss=metrics.get("val_loss_last_step"))
     return sd, metrics
+
+
+def interpolated(run: Path, sd: dict[str, torch.Tensor], metrics: dict | None, alpha: float
+                 ) -> tuple[dict[str, torch.Tensor] | None, dict | str]:
+    """(1 - alpha) * the run's parent + alpha * `sd`, and the run's metrics restated for it, or
+    (None, a one-line reason) where the run has no parent or it no longer holds the weights the
+    run started from."""
+    if not 0.0 <= alpha <= 1.0:
+        return None, f"--interpolate {alpha}: ALPHA is a share of the run's weights, from 0 to 1"
+    cfg = read_config(run)
+    init = cfg.get("init") or {}
+    if not init.get("bundle"):
+        return None, f"{run} did not start from a bundle (`worldsim train --init`): it has no parent to interpolate with"
+    parent = Path(init["bundle"]) / "model.safetensors"
+    if not parent.exists():
+        return None, f"{parent}, the parent of {run}, is missing"
+    if file_sha256(parent) != init.get("model_sha256"):
+        return None, f"{parent} no longer holds the weights {run} started from (sha256 differs from its config's init.model_sha256)"
+    base = load_file(str(parent))
+    if base.keys() != sd.keys() or any(base[k].shape != sd[k].shape for k in sd):
+        return None, f"{parent} and {run} hold different tensors: not the same model"
+    mixed = {k: torch.lerp(base[k].float(), v.float(), alpha) if v.is_floating_point() else v
+             for k, v in sd.items()}
+    metrics = dict(metrics if metrics is not None else cfg.get("model_metrics") or {})
+    # no loss was measured on the interpolated weights; the run's own stays beside it
+    metrics.update(interpolated={"parent": init["bundle"], "parent_sha256": init["model_sha256"],
+                                 "alpha": alpha},
+                   run_val_loss=metrics.get("val_loss"), val_loss=None)
+    return mixed, metrics
 
 
 if __name__ == "__main__":

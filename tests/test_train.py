@@ -625,3 +625,58 @@ def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_p
     assert ship.main([str(plain), "--out", str(tmp_path / "x"), "--weights", "last"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kept no moving average" in err and not (tmp_path / "x").exists()
+
+
+def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_path, capsys):
+    """scripts/ship_model.py --interpolate ALPHA: the shipped weights are (1 - ALPHA) * the
+    parent the run started from + ALPHA * the run's (in bf16), the config records it, and a run
+    with no parent, or a parent that no longer holds the weights the run started from, is
+    refused in one line with nothing written."""
+    import importlib.util
+
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.cli import main
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
+    spec = importlib.util.spec_from_file_location("ship_model", path)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+
+    base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    assert main(_args(tiny_tokens, parent, *base, "--steps", "2")) == 0
+    assert main(_args(tiny_tokens, child, *base, "--steps", "3", "--lr", "1e-2", "--init", str(parent))) == 0
+    assert ship.main([str(child), "--out", str(tmp_path / "mid"), "--interpolate", "0.25"]) == 0
+    a, b = load_file(str(parent / "model.safetensors")), load_file(str(child / "model.safetensors"))
+    got = load_file(str(tmp_path / "mid" / "model.safetensors"))
+    floats = [k for k in a if a[k].is_floating_point()]
+    assert any(not torch.equal(a[k], b[k]) for k in floats)  # the fine-tune moved the weights
+    for k in floats:
+        assert got[k].dtype == torch.bfloat16
+        want = 0.75 * a[k].float() + 0.25 * b[k].float()
+        torch.testing.assert_close(got[k].float(), want, atol=1e-6, rtol=2 ** -7)  # bf16's rounding
+    # and that tolerance tells the line's ends apart: the same share of the other end fails it
+    swapped = {k: 0.25 * a[k].float() + 0.75 * b[k].float() for k in floats}
+    assert any(((got[k].float() - swapped[k]).abs() > 1e-6 + 2 ** -7 * swapped[k].abs()).any() for k in floats)
+    # the ends of the line are the two models
+    assert ship.main([str(child), "--out", str(tmp_path / "end0"), "--interpolate", "0"]) == 0
+    end0 = load_file(str(tmp_path / "end0" / "model.safetensors"))
+    assert all(torch.equal(end0[k], a[k].to(torch.bfloat16)) for k in floats)
+    metrics = read_config(tmp_path / "mid")["model_metrics"]
+    assert metrics["interpolated"] == {"parent": str(parent), "alpha": 0.25,
+                                       "parent_sha256": read_config(child)["init"]["model_sha256"]}
+    assert metrics["val_loss"] is None and metrics["run_val_loss"] == read_config(child)["model_metrics"]["val_loss"]
+    assert load_world_model(tmp_path / "mid") is not None
+    capsys.readouterr()
+    # a run that started from random weights has no parent
+    assert ship.main([str(parent), "--out", str(tmp_path / "x"), "--interpolate", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no parent" in err and not (tmp_path / "x").exists()
+    # a parent overwritten since (a newer model shipped in its place) is not the run's parent
+    save_file(b, str(parent / "model.safetensors"))
+    assert ship.main([str(child), "--out", str(tmp_path / "y"), "--interpolate", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no longer holds" in err and not (tmp_path / "y").exists()
+    assert ship.main([str(child), "--out", str(tmp_path / "z"), "--interpolate", "1.5"]) == 2
+    assert "from 0 to 1" in capsys.readouterr().err and not (tmp_path / "z").exists()
