@@ -205,5 +205,12 @@ def test_info_describes_a_bundle_and_the_temperature_it_plays_at(tiny_bundle, ca
     assert main(["info", "--bundle", str(folder)]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
     assert "2.5M parameters" in row and "1,234 steps, val loss 0.044" in row and "plays at temperature 1.1" in row
+    # a run from a parent (train --init), shipped between the two (ship_model.py --interpolate)
+    bundle.update_config(folder, init={"bundle": "parent"}, model_metrics={
+        "steps": 753, "val_loss": None, "interpolated": {"parent": "parent", "alpha": 0.5}})
+    assert main(["info", "--bundle", str(folder)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
+    assert "753 steps from a parent bundle, weights 0.5 of the way from the parent's to the run's" in row
+    assert "val loss" not in row
     assert main(["info", "--bundle", str(folder / "nope")]) == 2
     assert "is not a worldsim bundle" in capsys.readouterr().err

@@ -46,7 +46,11 @@ def describe_bundle(folder: str) -> str:
         parts.append(f"{model['frames']}-frame window")
     if metrics.get("steps"):
         loss = f", val loss {metrics['val_loss']:.3f}" if metrics.get("val_loss") is not None else ""
-        parts.append(f"{metrics['steps']:,} steps{loss}")
+        parent = " from a parent bundle" if cfg.get("init") else ""
+        parts.append(f"{metrics['steps']:,} steps{parent}{loss}")
+    if (interp := metrics.get("interpolated")) is not None:
+        # scripts/ship_model.py --interpolate: neither the run's weights nor the parent's
+        parts.append(f"weights {interp['alpha']:g} of the way from the parent's to the run's")
     t = recorded_temperature(folder)
     parts.append(f"plays at temperature {t:g}" if t is not None
                  else f"records no temperature (plays at {PLAY_TEMPERATURE:g})")
