@@ -20,9 +20,10 @@ the line between its parent and itself, `--interpolate ALPHA`: (1 - ALPHA) * par
 the run's weights, key by key (weight-space ensembling of a fine-tune with the model it started
 from, as in WiSE-FT). The parent is the one the run's config records; it must still hold the
 weights the run started from (their sha256 is recorded too), and OUT/config.json records the
-interpolation (`model_metrics.interpolated`). On the Crafter model, half way between the shipped
-model and a fine-tune that taught it what `do` does on grass kept most of the lesson and none
-of the fine-tune's cost in scroll (benchmarks/results/cpu/study).
+interpolation (`model_metrics.interpolated`). On the Crafter model, half way between the
+H200-trained model and a fine-tune that taught it what `do` does on grass kept most of the
+lesson and lost none of the scroll that the fine-tune lost, as far as eight sampling draws tell
+(benchmarks/results/cpu/study, "Half way back").
 """
 
 from __future__ import annotations

@@ -586,20 +586,26 @@ def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_path, capsys):
-    """scripts/ship_model.py --weights last: the shipped weights are the run's last step's (from
-    its training state, in bf16), not the moving average its bundle holds, and the shipped
-    config says so; a run without an average is refused in one line."""
+def _ship_model_script():
+    """scripts/ship_model.py as a module (scripts/ is not a package)."""
     import importlib.util
-
-    from safetensors.torch import load_file
-
-    from worldsim.cli import main
 
     path = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
     spec = importlib.util.spec_from_file_location("ship_model", path)
     ship = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship)
+    return ship
+
+
+def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_path, capsys):
+    """scripts/ship_model.py --weights last: the shipped weights are the run's last step's (from
+    its training state, in bf16), not the moving average its bundle holds, and the shipped
+    config says so; a run without an average is refused in one line."""
+    from safetensors.torch import load_file
+
+    from worldsim.cli import main
+
+    ship = _ship_model_script()
 
     base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
     run = tmp_path / "run"
@@ -632,16 +638,11 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
     parent the run started from + ALPHA * the run's (in bf16), the config records it, and a run
     with no parent, or a parent that no longer holds the weights the run started from, is
     refused in one line with nothing written."""
-    import importlib.util
-
     from safetensors.torch import load_file, save_file
 
     from worldsim.cli import main
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
-    spec = importlib.util.spec_from_file_location("ship_model", path)
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = _ship_model_script()
 
     base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
     parent, child = tmp_path / "parent", tmp_path / "child"
