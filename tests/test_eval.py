@@ -10,6 +10,8 @@ import torch
 from worldsim.cli import main
 from worldsim.errors import WorldsimError
 
+from _scripts import load_script
+
 REPORT_FILES = ("report.json", "report.md", "psnr.png", "ssim.png", "changed_tiles.png",
                 "rollout_00.mp4", "rollouts.gif")
 
@@ -303,23 +305,12 @@ def test_eval_decodes_at_the_bundles_recorded_temperature_unless_told(tiny_bundl
     assert temperature(tmp_path / "c", "--temperature", "0.5") == 0.5
 
 
-def _pick_temperature():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "pick_temperature.py"
-    spec = importlib.util.spec_from_file_location("pick_temperature", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundle, unseen_store, tmp_path,
                                                                       monkeypatch, capsys):
     import worldsim.evaluation
     from worldsim.bundle import read_config
 
-    pick = _pick_temperature()
+    pick = load_script("pick_temperature")
     b, out = tmp_path / "wm", tmp_path / "judged"
     shutil.copytree(tiny_bundle, b)
     argv = [str(b), "--data", str(unseen_store), "--temperatures", "0,1.5", "--episodes", "2", "--seeds", "0,1",
@@ -350,7 +341,7 @@ def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundl
 
 
 def test_pick_temperature_chooses_the_best_pooled_scroll_above_the_psnr_floor():
-    pick = _pick_temperature()
+    pick = load_script("pick_temperature")
 
     def j(agree, real, psnr, copy, steps=None):
         return {"agree": agree, "real_scrolls": real, "psnr": psnr, "copy_psnr": copy,
@@ -372,7 +363,7 @@ def test_pick_temperature_chooses_the_best_pooled_scroll_above_the_psnr_floor():
 
 
 def test_pick_temperature_judges_on_pooled_sampling_draws(tiny_bundle, unseen_store, tmp_path):
-    pick = _pick_temperature()
+    pick = load_script("pick_temperature")
     out = tmp_path / "judged"
     argv = [str(tiny_bundle), "--data", str(unseen_store), "--temperatures", "1", "--episodes", "2", "--seeds", "0",
             "--out", str(out), "--threads", "1", "--no-progress"]

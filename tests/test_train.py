@@ -14,6 +14,8 @@ from worldsim.inference.decode_block_diffusion import masked_after
 from worldsim.inference.plain import rollout
 from worldsim.inference.sampling import GREEDY
 
+from _scripts import load_script
+
 
 def _args(tiny_tokens, out, *extra):
     tok, shards = tiny_tokens
@@ -586,17 +588,6 @@ def test_init_starts_a_run_from_a_trained_bundle_and_records_it(tiny_tokens, tmp
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def _ship_model_script():
-    """scripts/ship_model.py as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
-    spec = importlib.util.spec_from_file_location("ship_model", path)
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
-    return ship
-
-
 def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_path, capsys):
     """scripts/ship_model.py --weights last: the shipped weights are the run's last step's (from
     its training state, in bf16), not the moving average its bundle holds, and the shipped
@@ -605,7 +596,7 @@ def test_ship_model_ships_the_last_weights_of_an_averaged_run(tiny_tokens, tmp_p
 
     from worldsim.cli import main
 
-    ship = _ship_model_script()
+    ship = load_script("ship_model")
 
     base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
     run = tmp_path / "run"
@@ -642,7 +633,7 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
 
     from worldsim.cli import main
 
-    ship = _ship_model_script()
+    ship = load_script("ship_model")
 
     base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
     parent, child = tmp_path / "parent", tmp_path / "child"
