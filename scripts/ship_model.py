@@ -20,7 +20,9 @@ the line between its parent and itself, `--interpolate ALPHA`: (1 - ALPHA) * par
 the run's weights, key by key (weight-space ensembling of a fine-tune with the model it started
 from, as in WiSE-FT). The parent is the one the run's config records; it must still hold the
 weights the run started from (their sha256 is recorded too), and OUT/config.json records the
-interpolation (`model_metrics.interpolated`). On the Crafter model, half way between the
+interpolation (`model_metrics.interpolated`). Where the parent has moved since, or a shipped
+model now stands in its folder, `--parent DIR` names where its weights are now: they are checked
+against the same hash. On the Crafter model, half way between the
 H200-trained model and a fine-tune that taught it what `do` does on grass kept most of the
 lesson and lost none of the scroll that the fine-tune lost, as far as eight sampling draws tell
 (benchmarks/results/cpu/study, "Half way back").
@@ -54,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interpolate", type=float, metavar="ALPHA",
                    help="ship (1 - ALPHA) * parent + ALPHA * the run's weights, the parent being "
                         "the bundle the run started from (`worldsim train --init`)")
+    p.add_argument("--parent", metavar="DIR",
+                   help="with --interpolate: where the parent's weights are now (default: the bundle "
+                        "the run's config names); they must be the ones the run started from")
     args = p.parse_args(argv)
+    if args.parent and args.interpolate is None:
+        print("error: --parent goes with --interpolate", file=sys.stderr)
+        return 2
     src, out = Path(args.bundle), Path(args.out)
     if args.weights == "last":
         sd, metrics = last_weights(src)
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sd, metrics = load_file(str(src / "model.safetensors")), None
     if args.interpolate is not None:
-        sd, metrics = interpolated(src, sd, metrics, args.interpolate)
+        sd, metrics = interpolated(src, sd, metrics, args.interpolate, args.parent)
         if sd is None:
             print(f"error: {metrics}", file=sys.stderr)
             return 2
@@ -102,18 +110,19 @@ def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]
     return sd, metrics
 
 
-def interpolated(run: Path, sd: dict[str, torch.Tensor], metrics: dict | None, alpha: float
-                 ) -> tuple[dict[str, torch.Tensor] | None, dict | str]:
+def interpolated(run: Path, sd: dict[str, torch.Tensor], metrics: dict | None, alpha: float,
+                 parent_dir: str | None = None) -> tuple[dict[str, torch.Tensor] | None, dict | str]:
     """(1 - alpha) * the run's parent + alpha * `sd`, and the run's metrics restated for it, or
     (None, a one-line reason) where the run has no parent or it no longer holds the weights the
-    run started from."""
+    run started from. `parent_dir` names where the parent is now, if not where the run's config
+    says."""
     if not 0.0 <= alpha <= 1.0:
         return None, f"--interpolate {alpha}: ALPHA is a share of the run's weights, from 0 to 1"
     cfg = read_config(run)
     init = cfg.get("init") or {}
     if not init.get("bundle"):
         return None, f"{run} did not start from a bundle (`worldsim train --init`): it has no parent to interpolate with"
-    parent = Path(init["bundle"]) / "model.safetensors"
+    parent = Path(parent_dir or init["bundle"]) / "model.safetensors"
     if not parent.exists():
         return None, f"{parent}, the parent of {run}, is missing"
     if file_sha256(parent) != init.get("model_sha256"):
@@ -125,7 +134,7 @@ def interpolated(run: Path, sd: dict[str, torch.Tensor], metrics: dict | None, a
              for k, v in sd.items()}
     metrics = dict(metrics if metrics is not None else cfg.get("model_metrics") or {})
     # no loss was measured on the interpolated weights; the run's own stays beside it
-    metrics.update(interpolated={"parent": init["bundle"], "parent_sha256": init["model_sha256"],
+    metrics.update(interpolated={"parent": str(parent.parent), "parent_sha256": init["model_sha256"],
                                  "alpha": alpha},
                    run_val_loss=metrics.get("val_loss"), val_loss=None)
     return mixed, metrics

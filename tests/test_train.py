@@ -672,3 +672,17 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
     assert err.count("\n") == 1 and "no longer holds" in err and not (tmp_path / "y").exists()
     assert ship.main([str(child), "--out", str(tmp_path / "z"), "--interpolate", "1.5"]) == 2
     assert "from 0 to 1" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    # the parent's weights kept elsewhere (its folder now holds a newer model): --parent names
+    # them, checked against the same hash, and the mix is the one from the parent's own folder
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    save_file(a, str(moved / "model.safetensors"))
+    assert ship.main([str(child), "--out", str(tmp_path / "mid2"), "--interpolate", "0.25", "--parent", str(moved)]) == 0
+    again = load_file(str(tmp_path / "mid2" / "model.safetensors"))
+    assert all(torch.equal(again[k], got[k]) for k in got)
+    assert read_config(tmp_path / "mid2")["model_metrics"]["interpolated"]["parent"] == str(moved)
+    capsys.readouterr()
+    assert ship.main([str(child), "--out", str(tmp_path / "w"), "--interpolate", "0.25", "--parent", str(parent)]) == 2
+    assert "no longer holds" in capsys.readouterr().err and not (tmp_path / "w").exists()
+    assert ship.main([str(child), "--out", str(tmp_path / "v"), "--parent", str(moved)]) == 2
+    assert "goes with --interpolate" in capsys.readouterr().err and not (tmp_path / "v").exists()
