@@ -56,6 +56,30 @@ def test_tokenize_resumes_and_skips_corrupt(crafter_store, tiny_tokens, tmp_path
     assert s["tokenized"] == 0 and s["episodes"] == 6
 
 
+def test_a_part_is_reused_only_for_the_episode_it_was_made_from(crafter_store, tiny_tokens, tmp_path):
+    """Resuming into shards made from other data redoes the parts whose episode differs (the
+    same id in another store, or written again since), and a damaged part or a killed run's
+    temporary is redone or removed, not a crash."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(crafter_store, other)
+    ep = EpisodeStore(other).load("000002")
+    EpisodeStore(other).write_episode("000002", ep.frames[::-1].copy(), ep.actions, daylight=ep.daylight)
+    sh = tmp_path / "sh"
+    assert tokenize_store(crafter_store, tiny_tokens[0], sh, progress=False)["tokenized"] == 6
+    s = tokenize_store(other, tiny_tokens[0], sh, progress=False)
+    assert s["tokenized"] == 1 and s["episodes"] == 6  # only the episode that differs
+    np.testing.assert_array_equal(TokenShards(sh).episode("000002")[0],
+                                  TokenShards(tiny_tokens[1]).episode("000002")[0][::-1])
+    (sh / "parts" / "000004.npz").write_bytes((sh / "parts" / "000004.npz").read_bytes()[:200])
+    stale = sh / "parts" / ".000005.npz.abc.tmp"
+    stale.write_bytes(b"half a part")
+    s = tokenize_store(other, tiny_tokens[0], sh, progress=False)
+    assert s["tokenized"] == 1 and s["episodes"] == 6 and not stale.exists()
+    np.testing.assert_array_equal(TokenShards(sh).episode("000004")[0], TokenShards(tiny_tokens[1]).episode("000004")[0])
+
+
 def test_summary_after_a_corrupt_episode_counts_it_apart(crafter_store, tiny_tokens, tmp_path, capsys):
     import shutil
 
@@ -98,6 +122,12 @@ def test_shards_record_their_tokenizers_weights(crafter_store, tiny_tokens, tmp_
         tokenize_store(crafter_store, other, shards, progress=False)
 
 
+def _recollected(store, seed: int) -> None:
+    """Record `store` (a copy of another) as collected with `seed`: a store of other worlds."""
+    info = json.loads((store / "dataset.json").read_text())
+    (store / "dataset.json").write_text(json.dumps({**info, "source": {**info["source"], "seed": seed}}))
+
+
 def test_several_stores_go_into_one_set_of_shards(crafter_store, tiny_tokens, tmp_path):
     """The first store keeps its ids; a further one's episodes are `<folder>/<id>`, with the
     same codes as that store tokenized alone."""
@@ -105,6 +135,7 @@ def test_several_stores_go_into_one_set_of_shards(crafter_store, tiny_tokens, tm
 
     second = tmp_path / "second"
     shutil.copytree(crafter_store, second)
+    _recollected(second, seed=4)
     ep = EpisodeStore(second).load("000001")  # make it another episode than the first store's
     EpisodeStore(second).write_episode("000001", ep.frames[::-1].copy(), ep.actions, daylight=ep.daylight)
     assert main(["tokenize", "--data", str(crafter_store), "--data", str(second), "--tokenizer",
@@ -140,4 +171,14 @@ def test_stores_of_another_game_or_with_one_name_are_not_tokenized_together(craf
     shutil.copytree(crafter_store, twin2)
     with pytest.raises(WorldsimError, match="distinct folder names"):
         tokenize_store([crafter_store, twin, twin2], tiny_tokens[0], tmp_path / "sh", progress=False)
+    # a store collected with the first one's seed plays its worlds again, episode for episode:
+    # the first store's held-out worlds would be trained on through their twins
+    with pytest.raises(WorldsimError, match="both collected with --seed 3"):
+        tokenize_store([crafter_store, twin], tiny_tokens[0], tmp_path / "sh", progress=False)
+    other = tmp_path / "z" / "other"
+    shutil.copytree(crafter_store, other)
+    _recollected(twin, seed=5)
+    _recollected(other, seed=5)
+    with pytest.raises(WorldsimError, match="both collected with --seed 5"):
+        tokenize_store([crafter_store, twin, other], tiny_tokens[0], tmp_path / "sh", progress=False)
     assert not (tmp_path / "sh" / "index.json").exists()

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from worldsim.data.store import EpisodeStore
+from worldsim.data.store import EpisodeStore, StoreError
 from worldsim.data.vpt import (CAMERA_SCALE, CONFLICTS, KEY_PREFIX, KEY_TO_BUTTON, VPTWarning,
                                convert_vpt, episode_id, find_recordings, json_to_action,
                                jsonl_to_actions, read_recording, resize_frames)
@@ -293,6 +293,19 @@ def test_convert_integer_camera(tmp_path: Path, src_dir: Path) -> None:
         convert_vpt(src_dir, tmp_path / "s", size=(32, 48), integer_camera=True, progress=False)
     ep = EpisodeStore(tmp_path / "s").load("good_1")
     assert ep.actions[:, -1].tolist() == [float(24 * i * 360 // 2400) for i in range(N - 1)]
-    with pytest.raises(ValueError, match="integer_camera"), warnings.catch_warnings():
+    with pytest.raises(StoreError, match="integer_camera"), warnings.catch_warnings():
         warnings.simplefilter("ignore", VPTWarning)
         convert_vpt(src_dir, tmp_path / "s", size=(32, 48), integer_camera=False, progress=False)
+
+
+def test_collect_into_a_store_of_the_other_camera_rule_is_one_line(tmp_path: Path, src_dir: Path, capsys) -> None:
+    from worldsim.cli import main
+
+    args = ["collect", "--from-vpt", str(src_dir), "--out", str(tmp_path / "s"), "--size", "32x48", "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VPTWarning)
+        assert main(args + ["--integer-camera"]) == 0
+        capsys.readouterr()
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "integer_camera=True" in err and "Traceback" not in err

@@ -20,8 +20,12 @@ on all of them (a new collection beside an old one):
 
 The first store's episodes keep their ids, so its held-out episodes stay the ones `worldsim eval`
 judges; another store's are named <its folder name>/<id>, and keep their own held-out split.
+Stores collected with the same --seed are refused: episode i of each plays the same world, so
+one store's held-out worlds would be trained on through the other's (collect with --seed 5).
 
-Resumable: episodes already tokenized are kept. Corrupt episodes are skipped with a warning."""
+Resumable: an episode already tokenized from the same file with the same tokenizer is kept;
+one that differs (written again, or another store's under the same id) is done again. Corrupt
+episodes are skipped with a warning."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,10 @@ Layout of a shards folder:
     SHARDS/actions.npy           uint16 [sum(T_e), A]       every episode's action tokens (ids
                                                             already offset past the K image codes)
     SHARDS/parts/<id>.npz        per-episode results while tokenizing; packed into the two
-                                 arrays above at the end (kept, so adding episodes resumes)
+                                 arrays above at the end (kept, so adding episodes resumes).
+                                 Each records what it was made from (`source`: the tokenizer's
+                                 hash and the episode file's fingerprint), so a part is reused
+                                 only for the same episode through the same tokenizer
 
 Shards may hold several stores of one game (`worldsim tokenize --data A --data B`): the first
 store's episodes keep their ids and `data` names it, so its validation split, and every reader
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 from worldsim.data.store import CorruptEpisode, EpisodeStore
 from worldsim.errors import WorldsimError
-from worldsim.fileio import atomic_open, atomic_save_npz, atomic_write_json, file_sha256
+from worldsim.fileio import atomic_open, atomic_save_npz, atomic_write_json, clean_stale_temps, file_sha256
 from worldsim.tokenizers.action import action_tokenizer_from_config, make_action_tokenizer
 
 FORMAT = "worldsim.tokens"
@@ -92,9 +97,12 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
 
     source = {pre + i: (st, i) for st, pre in zip(stores, prefixes) for i in st.episode_ids()}
     ids = list(source)
-    todo = [i for i in ids if not _part_ok(parts / f"{i}.npz")]
+    made_from = {eid: _made_from(header["tokenizer_sha256"], st, local) for eid, (st, local) in source.items()}
     for pre in prefixes[1:]:
         (parts / pre).mkdir(exist_ok=True)
+    for folder in [out, parts] + [parts / pre for pre in prefixes[1:]]:
+        clean_stale_temps(folder)  # a killed run's half-written arrays and parts
+    todo = [i for i in ids if not _part_ok(parts / f"{i}.npz", made_from[i])]
     t0 = time.perf_counter()
     n_frames = corrupt = 0
     bar = tqdm(todo, desc="tokenize", unit="ep", disable=not progress or not todo)
@@ -114,49 +122,81 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
             codes = [image_tok.encode(ep.frames[i:i + batch]).cpu() for i in range(0, len(ep.frames), batch)]
         frames_TN = torch.cat(codes).numpy().astype(np.uint16)
         actions_TA = action_tok.encode_array(ep.actions).astype(np.uint16)
-        atomic_save_npz(parts / f"{eid}.npz", compress=False, frames=frames_TN, actions=actions_TA)
+        atomic_save_npz(parts / f"{eid}.npz", compress=False, frames=frames_TN, actions=actions_TA,
+                        source=np.array(made_from[eid] or ""))
         n_frames += len(frames_TN)
         bar.set_postfix(fps=f"{n_frames / (time.perf_counter() - t0):.0f}")
-    index = _pack(out, ids, header)
+    index = _pack(out, ids, header, made_from)
     return {"episodes": len(index["episodes"]), "tokenized": len(todo) - corrupt, "corrupt": corrupt,
             "frames": index["frames"], "new_frames": n_frames, "seconds": time.perf_counter() - t0}
 
 
 def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -> None:
     """Stores tokenized together must be of one game, frame size, rate and action space, and
-    the further ones must have distinct folder names (their episodes' prefixes)."""
+    the further ones must have distinct folder names (their episodes' prefixes). Two stores
+    collected with the same seed are refused: `worldsim collect` plays episode i of both in the
+    same world, and the split draws `000017` and `other/000017` apart, so the first store's
+    held-out worlds would be trained on through their twins."""
+    if len(set(prefixes[1:])) != len(prefixes[1:]):
+        raise WorldsimError("stores tokenized together after the first need distinct folder names: "
+                            "their episodes are named <folder name>/<id>")
     first = stores[0].info
-    for p, st in zip(paths[1:], stores[1:]):
+    seeds: dict[int, str] = {}
+    for p, st in zip(paths, stores):
         i = st.info
         if (i.env, tuple(i.frame_size), i.fps, i.action_space.to_dict()) != (
                 first.env, tuple(first.frame_size), first.fps, first.action_space.to_dict()):
             raise WorldsimError(f"{p} is not of the same game as {paths[0]} (game, frame size, "
                                 "frame rate and action space must match to tokenize them together)")
-    if len(set(prefixes[1:])) != len(prefixes[1:]):
-        raise WorldsimError("stores tokenized together after the first need distinct folder names: "
-                            "their episodes are named <folder name>/<id>")
+        seed = (i.source or {}).get("seed")
+        if seed is not None and (i.source or {}).get("collector"):
+            if seed in seeds:
+                raise WorldsimError(
+                    f"{p} and {seeds[seed]} were both collected with --seed {seed}: their episodes "
+                    "play the same worlds one for one, so held-out episodes of one would be trained "
+                    "on through the other's; collect one of them again with another --seed")
+            seeds[seed] = str(p)
 
 
-def _part_ok(path: Path) -> bool:
-    if not path.exists():
-        return False
+def _made_from(tokenizer_sha256: str, store: EpisodeStore, episode_id: str) -> str | None:
+    """What a part of this episode is made from: the tokenizer's weights and the episode file's
+    contents (None where the file cannot be read: the episode is then tokenized, or skipped as
+    corrupt, again)."""
     try:
-        with np.load(path) as z:
-            return {"frames", "actions"} <= set(z.files)
-    except (OSError, ValueError, EOFError):
-        return False
+        return f"{tokenizer_sha256}|{store.fingerprint(episode_id)}"
+    except CorruptEpisode:
+        return None
 
 
-def _pack(out: Path, ids: list[str], header: dict[str, Any]) -> dict[str, Any]:
+def _read_part(path: Path, made_from: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """A part's (frames, actions), or None where it is missing, damaged, or made from anything
+    but `made_from` (another store's episode of the same id, an episode written again since,
+    another tokenizer, or a part from before parts recorded their source)."""
+    if made_from is None or not path.exists():
+        return None
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            if not {"frames", "actions", "source"} <= set(z.files) or str(z["source"]) != made_from:
+                return None
+            f, a = z["frames"], z["actions"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None
+    return (f, a) if f.ndim == 2 and len(a) == len(f) - 1 else None
+
+
+def _part_ok(path: Path, made_from: str | None) -> bool:
+    return _read_part(path, made_from) is not None
+
+
+def _pack(out: Path, ids: list[str], header: dict[str, Any], made_from: dict[str, str | None]) -> dict[str, Any]:
     """Concatenate per-episode parts into frames.npy / actions.npy and write index.json."""
     episodes, frames, actions = [], [], []
     f_off = a_off = 0
     for eid in ids:
-        p = out / "parts" / f"{eid}.npz"
-        if not _part_ok(p):
+        part = _read_part(out / "parts" / f"{eid}.npz", made_from[eid])
+        if part is None:
             continue
-        with np.load(p) as z:
-            f, a = z["frames"], z["actions"]
+        f, a = part
         episodes.append({"id": eid, "frames": len(f), "frame_offset": f_off, "action_offset": a_off})
         frames.append(f)
         actions.append(a)

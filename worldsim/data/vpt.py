@@ -263,7 +263,7 @@ def convert_vpt(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     written and wall time."""
     from tqdm.auto import tqdm
 
-    from worldsim.data.store import EpisodeStore
+    from worldsim.data.store import EpisodeStore, StoreError
 
     t0 = time.perf_counter()
     size = (int(size[0]), int(size[1]))
@@ -275,7 +275,7 @@ def convert_vpt(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                 fps=MINERL_FPS, source=source)
     old = store.info.source
     if old.get("kind") == "vpt" and bool(old.get("integer_camera")) != bool(integer_camera):
-        raise ValueError(f"{out_dir} holds VPT episodes converted with integer_camera="
+        raise StoreError(f"{out_dir} holds VPT episodes converted with integer_camera="
                          f"{bool(old.get('integer_camera'))}; convert into another folder")
 
     summary: dict[str, Any] = {"episodes": 0, "skipped": 0, "failed": 0, "frames": 0, "mb": 0.0}
