@@ -126,9 +126,14 @@ def prefill(model: WorldModel, cache: KVCache, rows: list[int], frames_BCN: torc
     cfg = model.cfg
     L, N, dev = cfg.block_len, cfg.tokens_per_frame, frames_BCN.device
     cache.reset(rows)
-    keep = min(frames_BCN.shape[1], cache.blocks)  # older context would be evicted anyway
-    frames_BCN = frames_BCN[:, frames_BCN.shape[1] - keep:]
-    actions_BCA = actions_BCA[:, actions_BCA.shape[1] - (keep - 1):] if keep > 1 else actions_BCA[:, :0]
+    c = frames_BCN.shape[1]
+    keep = min(c, cache.blocks)
+    if c > keep:
+        # Older context would be evicted anyway, but for the sinks: a session keeps its first
+        # `sink` frames (each with the action taken at it) whatever follows, so those, then the
+        # most recent ones, as a session that had stepped through the context would hold.
+        idx = list(range(cache.sink)) + list(range(c - (keep - cache.sink), c))
+        frames_BCN, actions_BCA = frames_BCN[:, idx], actions_BCA[:, idx[:-1]]
     b, c, _ = frames_BCN.shape
     if cfg.objective == "block_diffusion":
         if c == 1:

@@ -146,8 +146,20 @@ def decode(model: WorldModel, cache: KVCache, rows: list[int], last_frame_BN: to
         stats.passes += 1
         stats.tokens_per_pass.append(tokens.shape[1])
         with clock("sample"):
-            tok, conf = sample(logits, sampling, generator, peak=settings.peak)
             masked = frame == cfg.mask_id
+            if threshold is not None and k > 0 and isinstance(generator, (list, tuple)):
+                # Rows finish at different passes here. A finished row draws nothing more, so
+                # that its session's generator does not move on in the passes its batch
+                # partners still need (its next frames would then depend on its batch). This
+                # path waits on the device for `done` anyway.
+                live = masked.any(1).nonzero()[:, 0].tolist()
+                tok = torch.full_like(frame, cfg.mask_id)
+                conf = torch.full(frame.shape, -1.0, device=dev)
+                if live:
+                    tok[live], conf[live] = sample(logits[live], sampling, [generator[i] for i in live],
+                                                   peak=settings.peak)
+            else:
+                tok, conf = sample(logits, sampling, generator, peak=settings.peak)
             conf = conf.masked_fill(~masked, -1.0)
             if threshold is None:  # the schedule alone: the same count for every row
                 n = (N if k == 0 else schedule[k - 1]) - schedule[k]

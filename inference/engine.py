@@ -133,7 +133,10 @@ class Engine:
         blocks = self.cfg.frames if self.cfg.objective == "ar" else self.cfg.frames - 1
         # Action guidance runs each session again under the null action, in a shadow row.
         self.shadows = self.decoder.guidance > 0
-        self.cache = KVCache(self.cfg, max_sessions * (2 if self.shadows else 1), max(blocks, sink + 1),
+        # At least one rolling block beside the sinks, and for next-token models two: the block
+        # being written and the finished frame before it, which it must still see.
+        least = sink + (2 if self.cfg.objective == "ar" else 1)
+        self.cache = KVCache(self.cfg, max_sessions * (2 if self.shadows else 1), max(blocks, least),
                              sink, self.device, dtype)
         # The no-op's tokens, on the device once, for the shadow rows.
         self.null_action = self.cache.to_device(

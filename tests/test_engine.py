@@ -433,3 +433,73 @@ def test_action_guidance_needs_an_engine_made_for_it():
         s.step(3)
     with pytest.raises(ValueError, match="guidance must be at least 0"):
         engine(model, DecoderSettings("block_diffusion", guidance=-1.0))
+
+
+def test_with_a_threshold_a_session_dreams_as_it_would_alone():
+    """With a confidence threshold the sessions of a batch finish a frame at different passes;
+    a session that has finished draws nothing in the passes the others still need, so its
+    frames do not depend on the batch it is stepped in."""
+    model = tiny("block_diffusion")
+    with torch.no_grad():  # sharper odds: some frames finish in a pass or two, others take more
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)
+    settings = DecoderSettings("block_diffusion", steps=8, threshold=0.5, peak=True,
+                               sampling=SamplingSettings(temperature=0.1))
+    ctx = [context(model.cfg, 3, seed=2), context(model.cfg, 3, seed=0)]
+    plan = [1, 2, 3, 4, 5, 6]
+
+    def run(which):
+        e = engine(model, settings, max_sessions=2)
+        sess = [e.open(*ctx[i], seed=11 + 11 * i) for i in which]
+        frames, passes = [], []
+        for a in plan:
+            out = e.step({s: a for s in sess})
+            frames.append(sess[0].last_frame.clone())
+            passes.append(out[sess[0]][1].passes)
+        return frames, passes
+
+    alone, passes_a = run([0])
+    _, passes_b = run([1])
+    batched, _ = run([0, 1])
+    assert passes_a != passes_b  # the two finish their frames at different passes
+    assert all(torch.equal(x, y) for x, y in zip(alone, batched))
+
+
+def test_next_token_sessions_with_many_sinks_keep_their_sinks_and_last_frame():
+    """An engine for a next-token model keeps two rolling blocks beside its sinks whatever
+    `sink` is: the block being written and the frame before it. With one, starting a block
+    evicted the frame before it, and its last token was written into a sink."""
+    model = tiny("ar")
+    sink = model.cfg.frames - 1
+    e = engine(model, DecoderSettings("ar", sampling=GREEDY), sink=sink, max_sessions=1)
+    assert e.cache.blocks >= sink + 2
+    s = e.open(*context(model.cfg, 4, seed=0), seed=1)
+    L = model.cfg.block_len
+    for a in (1, 2, 3):
+        sinks = e.cache.kv[:, 0, :sink * L].clone()
+        s.step(a)
+        assert torch.equal(e.cache.kv[:, 0, :sink * L], sinks)
+
+
+def test_prefill_keeps_the_first_frames_as_sinks():
+    """A context longer than the cache: the sinks hold its first frames, as a session that had
+    stepped through it would, and the rest of the window its most recent ones."""
+    model = tiny("block_diffusion")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, cfg.codebook_size, (1, 7, cfg.tokens_per_frame), generator=g)
+    actions = cfg.codebook_size + torch.randint(0, 17, (1, 6, 1), generator=g)
+    cache = KVCache(cfg, 1, 3, 1)
+    with torch.no_grad():
+        prefill(model, cache, [0], frames, actions)
+
+        def first_layer_keys(f):  # keys of layer 0 depend on a block's own tokens alone
+            c = KVCache(cfg, 1, 3, 0)
+            prefill(model, c, [0], frames[:, f:f + 2], actions[:, f:f + 1])
+            return c.k[0, 0, :cfg.block_len]
+
+    held = [int(b) for b in cache.order[0] if b >= 0]
+    assert len(held) == 2  # frames 0 and 5 with their actions; frame 6 is the newest, not cached
+    for phys, f in zip(held, (0, 5)):
+        assert torch.allclose(cache.k[0, 0, phys * cfg.block_len:(phys + 1) * cfg.block_len], first_layer_keys(f))
