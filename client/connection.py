@@ -46,6 +46,7 @@ class Connection:
         self._seq = -1
         self._frame: P.Frame | None = None  # the newest frame not yet taken by latest()
         self._newest: P.Frame | None = None
+        self._newest_real: P.Frame | None = None  # a reset's frame, which `reset` waits for
         self._cv = threading.Condition()
         self._sent_at: OrderedDict[int, float] = OrderedDict()  # seq -> time sent
         self.latencies: deque[float] = deque(maxlen=512)  # ms, action sent -> frame with it
@@ -61,20 +62,27 @@ class Connection:
                                open_timeout=self.timeout).__enter__()
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
             raise ConnectionFailed(f"cannot connect to {self.url}: {e}") from None
-        try:
-            self._ws.send(P.pack(self.hello))
-            while self.welcome is None:
-                msg = self._recv(self.timeout)
-                if isinstance(msg, P.Error):
-                    self.errors.append(msg)
-                elif isinstance(msg, P.Welcome):
-                    self.welcome = msg
-        except ConnectionClosed as e:
-            reason = (e.rcvd.reason if e.rcvd else "") or (self.errors[-1].message if self.errors else "")
-            raise ConnectionFailed(f"{self.url} refused the session: {reason or 'connection closed'}") from None
-        self._thread = threading.Thread(target=self._receive, name="worldsim-client-recv", daemon=True)
-        self._thread.start()
-        self.first_frame = self.wait_frame(-1, self.timeout)
+        try:  # whatever fails from here on, the socket and the receiver go with it
+            try:
+                self._ws.send(P.pack(self.hello))
+                while self.welcome is None:
+                    msg = self._recv(self.timeout)
+                    if isinstance(msg, P.Error):
+                        self.errors.append(msg)
+                    elif isinstance(msg, P.Welcome):
+                        self.welcome = msg
+            except ConnectionClosed as e:
+                reason = (e.rcvd.reason if e.rcvd else "") or (self.errors[-1].message if self.errors else "")
+                raise ConnectionFailed(f"{self.url} refused the session: {reason or 'connection closed'}") from None
+            except TimeoutError:
+                raise ConnectionFailed(f"{self.url} did not answer the session's hello in "
+                                       f"{self.timeout:g} s") from None
+            self._thread = threading.Thread(target=self._receive, name="worldsim-client-recv", daemon=True)
+            self._thread.start()
+            self.first_frame = self.wait_frame(-1, self.timeout)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
@@ -145,11 +153,14 @@ class Connection:
         after a reset)."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while not (self._newest is not None and self._newest.index > after_index
-                       and (not real or self._newest.decoder is None)):
+            while True:
+                # A real frame may already lie under a newer dreamed one: look at the newest real.
+                got = self._newest_real if real else self._newest
+                if got is not None and got.index > after_index:
+                    break
                 self._wait(deadline)
             self._frame = None
-            return self._newest
+            return got
 
     def median_latency(self) -> float | None:
         with self._cv:
@@ -199,4 +210,6 @@ class Connection:
                     del self._sent_at[seq]
             self.frames_received += 1
             self._frame = self._newest = frame
+            if frame.decoder is None:
+                self._newest_real = frame
             self._cv.notify_all()

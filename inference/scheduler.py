@@ -19,6 +19,7 @@ release that arrives before the frame.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import inspect
 import logging
 import math
@@ -202,7 +203,7 @@ class Scheduler:
             if slot is None:
                 return
             slot.closed = True
-            self._commands.append((lambda: self._free(slot), cf.Future()))
+            self._commands.append((functools.partial(self._free, slot), cf.Future()))
             self._cv.notify_all()
 
     # -- the worker ---------------------------------------------------------------------------
@@ -290,7 +291,10 @@ class Scheduler:
             left, self._commands = list(self._commands), deque()
             slots = list(self._slots.values())
         for fn, fut in left:
-            fut.set_exception(RuntimeError("the scheduler has stopped"))
+            if isinstance(fn, functools.partial) and fn.func == self._free:
+                self._run_command(fn, fut)  # a session closed while the worker was busy
+            else:
+                fut.set_exception(RuntimeError("the scheduler has stopped"))
         for slot in slots:
             self._free(slot)
 

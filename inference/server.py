@@ -4,12 +4,14 @@ websockets asyncio server.
 Only I/O happens here. Each connection runs a consumer task (inputs -> the scheduler's mailbox)
 and a producer task (the newest frame -> JPEG or raw -> the socket); the model runs on the
 scheduler's one inference thread. A connection's outbox holds one frame: a frame that arrives
-before the last one was sent replaces it, and at most `window` frames are on the wire before
-the client acknowledges one, so a slow client gets the newest frame, never a backlog (buffers
-in the kernel would otherwise queue seconds of frames).
+before the last one was sent replaces it (but for a reset's real frame, which a dreamed one
+waits behind), and at most `window` frames are on the wire before the client acknowledges one,
+so a slow client gets the newest frame, never a backlog (buffers in the kernel would otherwise
+queue seconds of frames).
 
 Limits: message size (a bigger one closes the socket with 1009), messages per second (over it
-they are dropped with an error; at twice it for a second the socket closes), sessions (past
+they are dropped with an error; at twice it for a second the socket closes; acks of frames
+awaiting one are not counted, since dropping them would stop the stream), sessions (past
 it: an error, then close 1013), an idle timeout (close 1001). Binding anywhere but loopback
 needs a token (checked in constant time) or an explicit `insecure`.
 """
@@ -208,11 +210,14 @@ class Game:
 # -- per connection ----------------------------------------------------------------------------
 class Outbox:
     """One frame slot and a send window: `put` replaces an unsent frame; `get` waits until a
-    frame is there and fewer than `window` sent frames are unacknowledged."""
+    frame is there and fewer than `window` sent frames are unacknowledged. An unsent real frame
+    (a reset's) is never replaced: the newest dreamed frame waits behind it instead, since a
+    client that reset waits for the real frame."""
 
     def __init__(self, window: int):
         self.window = window
         self.item: FrameOut | None = None
+        self.behind: FrameOut | None = None  # a dreamed frame newer than an unsent real one
         self.failed = False
         self.dropped = 0
         self.unacked: deque[int] = deque()
@@ -221,11 +226,22 @@ class Outbox:
     def put(self, item: FrameOut | None) -> None:
         if item is None:
             self.failed = True
+        elif self.item is not None and self.item.decoder is None and item.decoder is not None:
+            if self.behind is not None:
+                self.dropped += 1
+            self.behind = item
         else:
             if self.item is not None:
                 self.dropped += 1
+            if self.behind is not None:  # a newer real frame: both older ones go
+                self.dropped += 1
+                self.behind = None
             self.item = item
         self._event.set()
+
+    def awaits(self, index: int) -> bool:
+        """Whether `index` acknowledges a frame sent and not acknowledged yet."""
+        return bool(self.unacked) and self.unacked[0] <= index <= self.unacked[-1]
 
     def ack(self, index: int) -> None:
         while self.unacked and self.unacked[0] <= index:
@@ -237,7 +253,7 @@ class Outbox:
             if self.failed:
                 return None
             if self.item is not None and len(self.unacked) < self.window:
-                item, self.item = self.item, None
+                item, self.item, self.behind = self.item, self.behind, None
                 self.unacked.append(item.index)
                 return item
             self._event.clear()
@@ -248,11 +264,13 @@ class RateLimit:
     """A token bucket: `rate` messages per second with a burst of one second's worth."""
 
     def __init__(self, rate: float):
-        self.rate, self.tokens, self.last = rate, rate, time.monotonic()
+        # At least one message's worth, or a rate under one a second would let none through.
+        self.rate, self.burst = rate, max(rate, 1.0)
+        self.tokens, self.last = self.burst, time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -490,6 +508,17 @@ class FrameServer:
         while True:
             data = await self._recv(conn, s.idle_timeout)
             received = time.monotonic()
+            try:
+                msg: P.Message | None = P.unpack(data, s.max_message, P.CLIENT_TYPES)
+                bad = None
+            except P.ProtocolError as e:
+                msg, bad = None, e
+            if isinstance(msg, P.Ack) and conn.outbox.awaits(msg.index):
+                # An ack of a frame sent answers the server's own stream, so it takes no share
+                # of the client's rate: were it dropped, the send window would stay full and
+                # the stream would stop for good.
+                conn.outbox.ack(msg.index)
+                continue
             if not limit.take():
                 conn.dropped_messages += 1
                 dropped_at.append(received)
@@ -503,7 +532,8 @@ class FrameServer:
                                       f"over {s.max_rate:g} messages per second; messages dropped")
                 continue
             try:
-                msg = P.unpack(data, s.max_message, P.CLIENT_TYPES)
+                if bad is not None:
+                    raise bad
                 await self._dispatch(conn, msg, received)
             except P.ProtocolError as e:
                 await self._error(conn, e.code, str(e))

@@ -169,3 +169,55 @@ def test_minerl_window_sums_mouse_motion_between_frames(tmp_path):
     assert a["forward"] == 1 and a["attack"] == 1 and a["camera"] == pytest.approx([-4 * 0.15, 15 * 0.15])
     after = sent[sent.index(a) + 1]
     assert after["forward"] == 1 and after["camera"] == [0.0, 0.0]  # held keys stay, motion is spent
+
+
+@pytest.mark.parametrize("answer", ["nothing", "welcome"])
+def test_a_server_that_stops_answering_gives_one_error_and_keeps_no_socket(answer):
+    """No welcome, or a welcome and no first frame: `open` raises ConnectionFailed (which
+    `worldsim play` prints as one line) and closes its socket and receiver."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    from worldsim import protocol as P
+
+    ended = threading.Event()
+
+    def handler(ws):
+        ws.recv()  # the hello
+        if answer == "welcome":
+            ws.send(P.pack(P.Welcome(session=0, width=SIZE, height=SIZE, fps=10.0,
+                                     action_space=CRAFTER_SPACE.to_dict(), encoding="jpeg",
+                                     ground_truth=False, decoder="x", steps=1, decoders=["x"], seed=1)))
+        for _ in ws:  # until the client goes
+            pass
+        ended.set()
+
+    with serve(handler, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        before = threading.active_count()
+        with pytest.raises(ConnectionFailed, match="in time" if answer == "welcome" else "did not answer"):
+            Connection(f"ws://127.0.0.1:{port}", seed=1, timeout=0.5).open()
+        assert ended.wait(5)  # the client closed its socket
+        assert threading.active_count() <= before  # and its receiver is gone
+        server.shutdown()
+
+
+def test_a_reset_waits_for_its_real_frame_even_under_a_newer_dreamed_one():
+    """The reset's real frame may be followed by a dreamed one before the waiting thread looks:
+    `wait_frame(real=True)` still finds it."""
+    from worldsim import protocol as P
+
+    conn = Connection("ws://127.0.0.1:9", timeout=1)
+
+    def frame(i, decoder):
+        return P.Frame(index=i, seq=-1, encoding="jpeg", width=SIZE, height=SIZE, image=b"", truth=None,
+                       step=i, decoder=decoder, timings={})
+
+    conn._on_frame(frame(4, "block_diffusion"))
+    conn._on_frame(frame(5, None))  # the reset's frame
+    conn._on_frame(frame(6, "block_diffusion"))
+    assert conn.wait_frame(4, timeout=0.1, real=True).index == 5
+    with pytest.raises(ConnectionFailed, match="in time"):
+        conn.wait_frame(5, timeout=0.1, real=True)  # no real frame after it yet

@@ -407,3 +407,80 @@ def test_paced_sessions_share_one_batch_per_tick(bundle):
         assert last["a"].step > 1 and last["b"].step > 1  # the game clocks run without input
         a.close()
         b.close()
+
+
+def test_acks_over_the_rate_limit_still_open_the_send_window(bundle):
+    """A burst of input spends the client's messages; the acks of the frames it brings come
+    while nothing is left. They are applied all the same: dropped, the send window would stay
+    full and the stream would stop for good, though the client then keeps well under the limit."""
+    with running_server(bundle, fps=0, max_sessions=1, max_rate=4) as s:
+        ws, _, _, _ = join(s.url, window=1)
+        for i in range(4):  # the bucket's four messages, at once
+            ws.send(P.pack(P.Action(seq=i, action=2)))
+        got = []
+        while not got or got[-1].seq < 3:  # the burst's frames, each acknowledged at once
+            msg = recv(ws)
+            if isinstance(msg, P.Frame):
+                ws.send(P.pack(P.Ack(index=msg.index)))
+                got.append(msg)
+        time.sleep(1.5)  # back under the limit
+        for seq in (4, 5):
+            assert play(ws, seq, 3, errors=[]).seq == seq
+        ws.close()
+
+
+def test_a_rate_limit_under_one_message_a_second_lets_messages_through():
+    from worldsim.inference.server import RateLimit
+
+    limit = RateLimit(0.5)
+    assert limit.take() and not limit.take()  # one message, then one every two seconds
+    limit.last -= 2.0
+    assert limit.take()
+
+
+def test_an_unsent_real_frame_is_not_replaced_by_a_dreamed_one():
+    """After a reset the real frame is what the client waits for: a dreamed frame made before
+    it was sent waits behind it instead of taking its place; a newer real frame does replace it."""
+    import asyncio
+
+    from worldsim.inference.scheduler import FrameOut
+    from worldsim.inference.server import Outbox
+
+    def frame(i, decoder):
+        return FrameOut(i, i, np.zeros((2, 2, 3), np.uint8), None, i, None, decoder)
+
+    async def run():
+        box = Outbox(window=4)
+        box.put(frame(1, "block_diffusion"))
+        box.put(frame(2, None))  # a reset's real frame replaces the dreamed one
+        box.put(frame(3, "block_diffusion"))
+        box.put(frame(4, "block_diffusion"))  # the newest dreamed frame waits behind it
+        first, second = await box.get(), await box.get()
+        box.put(frame(5, "block_diffusion"))
+        box.put(frame(6, None))
+        box.put(frame(7, "block_diffusion"))
+        box.put(frame(8, None))  # a newer real frame: the real and the dreamed one behind it go
+        return [first.index, second.index, (await box.get()).index], box.dropped, box.item, box.behind
+
+    order, dropped, item, behind = asyncio.run(run())
+    assert order == [2, 4, 8] and dropped == 5 and item is None and behind is None
+
+
+def test_a_session_closed_as_the_scheduler_stops_frees_its_engine_row(bundle):
+    """A close that arrives while the worker is busy queues the freeing of its row; stopping
+    then runs it, so a stopped scheduler holds no cache rows."""
+    from worldsim.inference.engine import DecoderSettings, Engine
+    from worldsim.inference.sampling import GREEDY
+    from worldsim.inference.scheduler import Scheduler, Start
+
+    engine = Engine.from_bundle(bundle, decoder=DecoderSettings(steps=2, sampling=GREEDY), max_sessions=2)
+    sched = Scheduler(engine, CRAFTER_SPACE, 0).start()
+    sid, opened = sched.open(Start(np.zeros((1, SIZE, SIZE, 3), np.uint8), []), lambda out: None)
+    opened.result(10)
+    assert sorted(engine.free_rows) == [1]
+    with sched._cv:  # the worker is held, as in a step, while the client leaves and the server stops
+        sched.close(sid)
+        sched._stop = True
+        sched._cv.notify_all()
+    sched._thread.join(10)
+    assert not sched._thread.is_alive() and sorted(engine.free_rows) == [0, 1]
