@@ -141,3 +141,16 @@ def test_signals_wait_until_the_file_is_in_place(tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == b"first half second half"
     assert not list(tmp_path.glob(".*.tmp"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_two_recordings_in_one_second_are_both_kept(tmp_path, monkeypatch):
+    from worldsim.data import recording
+    from worldsim.data.recording import write_recording
+
+    monkeypatch.setattr(recording.time, "strftime", lambda fmt: "20261207-083000")  # one second
+    frames = [np.full((8, 8, 3), i, np.uint8).tobytes() for i in range(3)]
+    written = [write_recording(tmp_path, frames, 8, 8, [1, 2], CRAFTER_SPACE.to_dict(), 10, {"kind": "test"})
+               for _ in range(2)]
+    store = EpisodeStore(tmp_path / "recordings")
+    assert len(store.episode_ids()) == 2 and store.info.episodes == 2
+    assert len({p for w in written for p in w}) == sum(len(w) for w in written)  # no file written twice

@@ -29,9 +29,14 @@ def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: 
     the files written. Without ffmpeg the episode is still kept."""
     video = rgb_frames(frames, height, width)
     space = ActionSpace.from_dict(action_space)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     store = EpisodeStore.create(out_dir / "recordings", env=space.name, action_space=space,
                                 frame_size=(height, width), fps=fps, source=source)
+    stamp = base = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    # Two recordings in one second (or a clock set back) must not overwrite each other.
+    while store.episode_path(stamp).exists() or (out_dir / f"worldsim-{stamp}.mp4").exists():
+        n += 1
+        stamp = f"{base}-{n}"
     written = [store.write_episode(stamp, video, space.to_array(actions))]
     store.refresh()
     try:
