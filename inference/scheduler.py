@@ -376,5 +376,10 @@ class Scheduler:
             return None, 0.0
         t0 = time.perf_counter()
         if not s.truth_done:
-            s.truth_frame, s.truth_done, _ = s.truth.step(action)
+            try:
+                s.truth_frame, s.truth_done, _ = s.truth.step(action)
+            except Exception:  # the real game broke: the dream goes on without it
+                log.exception("the real game of session %d failed; going on without ground truth", s.sid)
+                s.truth, s.truth_frame = None, None
+                return None, 0.0
         return s.truth_frame, (time.perf_counter() - t0) * 1e3

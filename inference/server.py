@@ -400,6 +400,11 @@ class FrameServer:
             rcvd = e.rcvd
             conn.close_code = rcvd.code if rcvd else ws.close_code or CLOSE_GOING_AWAY
             conn.close_reason = (rcvd.reason if rcvd else "") or ("message too big" if conn.close_code == 1009 else "")
+        except Exception as e:  # a fault of the server's or its game's: the client hears why
+            log.exception("the session of %s failed", conn.peer)
+            conn.close_code, conn.close_reason = CLOSE_INTERNAL, "internal error"
+            await self._send_quietly(conn, P.Error(P.INTERNAL, f"the server failed: {type(e).__name__}: {e}"))
+            await self._close(ws, CLOSE_INTERNAL, "internal error")
         finally:
             if conn.sid is not None:
                 self.scheduler.close(conn.sid)

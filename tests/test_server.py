@@ -484,3 +484,54 @@ def test_a_session_closed_as_the_scheduler_stops_frees_its_engine_row(bundle):
         sched._cv.notify_all()
     sched._thread.join(10)
     assert not sched._thread.is_alive() and sorted(engine.free_rows) == [0, 1]
+
+
+def test_a_real_game_that_fails_leaves_the_dream_running(bundle):
+    """Ground truth is the real game stepped beside the dream; if it raises, the session goes
+    on without it (and the inference thread, which every session shares, lives)."""
+    import queue
+
+    from worldsim.inference.engine import DecoderSettings, Engine
+    from worldsim.inference.sampling import GREEDY
+    from worldsim.inference.scheduler import Scheduler, Start
+
+    class Broken:
+        def step(self, action):
+            raise RuntimeError("the game crashed")
+
+    engine = Engine.from_bundle(bundle, decoder=DecoderSettings(steps=2, sampling=GREEDY), max_sessions=1)
+    sched = Scheduler(engine, CRAFTER_SPACE, 0).start()
+    frames: queue.Queue = queue.Queue()
+    sid, opened = sched.open(Start(np.zeros((1, SIZE, SIZE, 3), np.uint8), [], truth=Broken()), frames.put)
+    opened.result(10)
+    assert frames.get(timeout=10).truth is not None  # the real frame it starts from
+    for seq in (0, 1):
+        sched.submit(sid, 2, seq)
+        out = frames.get(timeout=10)
+        assert out is not None and out.seq == seq and out.truth is None
+    assert sched._thread.is_alive()
+    sched.stop()
+
+
+def test_a_reset_whose_game_fails_gets_an_internal_error_and_a_close_while_others_play(bundle):
+    with running_server(bundle, fps=0, max_sessions=2) as s:
+        bystander, _, _, _ = join(s.url, seed=3)
+        ws, _, _, _ = join(s.url)
+        start = s.server.game.start
+
+        def broken(seed, truth):
+            if seed == 99:
+                raise RuntimeError("no such world")
+            return start(seed, truth)
+
+        s.server.game.start = broken
+        ws.send(P.pack(P.Reset(seed=99)))
+        got = []
+        with pytest.raises(ConnectionClosed) as e:
+            while True:
+                got.append(recv(ws))
+        assert e.value.rcvd.code == 1011
+        assert any(isinstance(m, P.Error) and m.code == P.INTERNAL and "no such world" in m.message for m in got)
+        assert play(bystander, 0, 2).seq == 0
+        assert wait_until(lambda: s.server.stats()["sessions"] == 1, 5)  # its session was freed
+        bystander.close()
