@@ -164,3 +164,39 @@ def test_precision_recall_f1():
     assert r[1]["precision"] == 1.0 and r[1]["recall"] == pytest.approx(2 / 3)
     assert r[2]["precision"] == 0.0 and r[2]["support"] == 0
     assert math.isnan(r[3]["f1"])
+
+
+def test_code_flicker_without_a_still_tile_is_undefined_not_zero():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)  # every tile changes visibly
+    f = m.code_flicker(torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), frames, 8)
+    assert math.isnan(f["flicker"]) and f["tile_change"] == 1.0
+
+
+def test_one_window_shuffles_its_conditioning_actions_out_of_place(monkeypatch):
+    """With one window the actions are shuffled in time: every action that conditions a frame
+    leaves its place (a plain permutation could leave the true order, and a gap of 0); with
+    two frames there is nothing to shuffle, and no gap is claimed."""
+    from worldsim.evaluation import sensitivity as sens
+
+    seen = []
+
+    def losses(model, frames, acts, seed=0):  # a model whose loss is the action before each frame
+        seen.append(acts.clone())
+        b, f, _ = frames.shape
+        loss = torch.zeros(b, f, dtype=torch.float64)
+        loss[:, 1:] = acts[:, :-1, 0].double()
+        return loss, torch.tensor([[0] + [1] * (f - 1)] * b)
+
+    monkeypatch.setattr(sens, "frame_losses", losses)
+    for seed in range(20):
+        seen.clear()
+        acts = torch.arange(1, 7)[None, :, None]  # six frames, distinct actions
+        out = sens.action_sensitivity(None, torch.zeros(1, 6, 4, dtype=torch.long), acts,
+                                      torch.ones(1, 6, dtype=torch.bool), seed=seed)
+        true, shuffled = seen[0][0, :, 0], seen[1][0, :, 0]
+        assert (true[:-1] != shuffled[:-1]).all() and sorted(shuffled[:-1].tolist()) == true[:-1].tolist()
+        assert out["all"]["gap"] is not None
+    out = sens.action_sensitivity(None, torch.zeros(1, 2, 4, dtype=torch.long), torch.tensor([[[3], [7]]]),
+                                  torch.ones(1, 2, dtype=torch.bool))
+    assert out["all"]["gap"] is None and out["changed"]["gap"] is None

@@ -106,3 +106,17 @@ def test_the_player_faces_the_way_of_the_last_move_key():
     keys = np.array([[0, 5, 1, 5, 3, 8, 2], [4, 0, 0, 0, 0, 0, 0]])
     np.testing.assert_array_equal(ways.facing_before(keys),
                                   [[0, 0, 0, 1, 1, 3, 3], [0, 4, 4, 4, 4, 4, 4]])
+
+
+def test_the_library_counts_a_move_as_walked_only_the_way_it_was_asked(tmp_path):
+    from worldsim.data.store import EpisodeStore
+    from worldsim.envs.crafter import CRAFTER_SPACE
+
+    rng = np.random.default_rng(0)
+    f0 = rng.choice(np.arange(0, 256, 16), size=(9, 9, 3)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+    right = np.roll(f0, -8, axis=1)  # the view scrolls as if the player walked right
+    store = EpisodeStore.create(tmp_path / "s", "crafter", CRAFTER_SPACE, (72, 72), 10)
+    store.write_episode("e0", np.stack([f0, right]), np.array([1], np.int16), np.ones(2, np.float32))  # left
+    store.write_episode("e1", np.stack([f0, right]), np.array([2], np.int16), np.ones(2, np.float32))  # right
+    _, walked = ways.move_library(store, ["e0", "e1"], 8, 7)
+    assert walked.tolist() == [False, True]

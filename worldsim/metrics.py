@@ -169,8 +169,9 @@ def code_flicker(codes_TN, frames_THWC, tile: int, bound: float = VISIBLE,
         return {"flicker": float("nan"), "token_change": float("nan"), "tile_change": float("nan"),
                 "pairs": 0}
     flips, still = flicker_counts(prev_c, next_c, prev_f, next_f, tile, bound)
-    n = prev_c.numel()
-    return {"flicker": float(flips.sum()) / max(int(still.sum()), 1),
+    n, n_still = prev_c.numel(), int(still.sum())
+    # no still tile: flicker is undefined ("-"), not a perfect 0
+    return {"flicker": float(flips.sum()) / n_still if n_still else float("nan"),
             "token_change": float((prev_c != next_c).sum()) / n,
             "tile_change": 1 - float(still.sum()) / n, "pairs": len(prev_c)}
 

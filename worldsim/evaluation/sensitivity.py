@@ -65,8 +65,14 @@ def action_sensitivity(model: WorldModel, frames_BFN: torch.Tensor, actions_BFA:
     rng = np.random.default_rng(seed)
     if b >= 2:
         shuffled = actions_BFA[torch.from_numpy(derangement(b, rng))]
-    else:  # one window: shuffle its actions in time instead
-        shuffled = actions_BFA[:, torch.from_numpy(rng.permutation(actions_BFA.shape[1]))]
+    elif actions_BFA.shape[1] >= 3:
+        # One window: shuffle in time the actions that condition a frame (all but the last),
+        # with no action left in its place, or the "shuffled" run could be the true one.
+        f = actions_BFA.shape[1]
+        shuffled = torch.cat([actions_BFA[:, torch.from_numpy(derangement(f - 1, rng))], actions_BFA[:, -1:]], 1)
+    else:  # one window of two frames: one action that matters, nothing to shuffle it with
+        none = {"tokens": 0, "loss_true": None, "loss_shuffled": None, "gap": None}
+        return {"windows": b, "frames_per_window": int(frames_BFN.shape[1]), "all": none, "changed": dict(none)}
     sums = {}
     for name, acts in (("true", actions_BFA), ("shuffled", shuffled)):
         parts = [frame_losses(model, frames_BFN[i:i + batch], acts[i:i + batch], seed + i)

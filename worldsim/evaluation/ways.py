@@ -95,13 +95,13 @@ def move_library(store: EpisodeStore, ids: Sequence[str], tile: int, map_rows: i
         n = min(len(frames) - 1, len(acts))
         if n < 1:
             continue
-        moved = metrics.scroll_direction(torch.from_numpy(frames[:n]), torch.from_numpy(frames[1:n + 1]),
-                                         tile, map_rows).numpy() != 0
+        scrolled = metrics.scroll_direction(torch.from_numpy(frames[:n]), torch.from_numpy(frames[1:n + 1]),
+                                            tile, map_rows).numpy()  # a move key's value is its direction
         for t in range(n):
             a = int(acts[t])
             if a in MOVES and (ep.daylight is None or ep.daylight[t] > DAY):
                 tiles.append(tile_at(frames[t], target_tile(a, map_rows, cols), tile))
-                walked.append(bool(moved[t]))
+                walked.append(int(scrolled[t]) == a)  # the way it was asked, not any way
     if not tiles:
         return np.zeros((0, tile, tile, 3), np.float32), np.zeros(0, bool)
     return np.stack(tiles), np.array(walked)
