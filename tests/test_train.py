@@ -686,3 +686,159 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
     assert "no longer holds" in capsys.readouterr().err and not (tmp_path / "w").exists()
     assert ship.main([str(child), "--out", str(tmp_path / "v"), "--parent", str(moved)]) == 2
     assert "goes with --interpolate" in capsys.readouterr().err and not (tmp_path / "v").exists()
+
+
+def _tiny_run(tiny_tokens, out, steps, **kw):
+    base = dict(batch=2, val_every=1000, val_batches=1, warmup=1, checkpoint_seconds=1e9)
+    return train(tiny_tokens[1], tiny_tokens[0], out, objective="block_diffusion", preset="tiny",
+                 settings=TrainSettings(steps=steps, **{**base, **kw}), progress=False)
+
+
+def test_a_leg_stopped_after_its_last_checkpoint_still_writes_its_own_bundle(tiny_tokens, tmp_path, monkeypatch):
+    """A second leg interrupted between its last checkpoint and the bundle write (here in its
+    last validation) must not leave the first leg's bundle to be taken as this leg's."""
+    from safetensors.torch import load_file
+
+    from worldsim.checkpoint import checkpoint_weights
+    from worldsim.train import WorldModelRun
+
+    out = tmp_path / "legs"
+    _tiny_run(tiny_tokens, out, 4)
+    validate = WorldModelRun.validate
+
+    def interrupted(self, model=None):
+        if self.step == 8:
+            raise KeyboardInterrupt
+        return validate(self, model)
+
+    monkeypatch.setattr(WorldModelRun, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tiny_tokens, out, 8)
+    monkeypatch.setattr(WorldModelRun, "validate", validate)
+    r = _tiny_run(tiny_tokens, out, 8)
+    assert not r.get("finished") and read_config(out)["model_metrics"]["steps"] == 8
+    written, state = load_file(str(out / "model.safetensors")), checkpoint_weights(out / STATE_FILE)
+    assert all(torch.equal(written[k], state[k]) for k in written)
+
+
+def test_a_signal_inside_a_step_lands_after_it(tiny_tokens, tmp_path, monkeypatch):
+    """Ctrl-C while the optimizers step (Muon done, AdamW not yet) is held until the step ends,
+    so the checkpoint holds whole steps and the resumed run equals an uninterrupted one."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from worldsim.optim import OptimizerChain
+
+    kw = dict(warmup=2, optimizer="muon")
+    _tiny_run(tiny_tokens, tmp_path / "straight", 4, **kw)
+    step, calls = OptimizerChain.step, {"n": 0}
+
+    def interrupted(self):
+        calls["n"] += 1
+        if calls["n"] != 3:
+            return step(self)
+        self.optimizers[0].step()
+        os.kill(os.getpid(), signal.SIGINT)  # delivered here, between the two optimizers
+        for opt in self.optimizers[1:]:
+            opt.step()
+
+    monkeypatch.setattr(OptimizerChain, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tiny_tokens, tmp_path / "resumed", 4, **kw)
+    monkeypatch.setattr(OptimizerChain, "step", step)
+    _tiny_run(tiny_tokens, tmp_path / "resumed", 4, **kw)
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_the_clock_stops_reports_the_loss_of_the_weights_it_writes(tiny_tokens, tmp_path, monkeypatch):
+    from worldsim.train import WorldModelRun
+
+    monkeypatch.setattr(WorldModelRun, "out_of_time", lambda self: self.step >= 6)  # the budget, spent
+    r = _tiny_run(tiny_tokens, tmp_path / "clock", 100, val_every=4, max_minutes=60, lr=3e-3)
+    assert r["steps"] == 6
+    run = WorldModelRun(tiny_tokens[1], tiny_tokens[0], tmp_path / "clock", objective="block_diffusion",
+                        preset="tiny", settings=TrainSettings(steps=100, batch=2, val_batches=1, optimizer="muon"),
+                        progress=False)
+    run.load_data()
+    run.setup()
+    run.model.load_state_dict(load_world_model(tmp_path / "clock").state_dict())
+    assert r["val_loss"] == pytest.approx(run.validate(), rel=1e-6)
+
+
+def test_a_world_model_and_an_inverse_dynamics_model_never_share_a_folder(tiny_tokens, crafter_store, tmp_path, capsys):
+    """Each refuses the other's folder in one line, before writing anything into it (the IDM's
+    action ids start at 0, the world model's after the image codes)."""
+    from worldsim.cli import main
+    from worldsim.idm import IDMTrainSettings, train_idm
+
+    wm, idm = tmp_path / "wm", tmp_path / "idm"
+    _tiny_run(tiny_tokens, wm, 2)
+    train_idm(crafter_store, idm, IDMTrainSettings(steps=2, batch=4, checkpoint_seconds=1e9), channels=8, progress=False)
+    before = {d: (d / "config.json").read_text() for d in (wm, idm)}
+    capsys.readouterr()
+    assert main(["train-idm", "--data", str(crafter_store), "--out", str(wm), "--steps", "3", "--no-progress"]) == 2
+    assert "holds a world model" in capsys.readouterr().err
+    assert main(_args(tiny_tokens, idm, "--objective", "block_diffusion", "--steps", "3")) == 2
+    assert "holds an inverse dynamics model" in capsys.readouterr().err
+    assert {d: (d / "config.json").read_text() for d in (wm, idm)} == before
+
+
+def test_a_resumed_vq_tokenizer_run_equals_an_uninterrupted_one(crafter_store, tmp_path, monkeypatch):
+    """The codebook restarts dead codes with random draws; a run interrupted and resumed after
+    restarts began must draw what the uninterrupted run drew."""
+    from safetensors.torch import load_file
+
+    from worldsim.tokenizers.image import EMAQuantizer
+    from worldsim.train_tokenizer import TokenizerRun, TokenizerTrainSettings, train_tokenizer
+
+    s = TokenizerTrainSettings(steps=150, batch=4, eval_frames=8, checkpoint_seconds=1e9, warmup=10)
+    update, restarts = EMAQuantizer._ema_update, []
+
+    def counting(self, z, idx):
+        before = self.cluster_size.clone()
+        update(self, z, idx)
+        restarts.append(int(((self.cluster_size == 1.0) & (before * self.decay < self.dead_threshold)).sum()))
+
+    monkeypatch.setattr(EMAQuantizer, "_ema_update", counting)
+    train_tokenizer(crafter_store, tmp_path / "straight", preset="tiny", settings=s, progress=False)
+    stop = 140  # (on this data, codes are first restarted at step 137)
+    assert sum(restarts[:stop]) > 0 and sum(restarts[stop:]) > 0  # codes restarted on both sides of it
+    step = TokenizerRun.train_step
+
+    def interrupted(self):
+        if self.step == stop:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(TokenizerRun, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_tokenizer(crafter_store, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
+    monkeypatch.setattr(TokenizerRun, "train_step", step)
+    train_tokenizer(crafter_store, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
+    a = load_file(str(tmp_path / "straight" / "image_tokenizer.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "image_tokenizer.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_forgets_what_a_kill_left_behind(tiny_tokens, tmp_path):
+    """Log lines of steps after the checkpoint (trained again on resume; a torn last line too)
+    and a checkpoint's temporary from a kill mid-write are gone once the run goes on."""
+    out = tmp_path / "killed"
+    _tiny_run(tiny_tokens, out, 4, log_every=1)
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "loss": 1.0}\n{"step": 7, "lo')
+    stale = out / ".train_state.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    _tiny_run(tiny_tokens, out, 6, log_every=1)
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6] and not stale.exists()
+
+
+def test_a_large_seed_trains_and_a_short_run_still_reaches_its_learning_rate(tiny_tokens, tmp_path):
+    from worldsim.trainer import lr_at
+
+    assert _tiny_run(tiny_tokens, tmp_path / "seed", 2, seed=2**40)["steps"] == 2
+    assert lr_at(49, 1e-3, warmup=100, steps=50) == pytest.approx(1e-3)  # the warmup cut to the run

@@ -39,6 +39,7 @@ from worldsim.config import strict_from_dict
 from worldsim.data.store import EpisodeStore
 from worldsim.envs.base import ActionSpace
 from worldsim.errors import WorldsimError
+from worldsim.fileio import deferred_signals
 from worldsim.metrics import precision_recall_f1
 from worldsim.tokenizers.action import ActionTokenizer, action_tokenizer_from_config, make_action_tokenizer
 
@@ -229,7 +230,10 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
     h, w = store.info.frame_size
     cfg = IDMConfig(height=h, width=w, slots=tok.tokens_per_action, classes=tok.num_ids, channels=channels)
     if (out / "config.json").exists():
-        old = bundle.read_config(out).get("idm")
+        held = bundle.read_config(out)
+        if "model" in held or "image_tokenizer" in held:  # checked before anything is written there
+            raise WorldsimError(f"{out} holds a world model; train the inverse dynamics model into another --out")
+        old = held.get("idm")
         if old is not None and old != cfg.to_dict():
             raise WorldsimError(f"{out} holds an inverse dynamics model with another config; choose another --out")
     train_ids, val_ids = store.split(s.val_fraction)
@@ -268,12 +272,13 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
             i = starts[pick]
             for grp in opt.param_groups:  # cosine decay to a tenth
                 grp["lr"] = s.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / s.steps)))
-            logits = model(frames[i].to(dev), frames[i + 1].to(dev))  # (B, slots, classes)
-            loss = F.cross_entropy(logits.flatten(0, 1), labels[pick].to(dev).flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+            with deferred_signals():  # a signal lands between whole steps, never inside one
+                logits = model(frames[i].to(dev), frames[i + 1].to(dev))  # (B, slots, classes)
+                loss = F.cross_entropy(logits.flatten(0, 1), labels[pick].to(dev).flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
             now = time.perf_counter()
             elapsed = elapsed0 + now - t_start
             bar.update(1)

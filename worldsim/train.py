@@ -41,7 +41,7 @@ from worldsim import bundle
 from worldsim.data.store import split_ids
 from worldsim.device import pick_device
 from worldsim.errors import WorldsimError
-from worldsim.fileio import file_sha256
+from worldsim.fileio import atomic_open, file_sha256
 from worldsim.model import PRESETS, ModelConfig, WorldModel, preset_config
 from worldsim.objectives import Objective
 from worldsim.optim import DEFAULT_OPTIMIZER, make_optimizer
@@ -171,6 +171,7 @@ class WorldModelRun(TrainingRun):
         self.tokens_seen = 0
         self.last_val: float | None = None
         self.last_ema_val: float | None = None  # the moving average's, where the run keeps one
+        self.last_val_step = -1  # the step whose weights last_val (and last_ema_val) measured
 
     # -- setup and resume --------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -251,13 +252,15 @@ class WorldModelRun(TrainingRun):
         if not (self.out / "model.safetensors").is_file():
             return None  # trained, but stopped before the bundle was written: write it now
         metrics = bundle.read_config(self.out).get("model_metrics")
-        if metrics is None:
-            return None
+        if metrics is None or metrics.get("steps") != int(state["step"]):
+            return None  # no bundle yet, or an earlier leg's: this leg's weights are still to write
         return {**metrics, "steps": int(state["step"]), "finished": True, "rank": self.ddp.rank}
 
     def write_bundle_config(self) -> None:
         """Check --out can take this model and record what it is trained on (rank 0 only)."""
         out, index = self.out, self.all_shards.index
+        if (out / "config.json").is_file() and "idm" in bundle.read_config(out):  # before any write
+            raise WorldsimError(f"{out} holds an inverse dynamics model; train the world model into another --out")
         tok_cfg = bundle.read_config(self.tokenizer)
         if "image_tokenizer" not in tok_cfg:
             raise WorldsimError(f"{self.tokenizer} has no image tokenizer")
@@ -330,7 +333,8 @@ class WorldModelRun(TrainingRun):
                  n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
         """Windows drawn from (seed, step, rank): frame tokens (n, F, N), action tokens (n, F, A),
         and the generator the objective keeps drawing its noise from."""
-        g = torch.Generator().manual_seed((self.s.seed * 1_000_003 + step) * 4099 + rank)
+        # modulo 2**63: a large --seed must still make a generator seed
+        g = torch.Generator().manual_seed(((self.s.seed * 1_000_003 + step) * 4099 + rank) % 2**63)
         pick = torch.randint(0, len(starts[0]), (n,), generator=g).numpy()
         fr, ac = shards.gather(starts[0][pick], starts[1][pick], self.cfg.frames)
         return fr.to(self.dev, non_blocking=True), ac.to(self.dev, non_blocking=True), g
@@ -354,6 +358,16 @@ class WorldModelRun(TrainingRun):
         self.opt.step()
         return loss
 
+    def forget_logs_after(self, step: int) -> None:
+        path = self.out / LOG_FILE
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = [ln for ln in lines if _logged_step(ln) <= step]
+        if len(keep) != len(lines):
+            with atomic_open(path, "w") as f:
+                f.write("".join(ln + "\n" for ln in keep))
+
     @torch.no_grad()
     def validate(self, model: WorldModel | None = None) -> float:
         """Mean loss of `model` (the trained weights by default) over the same `val_batches`
@@ -372,7 +386,7 @@ class WorldModelRun(TrainingRun):
     def after_step(self, loss: torch.Tensor) -> None:
         self.tokens_seen += self.s.batch * self.cfg.frames * self.cfg.block_len * self.ddp.world
         if self.step % self.s.val_every == 0 or self.step == self.steps:
-            self.last_val = self.validate()
+            self.last_val, self.last_val_step = self.validate(), self.step
             if self.ema is not None:
                 self.last_ema_val = self.validate(self.ema.module)
 
@@ -424,12 +438,13 @@ class WorldModelRun(TrainingRun):
         weights where the run keeps one; `val_loss` is always that of the weights written)."""
         tps = self.tokens_per_s() if self.tokens_seen else self.last_logged_tokens_per_s()
         weights = self.averaged_weights()
-        val = self.last_val if self.last_val is not None else self.validate()
+        fresh = self.last_val is not None and self.last_val_step == self.step  # else the clock
+        val = self.last_val if fresh else self.validate()  # stopped the run between validations
         result = {"steps": self.step, "seconds": self.elapsed, "val_loss": val,
                   "tokens_per_s": tps, "params": self.model.num_params(),
                   "world_size": self.ddp.world, "rank": self.ddp.rank}
         if weights is not self.model:
-            ema_val = self.last_ema_val if self.last_ema_val is not None else self.validate(weights)
+            ema_val = self.last_ema_val if fresh and self.last_ema_val is not None else self.validate(weights)
             result.update(val_loss=ema_val, val_loss_last_step=val, ema=self.s.ema)
         if self.ddp.enabled:
             result.update(self.replica_checksums())
@@ -477,3 +492,11 @@ def train(shards_dir: str | Path, tokenizer: str | Path, out: str | Path, object
     """Train (or resume training) the world model into the bundle `out`; returns its metrics,
     with `finished: True` and nothing done if the bundle was already trained to `steps`."""
     return WorldModelRun(shards_dir, tokenizer, out, objective, preset, settings, device, progress).run()
+
+
+def _logged_step(line: str) -> int:
+    """The step of a log line (a torn last line, from a kill mid-write, counts as none)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

@@ -180,6 +180,9 @@ class TokenizerRun(TrainingRun):
         s = self.s
         g = torch.Generator().manual_seed(s.seed * 1_000_003 + self.step)  # same batches on resume
         idx = torch.randint(0, len(self.train_frames), (s.batch,), generator=g)
+        # The codebook's dead-code restarts draw from the global generator: seeded by the step,
+        # a resumed run draws what an uninterrupted one would have (a checkpoint holds no RNG).
+        torch.manual_seed((s.seed * 1_000_003 + self.step) * 7 + 1)
         x = self.train_frames[idx].to(self.dev).permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
         self.set_lr(lr_at(self.step, s.lr, s.warmup, s.steps))
         self.outp = outp = self.model(x)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from worldsim.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
 from worldsim.errors import WorldsimError
+from worldsim.fileio import clean_stale_temps, deferred_signals
 
 STATE_FILE = "train_state.safetensors"
 
@@ -42,7 +43,9 @@ def lr_at(step: int, lr: float, warmup: int, steps: int, min_ratio: float = 0.1,
     """Linear warmup over `warmup` steps, then cosine decay from `lr` to `min_ratio * lr` at
     `steps`. `step` is the 0-based index of the step about to be taken. A run with a time budget
     passes the fraction of it spent: the decay then follows whichever of steps and time is
-    further along, so a run that its budget ends still ends its cosine."""
+    further along, so a run that its budget ends still ends its cosine. A warmup longer than
+    the run is cut to it, so the run still reaches `lr`."""
+    warmup = min(warmup, steps)
     if step < warmup:
         return lr * (step + 1) / warmup
     t = min(1.0, max((step - warmup) / max(1, steps - warmup), time_fraction))
@@ -141,16 +144,23 @@ class TrainingRun:
 
     def resume(self) -> bool:
         """Restore model, optimizer, step and training time from the checkpoint, if there is one."""
+        if self.is_main and self.out.is_dir():
+            clean_stale_temps(self.out)  # a checkpoint write a kill cut short
         if not self.state_path.exists():
             return False
         st = load_checkpoint(self.state_path, self.model, self.opt, self.ema)
         self.step, self.elapsed = int(st["step"]), float(st.get("seconds", 0.0))
         self.saved_step = self.step
         if self.is_main:
+            self.forget_logs_after(self.step)
             print(f"resuming from step {self.step} ({self.state_path})")
             if self.ema is not None and not st["ema_restored"]:
                 print("the checkpoint holds no moving average of the weights: it starts from them")
         return True
+
+    def forget_logs_after(self, step: int) -> None:
+        """On resume: drop log lines of steps after the checkpoint, which are trained again (a
+        run killed without saving logged them). Runs that log nowhere have nothing to drop."""
 
     def set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
@@ -197,16 +207,20 @@ class TrainingRun:
             while self.step < self.steps:
                 if self.max_seconds and self.out_of_time():
                     break
-                loss = self.last_loss = self.train_step()
-                self.step += 1
+                # A signal lands between whole steps: inside one it would save a half-applied
+                # update (one optimizer of a chain stepped, or part of a parameter loop) under
+                # the old step number, and the resume would take that step again.
+                with deferred_signals():
+                    loss = self.last_loss = self.train_step()
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.model)
                 # Accumulated on the device: no host sync per step, checked at the log cadence.
                 bad = ~torch.isfinite(loss.detach())
                 self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
                 now = time.perf_counter()
                 self.elapsed = elapsed0 + now - t_start
                 self.bar.update(1)
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
                 self.after_step(loss)
                 if self.log_due():
                     self.check_finite(loss)
