@@ -27,10 +27,11 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import pygame  # noqa: E402  (after the line above, which silences pygame's banner)
 
 from worldsim import protocol as P
-from worldsim.client.connection import Connection
+from worldsim.client.connection import Connection, ConnectionFailed
 from worldsim.client.keymaps import Keymap, keymap_for
 
 GAP = 8  # pixels between the dream and the real game
+KEEPALIVE_S = 30.0  # while paused, a message this often, so that no idle timeout closes the game
 HUD_LINE = 18
 
 
@@ -44,30 +45,47 @@ def decode_frame(frame: P.Frame) -> tuple[pygame.Surface, pygame.Surface | None]
 
 
 class Recorder:
-    """Frames as shown and the action sent after each; written on `stop` as an mp4 and as an
-    episode in the episode-store format (`worldsim.data.store`)."""
+    """Frames as shown and the action that made each, as the server applied it (the inputs
+    since the frame before, merged); written on `stop` as an mp4 and an episode in the
+    episode-store format (`worldsim.data.store`) per unbroken stretch. A reset, or frames the
+    window never got (a slow client is sent only the newest), end a stretch, so that every
+    recorded step is a step of one game under the action recorded with it."""
 
     def __init__(self, welcome: P.Welcome):
         self.welcome = welcome
-        self.frames: list[bytes] = []  # RGB, (H, W, 3) each
+        self.frames: list[bytes] = []  # RGB, (H, W, 3) each: the stretch being recorded
         self.actions: list[Any] = []
+        self.stretches: list[tuple[list[bytes], list[Any]]] = []  # the finished ones
+        self.count = 0  # frames recorded in all
+        self.last_step: int | None = None
         self.real = welcome.ground_truth  # the real game's frames make better training data
 
-    def add(self, dream: pygame.Surface, truth: pygame.Surface | None, action: Any) -> None:
+    def add(self, dream: pygame.Surface, truth: pygame.Surface | None, frame: P.Frame, sent: Any) -> None:
         surface = truth if (self.real and truth is not None) else dream
-        if self.frames:
-            self.actions.append(action)  # the input in force when the next frame was drawn
+        follows = frame.decoder is not None and self.last_step is not None and frame.step == self.last_step + 1
+        if self.frames and not follows:
+            self._cut()
+        if self.frames:  # `sent`: a server that does not say which action it applied
+            self.actions.append(frame.action if frame.action is not None else sent)
         self.frames.append(pygame.image.tobytes(surface, "RGB"))
+        self.last_step = frame.step
+        self.count += 1
+
+    def _cut(self) -> None:
+        if len(self.frames) >= 2:
+            self.stretches.append((self.frames, self.actions))
+        self.frames, self.actions = [], []
 
     def stop(self, out_dir: Path) -> list[Path]:
-        if len(self.frames) < 2:
+        self._cut()
+        if not self.stretches:
             return []
         from worldsim.data.recording import write_recording  # numpy and imageio: only now
 
         w = self.welcome
-        return write_recording(out_dir, self.frames, w.height, w.width, self.actions,
-                               w.action_space, int(w.fps or 10),
-                               {"recorder": "worldsim play", "real": self.real})
+        return [path for frames, actions in self.stretches
+                for path in write_recording(out_dir, frames, w.height, w.width, actions, w.action_space,
+                                            int(w.fps or 10), {"recorder": "worldsim play", "real": self.real})]
 
 
 class Autopilot:
@@ -113,6 +131,7 @@ class GameWindow:
         self.buttons: set[int] = set()
         self.motion = [0.0, 0.0]  # mouse motion since the last action sent
         self.last_sent: Any = None
+        self.last_message = time.monotonic()  # when the window last sent the server anything
         self.new_frame = True  # a frame arrived since the last action was sent
         self.paused = self.hud = self.quit = False
         self.mouse_captured = False
@@ -148,11 +167,21 @@ class GameWindow:
             self._keep_for_gif()  # the real frame the session starts from
         try:
             while not self.quit and (max_frames is None or self.frames_shown < max_frames):
-                self._events()
-                if self.quit:
+                try:
+                    self._events()
+                    if self.quit:
+                        break
+                    if not self.paused:
+                        self._send_input()
+                    elif time.monotonic() - self.last_message > KEEPALIVE_S:
+                        self.conn.configure(paused=True)  # a paused player is not an idle one
+                        self.last_message = time.monotonic()
+                except ConnectionFailed:
+                    self.conn.latest(timeout=1.0)  # the reason of the close comes with it
+                    self._say_errors()
+                    print(f"worldsim play: the server closed the session: {self.conn.closed_reason or 'closed'}")
                     break
-                if not self.paused:
-                    self._send_input()
+                self._say_errors()
                 frame = self.conn.latest(timeout=1.0 / self.max_fps)
                 if frame is not None:
                     self._show(frame)
@@ -184,7 +213,7 @@ class GameWindow:
             elif e.type == pygame.KEYUP:
                 if e.key in self.held:
                     self.held.remove(e.key)
-            elif e.type == pygame.MOUSEMOTION and self.mouse_captured:
+            elif e.type == pygame.MOUSEMOTION and self.mouse_captured and not self.paused:
                 self.motion[0] += e.rel[0]  # summed: every event since the last frame counts
                 self.motion[1] += e.rel[1]
             elif e.type == pygame.MOUSEBUTTONDOWN:
@@ -212,9 +241,12 @@ class GameWindow:
             self.conn.configure(steps=self.steps)
         elif key == pygame.K_F5:
             self.conn.reset(wait=False)
+            self.last_sent = None  # a reset lets go of held keys: say again which are held
         elif key in (pygame.K_F8, pygame.K_PAUSE) or (key == pygame.K_p and not self.keymap.uses(key)):
             self.paused = not self.paused
+            self.motion = [0.0, 0.0]  # the mouse moved while paused turns nothing
             self.conn.configure(paused=self.paused)
+            self.last_message = time.monotonic()
         elif key == pygame.K_F9:
             self._toggle_recording()
         elif key == pygame.K_F12:
@@ -241,6 +273,13 @@ class GameWindow:
             self.last_sent = action
             self.motion = [0.0, 0.0]
             self.new_frame = False
+            self.last_message = time.monotonic()
+
+    def _say_errors(self) -> None:
+        """What the server reports (a refused setting, ground truth it cannot give, a rate
+        limit), as it comes."""
+        while self.conn.errors:
+            print(f"worldsim play: server: {self.conn.errors.popleft().message}")
 
     # -- output ------------------------------------------------------------------------------------
     def _show(self, frame: P.Frame) -> None:
@@ -255,7 +294,7 @@ class GameWindow:
         if truth is not None:
             self.view.append((pygame.transform.scale(truth, (w, h)), (w + GAP, 0)))
         if self.recorder is not None:
-            self.recorder.add(dream, truth, self.last_sent if self.last_sent is not None else
+            self.recorder.add(dream, truth, frame, self.last_sent if self.last_sent is not None else
                               self.keymap.action([]))
 
     def _draw(self) -> None:
@@ -286,7 +325,7 @@ class GameWindow:
         if self.paused:
             lines.append("paused")
         if self.recorder is not None:
-            lines.append(f"recording {len(self.recorder.frames)} frames")
+            lines.append(f"recording {self.recorder.count} frames")
         for i, text in enumerate(lines):
             surf = self.font.render(text, True, (255, 255, 255), (0, 0, 0))
             self.screen.blit(surf, (4, 4 + i * HUD_LINE))
@@ -307,7 +346,13 @@ class GameWindow:
         print(f"worldsim play: wrote {n} frames to {self.gif}")
 
     def screenshot(self, path: str | Path | None = None) -> Path:
-        path = Path(path) if path is not None else self.out_dir / f"worldsim-{time.strftime('%Y%m%d-%H%M%S')}.png"
+        if path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            path, n = self.out_dir / f"worldsim-{stamp}.png", 1
+            while path.exists():  # two in one second keep both
+                n += 1
+                path = self.out_dir / f"worldsim-{stamp}-{n}.png"
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         pygame.image.save(self.screen, str(path))
         return path
@@ -324,4 +369,4 @@ class GameWindow:
             written = rec.stop(self.out_dir)
             self.saved += written
             if written:
-                print(f"worldsim play: recorded {len(rec.frames)} frames: {', '.join(map(str, written))}")
+                print(f"worldsim play: recorded {rec.count} frames: {', '.join(map(str, written))}")

@@ -37,14 +37,16 @@ from worldsim.inference.engine import DecoderSettings, Engine, Session, valid_de
 log = logging.getLogger("worldsim.scheduler")
 
 
-def merge_actions(pending: Any, new: Any, space: ActionSpace) -> Any:
-    """Two inputs that arrive before the same frame -> the one input that frame uses."""
+def merge_actions(pending: Any, new: Any, space: ActionSpace, before: Any = None) -> Any:
+    """Two inputs that arrive before the same frame -> the one input that frame uses. `before`
+    is what was held when the first of them came (the held action of the frame before)."""
     if pending is None:
         return new
     if space.kind == "discrete":
-        # The newest wins, except that a release (noop) does not erase a tap the frame has
-        # not shown yet.
-        return pending if new == space.noop() and pending != space.noop() else new
+        # The newest wins, except that going back, to no key (a release) or to the key held
+        # before (Space tapped while W is held), does not erase a tap the frame has not shown.
+        back = new == space.noop() or (before is not None and new == before)
+        return pending if back and pending != new else new
     out = {b: int(bool(pending.get(b, 0)) or bool(new.get(b, 0))) for b in space.buttons}
     if space.camera:
         p, n = pending.get("camera", (0.0, 0.0)), new.get("camera", (0.0, 0.0))
@@ -88,6 +90,7 @@ class FrameOut:
     input_time: float | None  # time.monotonic() when its newest input arrived (None: no new input)
     decoder: str | None = None  # the decoder that dreamed it (None: a real frame)
     timings: dict[str, float] = field(default_factory=dict)  # ms and the batch size
+    action: Any = None  # the action that made it (None: a real frame)
 
 
 @dataclass
@@ -101,6 +104,7 @@ class _Slot:
     truth_frame: np.ndarray | None = None
     held: Any = None
     pending: Any = None  # the merged input not yet in a frame (the one-slot mailbox)
+    pending_over: Any = None  # what was held when the pending input began
     pending_seq: int = -1
     pending_time: float | None = None
     seq: int = -1
@@ -190,7 +194,9 @@ class Scheduler:
             slot = self._slots.get(sid)
             if slot is None or slot.closed:
                 return
-            slot.pending = merge_actions(slot.pending, action, self.space)
+            if slot.pending is None:
+                slot.pending_over = slot.held
+            slot.pending = merge_actions(slot.pending, action, self.space, slot.pending_over)
             slot.held = held_action(action, self.space)
             slot.pending_seq = seq
             slot.pending_time = received if received is not None else time.monotonic()
@@ -358,7 +364,7 @@ class Scheduler:
                     out = FrameOut(s.index, s.seq, image, truth, s.step, t_in, s.decoder.name, {
                         "model": stats.model_ms + stats.sample_ms, "decode": stats.decode_ms,
                         "passes": float(stats.passes), "steps": float(s.decoder.steps),
-                        "batch": float(len(items)), "truth": truth_ms})
+                        "batch": float(len(items)), "truth": truth_ms}, action)
                 self.frames += 1
                 self._deliver(s, out)
         self._last_step_s = time.perf_counter() - t0

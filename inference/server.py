@@ -584,7 +584,8 @@ class FrameServer:
             timings = {**out.timings, "encode": (time.perf_counter() - t0) * 1e3}
             await conn.ws.send(P.pack(P.Frame(index=out.index, seq=out.seq, encoding=hello.encoding,
                                               width=w, height=h, image=image, truth=truth,
-                                              step=out.step, decoder=out.decoder, timings=timings)))
+                                              step=out.step, decoder=out.decoder, timings=timings,
+                                              action=out.action)))
             now = time.monotonic()
             conn.frames += 1
             conn.first_frame = conn.first_frame or now

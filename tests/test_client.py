@@ -220,3 +220,116 @@ def test_a_reset_waits_for_its_real_frame_even_under_a_newer_dreamed_one():
     assert conn.wait_frame(4, timeout=0.1, real=True).index == 5
     with pytest.raises(ConnectionFailed, match="in time"):
         conn.wait_frame(5, timeout=0.1, real=True)  # no real frame after it yet
+
+
+def _welcome(**kw):
+    from worldsim import protocol as P
+
+    return P.Welcome(session=0, width=SIZE, height=SIZE, fps=10.0, action_space=CRAFTER_SPACE.to_dict(),
+                     encoding="raw", ground_truth=False, decoder="block_diffusion", steps=4,
+                     decoders=["block_diffusion"], seed=1, **kw)
+
+
+def test_a_recording_keeps_the_actions_the_frames_were_made_with_and_one_game_per_episode(tmp_path):
+    """Each recorded step carries the action the server applied (not the input last sent),
+    and a reset or frames the window never got start another episode."""
+    from worldsim import protocol as P
+    from worldsim.client.game import Recorder
+    from worldsim.data.store import EpisodeStore
+
+    pygame.display.init()
+    rec = Recorder(_welcome())
+
+    def add(step, action, decoder="block_diffusion"):
+        surface = pygame.Surface((SIZE, SIZE))
+        surface.fill((step * 10 % 256, 0, 0))
+        frame = P.Frame(index=step, seq=step, encoding="raw", width=SIZE, height=SIZE, image=b"",
+                        step=step, decoder=decoder, action=action)
+        rec.add(surface, None, frame, sent=0)
+
+    for step, action in [(3, 2), (4, 5), (5, 2), (6, 2)]:  # one stretch: steps 3..6
+        add(step, action)
+    add(0, None, decoder=None)  # a reset's real frame
+    add(1, 1)
+    add(2, 1)
+    add(7, 3)  # frames 3..6 never reached the window
+    written = rec.stop(tmp_path)
+    store = EpisodeStore(tmp_path / "recordings")
+    eps = [store.load(e) for e in store.episode_ids()]
+    assert rec.count == 8 and len(eps) == 2 and len(written) == 4  # the lone frame at step 7 is no episode
+    assert sorted(ep.actions.tolist() for ep in eps) == [[1, 1], [5, 2, 2]]
+
+
+class _FakeConn:
+    """What the window asks of a connection, recording what it sends."""
+
+    def __init__(self, welcome, fail_after=None):
+        from collections import deque
+
+        self.welcome, self.first_frame, self.errors = welcome, None, deque()
+        self.sent, self.calls, self.fail_after = [], [], fail_after
+        self.open_now, self.closed_reason = True, None
+
+    def send_action(self, action):
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            self.open_now, self.closed_reason = False, "1001 going away"
+            raise ConnectionFailed("the server closed the session: 1001 going away")
+        self.sent.append(action)
+
+    def configure(self, **kw):
+        self.calls.append(("configure", kw))
+
+    def reset(self, wait=True):
+        self.calls.append(("reset", {}))
+
+    def latest(self, timeout=0.0):
+        return None
+
+    def median_latency(self):
+        return None
+
+
+def test_the_window_resends_held_keys_after_a_reset_and_pausing_turns_nothing(tmp_path):
+    conn = _FakeConn(_welcome())
+    window = GameWindow(conn, out_dir=tmp_path)
+    try:
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_d))
+        window._events()
+        window._send_input()
+        window._send_input()  # nothing changed: nothing sent
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_F5))
+        window._events()
+        window._send_input()  # D is still held: said again after the reset
+        assert [CRAFTER_ACTIONS[a] for a in conn.sent] == ["move_right", "move_right"]
+        assert ("reset", {}) in conn.calls
+        window.motion = [5.0, 0.0]
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_F8))
+        window._events()
+        assert window.paused and window.motion == [0.0, 0.0]
+        a, b = window.screenshot(), window.screenshot()  # two in one second: both kept
+        assert a != b and a.exists() and b.exists()
+    finally:
+        window.close()
+
+
+def test_a_server_gone_mid_play_ends_the_game_with_a_line_and_errors_are_shown(tmp_path, capsys):
+    from worldsim import protocol as P
+
+    conn = _FakeConn(_welcome(), fail_after=0)
+    conn.errors.append(P.Error(P.UNAVAILABLE, "no ground truth for this recorded scene"))
+    window = GameWindow(conn, out_dir=tmp_path, max_fps=1000)
+    try:
+        window.run(max_frames=100)  # the first input finds the server gone: returns, not raises
+    finally:
+        window.close()
+    out = capsys.readouterr().out
+    assert "server: no ground truth for this recorded scene" in out
+    assert "the server closed the session: 1001 going away" in out
+
+
+def test_play_with_a_server_refuses_the_options_of_its_own_server(capsys):
+    from worldsim.cli import main
+
+    assert main(["play", "--server", "ws://127.0.0.1:9", "--steps", "3", "--bundle", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bundle, --steps" in err and "worldsim serve" in err

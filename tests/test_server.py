@@ -192,6 +192,9 @@ def resident_mb():
 def test_scheduler_merges_inputs_between_frames():
     assert merge_actions(5, 0, CRAFTER_SPACE) == 5  # a tap survives a release before the frame
     assert merge_actions(5, 2, CRAFTER_SPACE) == 2  # the newest input wins
+    assert merge_actions(5, 3, CRAFTER_SPACE, before=3) == 5  # and a return to the key held under it
+    assert merge_actions(5, 0, CRAFTER_SPACE, before=3) == 5
+    assert merge_actions(3, 3, CRAFTER_SPACE, before=3) == 3
     a = {**MINERL_SPACE.noop(), "forward": 1, "camera": [1.0, 2.0]}
     b = {**MINERL_SPACE.noop(), "jump": 1, "camera": [0.5, -4.0]}
     m = merge_actions(a, b, MINERL_SPACE)
@@ -535,3 +538,27 @@ def test_a_reset_whose_game_fails_gets_an_internal_error_and_a_close_while_other
         assert play(bystander, 0, 2).seq == 0
         assert wait_until(lambda: s.server.stats()["sessions"] == 1, 5)  # its session was freed
         bystander.close()
+
+
+def test_a_tap_while_a_key_is_held_reaches_the_frame_and_the_frame_says_what_it_applied(bundle):
+    """Walking (W held) and tapping Space before the next frame: the frame does `do`, and it
+    carries the action it was made with (what a recording keeps)."""
+    import queue
+
+    from worldsim.inference.engine import DecoderSettings, Engine
+    from worldsim.inference.sampling import GREEDY
+    from worldsim.inference.scheduler import Scheduler, Start
+
+    engine = Engine.from_bundle(bundle, decoder=DecoderSettings(steps=2, sampling=GREEDY), max_sessions=1)
+    sched = Scheduler(engine, CRAFTER_SPACE, 0).start()
+    frames: queue.Queue = queue.Queue()
+    sid, opened = sched.open(Start(np.zeros((1, SIZE, SIZE, 3), np.uint8), []), frames.put)
+    opened.result(10)
+    assert frames.get(timeout=10).action is None  # the real frame it starts from
+    sched.submit(sid, 3, 0)  # W: move up, held
+    assert frames.get(timeout=10).action == 3
+    with sched._cv:  # both inputs land before the worker takes the next one
+        sched.submit(sid, 5, 1)  # Space: do
+        sched.submit(sid, 3, 2)  # Space released, W still held
+    assert frames.get(timeout=10).action == 5
+    sched.stop()

@@ -265,6 +265,9 @@ class Frame:
     step: int = 0  # the game clock: steps since the game's reset
     decoder: str | None = None  # the decoder that dreamed it; absent for a real frame
     timings: dict[str, float] = field(default_factory=dict)  # ms: model, decode, encode, ...
+    # the action that made it, as the server applied it (inputs since the last frame merged);
+    # absent for a real frame
+    action: int | dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -298,7 +301,7 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
                       "encoding": text(8, ENCODINGS), "width": integer(1, 8192),
                       "height": integer(1, 8192), "image": blob(_MAX_IMAGE),
                       "truth": blob(_MAX_IMAGE), "step": integer(0, MAX_SEQ), "decoder": text(32),
-                      "timings": number_map(16)}),
+                      "timings": number_map(16), "action": action_value}),
     "error": (Error, {"code": text(32), "message": text(1024)}),
 }
 CLIENT_TYPES = ("hello", "action", "reset", "config", "ack")

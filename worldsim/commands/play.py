@@ -42,6 +42,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def engine_defaults() -> dict:
+    """The engine arguments and their defaults: with --server, any other value is refused."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_engine_args(p)
+    return vars(p.parse_args([]))
+
+
+def pygame_error() -> type[Exception]:
+    import pygame
+
+    return pygame.error
+
+
 def run(args: argparse.Namespace) -> int:
     from worldsim.client.connection import Connection, ConnectionFailed
     from worldsim.client.game import GameWindow
@@ -49,11 +62,18 @@ def run(args: argparse.Namespace) -> int:
 
     embedded = None
     url = args.server
-    if url is None:
+    if url is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in engine_defaults().items() if getattr(args, k) != v]
+        if given:  # they shape the embedded server's engine; a running server has its own
+            raise WorldsimError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up the model "
+                                "`worldsim play` serves itself; with --server, give it to `worldsim serve` there")
+    else:
         from worldsim.commands.serve import build_server
         from worldsim.inference.server import ServerSettings, ServerThread
 
-        _, dev, server = build_server(args, ServerSettings(host="127.0.0.1", port=0, max_sessions=1))
+        # One player, who may pause for as long as they like: no idle timeout.
+        _, dev, server = build_server(args, ServerSettings(host="127.0.0.1", port=0, max_sessions=1,
+                                                           idle_timeout=1e9))
         embedded = ServerThread(server).start()
         url = embedded.url
     try:
@@ -62,12 +82,18 @@ def run(args: argparse.Namespace) -> int:
                               ground_truth=args.ground_truth, token=args.token).open()
         except ConnectionFailed as e:
             raise WorldsimError(str(e)) from None
-        window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
         try:
-            shown = window.run(max_frames=args.frames or None)
+            try:
+                window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
+            except pygame_error() as e:
+                raise WorldsimError(f"cannot open a window: {e} (SDL_VIDEODRIVER=dummy plays without a "
+                                    "screen, with --autoplay and --gif)") from None
+            try:
+                shown = window.run(max_frames=args.frames or None)
+            finally:
+                window.close()
         finally:
             conn.close()
-            window.close()
         lat = conn.median_latency()
         print(f"worldsim play: {shown} frame{'' if shown == 1 else 's'} from {url}"
               + (f", median action-to-frame latency {lat:.1f} ms" if lat is not None else ""))
