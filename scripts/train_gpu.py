@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / ".gpu"  # ignored by git (.gitignore), named in the device call's carry
 PART = 15 * 2**20  # weights come back in parts under the 16 MiB limit per file
+MAX_FILES = 8  # files that come back from a device call
 CARRY_LIMIT = 64 * 2**20  # the device call's limit on the checkout and the carry together
 CARRY_MARGIN = 4 * 2**20  # room for what the checkout gains before the call
 CODE = ("pyproject.toml", "setup.py", "worldsim", "tokenizers", "inference", "client")  # what runs there
@@ -58,6 +60,12 @@ def sh(cmd: list[str], **kw) -> int:
 # -- here ------------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> None:
     dest = Path(args.dest)
+    shards, tok = Path(args.shards), Path(args.tokenizer)
+    # Every input checked before the old carry goes: a mistyped folder must not cost a good one.
+    _need([shards / n for n in ("frames.npy", "actions.npy", "index.json")], "--shards: token shards")
+    _need([tok / n for n in ("config.json", "image_tokenizer.safetensors")], "--tokenizer: a bundle with an image tokenizer")
+    if args.data:
+        _need([Path(args.data) / "dataset.json"], "--data: an episode store")
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "shards").mkdir(parents=True)
@@ -69,7 +77,6 @@ def prepare(args: argparse.Namespace) -> None:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "--", *CODE],
                              check=True, capture_output=True).stdout
     (dest / "src.tar").write_bytes(archive)
-    shards = Path(args.shards)
     for name in ("frames.npy", "actions.npy"):
         with open(shards / name, "rb") as f, gzip.open(dest / "shards" / f"{name}.gz", "wb", 6) as g:
             shutil.copyfileobj(f, g)
@@ -91,6 +98,16 @@ def prepare(args: argparse.Namespace) -> None:
         raise SystemExit(f"too large to carry: {(size + tree) / 2**20:.1f} MiB with the checkout, "
                          f"over {(CARRY_LIMIT - CARRY_MARGIN) / 2**20:.0f}; tokenize fewer episodes "
                          "or carry fewer validation episodes (--val-episodes)")
+
+
+class Refused(Exception):
+    """A one-line refusal (bad input), printed without a traceback."""
+
+
+def _need(paths: list[Path], what: str) -> None:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise Refused(f"{what} is missing {', '.join(missing)}")
 
 
 def checkout_size() -> int:
@@ -119,16 +136,27 @@ def _copy_val_episodes(store: Path, out: Path, n: int) -> None:
 def unpack(args: argparse.Namespace) -> None:
     """Rebuild a bundle from what `run` brought back: join the weight parts, copy the rest, and
     point its training.shards at the shards here (from --shards, else the carry's origin.json)."""
-    res, out = Path(args.results), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    res, out, inputs = Path(args.results), Path(args.out), Path(args.inputs)
+    _need([res / "config.json"], "--results: what `run` brought back")
+    cfg = json.loads((res / "config.json").read_text())
+    sent = cfg.pop("transfer", None)  # how the weights were split, to check them by
     parts = sorted(res.glob("model.safetensors.part*"))
+    weights = b"".join(p.read_bytes() for p in parts)
+    if sent is not None and (len(parts) != sent["parts"] or hashlib.sha256(weights).hexdigest() != sent["sha256"]):
+        raise Refused(f"{res} holds {len(parts)} of the {sent['parts']} weight parts `run` wrote, or "
+                      "other bytes: bring them all back before unpacking")
+    tok = res / "image_tokenizer.safetensors"
+    if not tok.exists():  # not brought back (it went there from here): the carry's copy
+        tok = inputs / "tokenizer" / "image_tokenizer.safetensors"
+        _need([tok], "--inputs: the carry `prepare` wrote (for the image tokenizer)")
+    out.mkdir(parents=True, exist_ok=True)
     if parts:
-        with open(out / "model.safetensors", "wb") as f:
-            for p in parts:
-                f.write(p.read_bytes())
+        (out / "model.safetensors").write_bytes(weights)
+    shutil.copy(tok, out / "image_tokenizer.safetensors")
     for p in res.iterdir():
-        if not p.name.startswith("model.safetensors.part"):
+        if not p.name.startswith("model.safetensors.part") and p.name != "config.json":
             shutil.copy(p, out / p.name)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     _relocate_shards(out, args.shards, Path(args.inputs) / "origin.json")
     print(f"bundle in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
@@ -159,7 +187,7 @@ def game_args() -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     inputs = Path(args.inputs).resolve()
-    out = Path(os.environ.get("OUT") or args.out).resolve()
+    out = Path(args.out if getattr(args, "force_out", False) else os.environ.get("OUT") or args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work).resolve()
     if work.exists():
@@ -210,6 +238,24 @@ def run(args: argparse.Namespace) -> int:
             sh(py + ["bench", "--bundle", str(bundle), "--device", args.device, "--dtype", args.dtype,
                      "--frames", "32", "--sessions", "1,16", "--json", str(out / "bench.json")],
                env=env, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+    return _fit_files(out)
+
+
+def _fit_files(out: Path) -> int:
+    """At most MAX_FILES files come back: drop what can be made again here (the bench's text
+    beside its JSON, the report's markdown beside its JSON) before anything is lost."""
+    for name in ("bench.txt", "eval_report.md"):
+        files = [p for p in out.iterdir() if p.is_file()]
+        if len(files) <= MAX_FILES:
+            break
+        if (out / name).exists():
+            (out / name).unlink()
+            print(f"dropped {name}: at most {MAX_FILES} files come back", flush=True)
+    n = sum(1 for p in out.iterdir() if p.is_file())
+    if n > MAX_FILES:
+        print(f"error: {n} files in {out}, over the {MAX_FILES} that come back: the weights' parts "
+              "alone are too many (a smaller model, or bf16)", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -224,11 +270,19 @@ def _bring_back(bundle: Path, out: Path, keep_fp32: bool) -> None:
     tmp = bundle / "model.bf16.safetensors"
     save_file(sd, str(tmp))
     data = tmp.read_bytes()
+    for old in out.glob("model.safetensors.part*"):  # an earlier run's, never to be joined to these
+        old.unlink()
+    n = 0
     for i in range(0, len(data), PART):
         (out / f"model.safetensors.part{i // PART:02d}").write_bytes(data[i:i + PART])
-    for name in ("config.json", "train_log.jsonl", "image_tokenizer.safetensors"):
-        if (bundle / name).exists():
-            shutil.copy(bundle / name, out / name)
+        n += 1
+    # The config says how the weights were split, so that `unpack` can check it has them all;
+    # the image tokenizer stays: it came from here.
+    cfg = json.loads((bundle / "config.json").read_text())
+    cfg["transfer"] = {"parts": n, "sha256": hashlib.sha256(data).hexdigest()}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if (bundle / "train_log.jsonl").exists():
+        shutil.copy(bundle / "train_log.jsonl", out / "train_log.jsonl")
 
 
 # -- smoke -----------------------------------------------------------------------------------
@@ -255,7 +309,7 @@ def smoke(args: argparse.Namespace) -> int:
     prepare(argparse.Namespace(dest=str(dest), ref=args.ref, shards=str(shards), tokenizer=str(tok),
                                data=str(store), val_episodes=2))
     results = tmp / "results"
-    rc = run(argparse.Namespace(inputs=str(dest), out=str(results), work=str(tmp / "work"),
+    rc = run(argparse.Namespace(inputs=str(dest), out=str(results), force_out=True, work=str(tmp / "work"),
                                 preset="tiny", frames=4, batch=2, lr=1e-3, warmup=2, steps=6,
                                 minutes=0.5, val_every=3, dtype="fp32", device="cpu",
                                 keep_fp32=False, eval_episodes=2, bench=False, train_args=[],
@@ -316,7 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ref", default="WORKTREE", help="the code to run (default: WORKTREE)")
     s.set_defaults(func=smoke)
     args = p.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (Refused, OSError) as e:
+        print(f"train_gpu {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

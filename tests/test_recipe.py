@@ -156,6 +156,28 @@ def test_gpu_script_smoke_runs_end_to_end(tmp_path):
     # The bundle names the shards here, not the device's copy: eval keeps to its held-out episodes.
     cfg = json.loads((tmp_path / "bundle" / "config.json").read_text())
     assert cfg["training"]["shards"] == str((tmp_path / "shards").resolve())
+    # What comes back fits the device's 8 files (the tokenizer went from here and is not sent
+    # back), and its config says how the weights were split, which the bundle no longer carries.
+    back = [p.name for p in (tmp_path / "results").iterdir()]
+    assert len(back) <= 8 and "image_tokenizer.safetensors" not in back
+    assert json.loads((tmp_path / "results" / "config.json").read_text())["transfer"]["parts"] == len(parts)
+    assert "transfer" not in cfg and (tmp_path / "bundle" / "image_tokenizer.safetensors").exists()
+
+    def script(*args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "train_gpu.py"), *args],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+
+    # A weight part that did not come back: refused in one line, nothing unpacked.
+    parts[0].rename(tmp_path / "away")
+    r = script("unpack", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "b2"),
+               "--inputs", str(tmp_path / "carry"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "weight parts" in r.stderr
+    assert not (tmp_path / "b2").exists()
+    # A mistyped folder: one line, and the carry already prepared is kept.
+    r = script("prepare", "--shards", str(tmp_path / "shardz"), "--tokenizer", str(tmp_path / "tok"),
+               "--dest", str(tmp_path / "carry"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "shardz" in r.stderr
+    assert (tmp_path / "carry" / "src.tar").exists()
 
 
 def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
