@@ -12,8 +12,9 @@ loss is sharper and needs a hotter sampler (benchmarks/results/cpu/study). With 
 choice goes into the bundle's config.json ("decoding": {"temperature": T}), which `worldsim
 play`, `serve`, `eval` and `bench` then use unless told otherwise.
 
-Each judgement is kept in OUT/judgements.json as it finishes, keyed by the weights' hash, so an
-interrupted run picks up where it stopped.
+Each judgement is kept in OUT/judgements.json as it finishes, with the weights' hash and the
+store it was made on, so an interrupted run picks up where it stopped, and new weights or another
+store are judged afresh.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def judgement(report: dict) -> dict:
             "psnr": model["overall"]["psnr"], "copy_psnr": copy["overall"]["psnr"],
             "psnr_steps": model["per_step"]["psnr"][:FLOOR_STEPS],
             "copy_psnr_steps": copy["per_step"]["psnr"][:FLOOR_STEPS]}
+
+
+def read_book(path: Path) -> dict:
+    """The judgements kept so far; a book that cannot be read is started again, with a warning."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        print(f"pick_temperature: warning: {path} cannot be read ({e}); judging again", file=sys.stderr)
+        return {}
 
 
 def choose(judged: dict[float, list[dict]]) -> tuple[float | None, list[dict]]:
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from worldsim.bundle import find_bundle, update_config
     from worldsim.errors import WorldsimError
+    from worldsim.fileio import atomic_write_json
 
     try:
         bundle = Path(find_bundle(args.bundle, "model to tune"))
@@ -103,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else bundle.parent / f"{bundle.name}-temperature"
     out.mkdir(parents=True, exist_ok=True)
     book_path = out / "judgements.json"
-    book = json.loads(book_path.read_text()) if book_path.exists() else {}
+    book = read_book(book_path)
     weights = weights_hash(bundle)
+    data = str(Path(args.data).resolve())  # a judgement holds for these weights on this store
     judged: dict[float, list[dict]] = {}
     for t in temps:
         for seed in seeds:
             key = f"T{t:g}-s{seed}-e{args.episodes}-{args.decoder or 'default'}" + (
                 f"-d{args.draws}" if args.draws > 1 else "")
-            if book.get(key, {}).get("weights") != weights:
+            if (book.get(key, {}).get("weights"), book.get(key, {}).get("data")) != (weights, data):
                 s = EvalSettings(episodes=args.episodes, seed=seed, draws=args.draws, temperature=t, videos=0,
                                  teacher_forced=False, game=False,
                                  decoders=[args.decoder] if args.decoder else [])
@@ -119,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                 except WorldsimError as e:
                     print(f"pick_temperature: {e}", file=sys.stderr)
                     return 1
-                book[key] = {"weights": weights, **judgement(r)}
-                book_path.write_text(json.dumps(book, indent=1))
+                except KeyboardInterrupt:
+                    print(f"pick_temperature: interrupted; the finished judgements are kept in {book_path}",
+                          file=sys.stderr)
+                    return 130
+                book[key] = {"weights": weights, "data": data, **judgement(r)}
+                atomic_write_json(book_path, book)  # a kill mid-write leaves the last whole book
             judged.setdefault(t, []).append(book[key])
             j = book[key]
             print(f"T {t:g}, seed {seed}: scroll {j['agree']}/{j['real_scrolls']}, "

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --parent goes with --interpolate", file=sys.stderr)
         return 2
     src, out = Path(args.bundle), Path(args.out)
+    if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
+        print(f"error: {src} is not a trained bundle (no config.json and model.safetensors)", file=sys.stderr)
+        return 2
     if args.weights == "last":
         sd, metrics = last_weights(src)
         if sd is None:
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(src / "image_tokenizer.safetensors", out / "image_tokenizer.safetensors")
     save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()},
               str(out / "model.safetensors"))
+    for name in EVAL_FILES:  # the model shipped there before was judged by these, not this one
+        (out / name).unlink(missing_ok=True)
     if args.eval:
         for name in EVAL_FILES:
             if (Path(args.eval) / name).exists():

@@ -322,6 +322,7 @@ def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundl
 
     # The same judgements are read back, not redone; make T 1.5 the clear winner and record it.
     for key, j in book.items():
+        assert j["data"] == str(unseen_store.resolve())
         better = key.startswith("T1.5")
         j.update(real_scrolls=10, agree=9 if better else 3, psnr=30.0 if better else 10.0, copy_psnr=20.0,
                  psnr_steps=[30.0 if better else 10.0] * 5, copy_psnr_steps=[20.0] * 5)
@@ -333,6 +334,19 @@ def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundl
     rec = read_config(b)["decoding"]
     assert rec["temperature"] == 1.5 and rec["chosen_on"]["real_scrolls"] == 20
     assert rec["chosen_on"]["scroll_agreement"] == 0.9
+
+    # The same weights on another store are judged anew, not read from this store's book.
+    other = tmp_path / "other-store"
+    shutil.copytree(unseen_store, other)
+    with pytest.raises(pytest.fail.Exception, match="judged again"):
+        pick.main([str(other) if a == str(unseen_store) else a for a in argv])
+
+    # A torn book (a kill mid-write) is judged again with a warning, not a traceback.
+    (out / "judgements.json").write_text('{"T0-s0')
+    with pytest.raises(pytest.fail.Exception, match="judged again"):
+        pick.main(argv)
+    assert "cannot be read" in capsys.readouterr().err
+    (out / "judgements.json").write_text(json.dumps(book))
 
     # New weights are judged anew: the book is keyed by the weights' hash.
     monkeypatch.setattr(pick, "weights_hash", lambda folder: "other")

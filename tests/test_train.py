@@ -686,6 +686,15 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
     assert "no longer holds" in capsys.readouterr().err and not (tmp_path / "w").exists()
     assert ship.main([str(child), "--out", str(tmp_path / "v"), "--parent", str(moved)]) == 2
     assert "goes with --interpolate" in capsys.readouterr().err and not (tmp_path / "v").exists()
+    # Shipped over an earlier model, the earlier model's report goes with it; a mistyped bundle
+    # is one line.
+    (tmp_path / "mid2" / "report.json").write_text("{}")
+    assert ship.main([str(child), "--out", str(tmp_path / "mid2")]) == 0
+    assert not (tmp_path / "mid2" / "report.json").exists()
+    capsys.readouterr()
+    assert ship.main([str(tmp_path / "chlid"), "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a trained bundle" in err and not (tmp_path / "u").exists()
 
 
 def _tiny_run(tiny_tokens, out, steps, **kw):
