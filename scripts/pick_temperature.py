@@ -47,6 +47,22 @@ def judgement(report: dict) -> dict:
             "copy_psnr_steps": copy["per_step"]["psnr"][:FLOOR_STEPS]}
 
 
+def forget_stale_choice(bundle: Path, weights: str) -> None:
+    """With nothing chosen, a temperature chosen for other weights (an earlier leg of the run)
+    is removed, so the bundle plays and is judged at the default rather than at a stale choice.
+    One inherited from a parent bundle, or chosen before choices recorded their weights, stays."""
+    from worldsim.bundle import read_config
+    from worldsim.fileio import atomic_write_json
+
+    cfg = read_config(bundle)
+    was = (cfg.get("decoding") or {}).get("chosen_on", {}).get("weights")
+    if was is not None and was != weights:
+        cfg.pop("decoding")
+        atomic_write_json(bundle / "config.json", cfg)
+        print(f"pick_temperature: removed the temperature chosen for the weights {bundle} held before",
+              file=sys.stderr)
+
+
 def read_book(path: Path) -> dict:
     """The judgements kept so far; a book that cannot be read is started again, with a warning."""
     if not path.exists():
@@ -156,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("pick_temperature: no temperature keeps PSNR above copy-last on every draw; nothing chosen",
               file=sys.stderr)
+        if args.write:
+            forget_stale_choice(bundle, weights)
         return 1
     print(f"chosen: temperature {best:g}")
     if args.write:
         row = next(r for r in rows if r["temperature"] == best)
         update_config(bundle, decoding={"temperature": best, "chosen_on": {
-            "data": str(args.data), "episodes": args.episodes, "seeds": seeds, "draws": args.draws,
+            "data": str(args.data), "weights": weights, "episodes": args.episodes, "seeds": seeds, "draws": args.draws,
             "temperatures": temps,
             "scroll_agreement": round(row["scroll"], 4), "real_scrolls": row["real_scrolls"]}})
         print(f"recorded in {bundle / 'config.json'}")

@@ -43,6 +43,14 @@ python "$HERE/pick_temperature.py" "$W/model" --data "$W/data" --temperatures "$
     || echo "no temperature chosen"
 phase "6/6 evaluate on held-out episodes (an inverse dynamics model first, for action following)"
 worldsim train-idm --data "$W/data" --out "$W/idm" --steps "$IDM_STEPS" --seed 0
-worldsim eval --bundle "$W/model" --data "$W/data" --idm "$W/idm" --out "$W/model-eval" \
-    --episodes "$EVAL_EPISODES" --seed 0      # at the temperature the bundle records
+# What the report judged: the model's weights, the temperature it plays at and the IDM's weights.
+TEMPERATURE=$(python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("decoding", {}).get("temperature"))' "$W/model/config.json")
+STAMP=$( (cat "$W/model/model.safetensors" "$W/idm/idm.safetensors"; echo "$TEMPERATURE") | sha256sum | cut -c1-64)
+if [ -f "$W/model-eval/report.json" ] && [ "$(cat "$W/model-eval/judged.sha256" 2>/dev/null)" = "$STAMP" ]; then
+    echo "the report in $W/model-eval is of this model already"
+else
+    worldsim eval --bundle "$W/model" --data "$W/data" --idm "$W/idm" --out "$W/model-eval" \
+        --episodes "$EVAL_EPISODES" --seed 0      # at the temperature the bundle records
+    echo "$STAMP" > "$W/model-eval/judged.sha256"
+fi
 phase "done: the model in $W/model, its report in $W/model-eval/report.md"

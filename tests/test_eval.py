@@ -352,6 +352,13 @@ def test_pick_temperature_keeps_each_judgement_and_records_the_choice(tiny_bundl
     monkeypatch.setattr(pick, "weights_hash", lambda folder: "other")
     with pytest.raises(pytest.fail.Exception, match="judged again"):
         pick.main(argv)
+    # and where none of their temperatures passes, the choice made for the old weights goes.
+    assert read_config(b)["decoding"]["chosen_on"]["weights"] != "other"
+    for j in book.values():
+        j.update(weights="other", psnr=10.0, psnr_steps=[10.0] * 5)
+    (out / "judgements.json").write_text(json.dumps(book))
+    assert pick.main(argv + ["--write"]) == 1
+    assert "decoding" not in read_config(b)
 
 
 def test_pick_temperature_chooses_the_best_pooled_scroll_above_the_psnr_floor():

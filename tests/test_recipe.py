@@ -203,7 +203,7 @@ def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
     assert report.exists() and (work / "model" / "model.safetensors").exists()
     book = work / "temperature" / "judgements.json"
     assert len(json.loads(book.read_text())) == 3 * 2  # three temperatures on two draws
-    book_written = book.stat().st_mtime_ns
+    book_written, report_written = book.stat().st_mtime_ns, report.stat().st_mtime_ns
     tokenizer_written = (work / "tok" / "image_tokenizer.safetensors").stat().st_mtime_ns
     second = recipe()
     assert "== done" in second
@@ -211,6 +211,7 @@ def test_cpu_recipe_runs_end_to_end_and_a_second_run_picks_up(tmp_path):
     assert "tokenized 0 episodes (6 already there)" in second  # nor tokenized twice
     assert "resuming from step 4" in second  # the IDM finds its checkpoint
     assert book.stat().st_mtime_ns == book_written  # no temperature judged again
+    assert report.stat().st_mtime_ns == report_written  # nor the model evaluated again
     assert (work / "tok" / "image_tokenizer.safetensors").stat().st_mtime_ns == tokenizer_written  # nor fitted
 
 
