@@ -64,3 +64,14 @@ def test_bench_guidance_reaches_the_row_and_its_label_only_when_on(tmp_path, cap
     assert row["settings"]["guidance"] == (1.5 if extra else 0.0)
     table = capsys.readouterr().out
     assert label in table and ("g=" in table) == bool(extra)
+
+
+@pytest.mark.parametrize("extra,says", [(["--data", "."], "--data judges"),
+                                        (["--sessions", "0,4"], "1 or more"),
+                                        (["--sessions", "1", "--ar-sessions", "-4"], "1 or more")])
+def test_bench_refuses_options_it_would_ignore_or_misread(extra, says, capsys):
+    from worldsim.cli import main
+
+    assert main(["bench", "--preset", "tiny", "--frames", "2", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from worldsim.inference.engine import DECODERS, DecoderSettings, valid_decoders
     from worldsim.inference.sampling import SamplingSettings
 
+    if args.preset and args.data:  # random weights dream nothing a store could judge
+        raise WorldsimError("--data judges a trained bundle's dreams (PSNR); with --preset there are "
+                            "none: give --bundle, or leave --data out")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
@@ -102,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
         ar_sessions = [int(x) for x in args.ar_sessions.split(",") if x] if args.ar_sessions else None
     except ValueError:
         raise WorldsimError("--sessions and --ar-sessions must be comma lists of integers") from None
+    if min(sessions + (ar_sessions or []), default=1) < 1:
+        raise WorldsimError("--sessions and --ar-sessions count sessions: 1 or more each")
     print(f"bench on {dev} ({torch.get_num_threads()} threads): {', '.join(names)}")
     result = bench(model, image_tok, action_tok, inputs, decoders, args.frames,
                    args.ar_frames or args.frames, sessions, args.session_frames,
