@@ -478,18 +478,9 @@ def test_ema_bundle_holds_the_moving_average_and_a_resume_keeps_it(tiny_tokens, 
     plain = TrainSettings(steps=2, batch=2, val_every=1, val_batches=1, warmup=1, log_every=1,
                           checkpoint_seconds=1e9)
     ema = TrainSettings(**{**plain.__dict__, "ema": 0.75})
-    real_step = WorldModelRun.train_step
-
-    def stop_after(name, settings, n):  # Ctrl-C before step n + 1: the checkpoint holds n steps
-        def interrupted(self):
-            if self.step == n:
-                raise KeyboardInterrupt
-            return real_step(self)
-
-        monkeypatch.setattr(WorldModelRun, "train_step", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(shards, tok, tmp_path / name, preset="tiny", settings=settings, progress=False)
-        monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+    def stop_after(name, settings, n):
+        _interrupted_at(monkeypatch, WorldModelRun, n, lambda: train(
+            shards, tok, tmp_path / name, preset="tiny", settings=settings, progress=False))
 
     def run(name, settings):
         return train(shards, tok, tmp_path / name, preset="tiny", settings=settings, progress=False)
@@ -697,6 +688,21 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
     assert err.count("\n") == 1 and "not a trained bundle" in err and not (tmp_path / "u").exists()
 
 
+def _interrupted_at(monkeypatch, run_cls, n, go) -> None:
+    """`go()` with Ctrl-C arriving before step n + 1 of a `run_cls` run: its checkpoint holds n steps."""
+    step = run_cls.train_step
+
+    def interrupted(self):
+        if self.step == n:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(run_cls, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        go()
+    monkeypatch.setattr(run_cls, "train_step", step)
+
+
 def _tiny_run(tiny_tokens, out, steps, **kw):
     base = dict(batch=2, val_every=1000, val_batches=1, warmup=1, checkpoint_seconds=1e9)
     return train(tiny_tokens[1], tiny_tokens[0], out, objective="block_diffusion", preset="tiny",
@@ -815,17 +821,8 @@ def test_a_resumed_vq_tokenizer_run_equals_an_uninterrupted_one(crafter_store, t
     train_tokenizer(crafter_store, tmp_path / "straight", preset="tiny", settings=s, progress=False)
     stop = 140  # (on this data, codes are first restarted at step 137)
     assert sum(restarts[:stop]) > 0 and sum(restarts[stop:]) > 0  # codes restarted on both sides of it
-    step = TokenizerRun.train_step
-
-    def interrupted(self):
-        if self.step == stop:
-            raise KeyboardInterrupt
-        return step(self)
-
-    monkeypatch.setattr(TokenizerRun, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_tokenizer(crafter_store, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
-    monkeypatch.setattr(TokenizerRun, "train_step", step)
+    _interrupted_at(monkeypatch, TokenizerRun, stop, lambda: train_tokenizer(
+        crafter_store, tmp_path / "resumed", preset="tiny", settings=s, progress=False))
     train_tokenizer(crafter_store, tmp_path / "resumed", preset="tiny", settings=s, progress=False)
     a = load_file(str(tmp_path / "straight" / "image_tokenizer.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "image_tokenizer.safetensors"))
