@@ -13,7 +13,8 @@ makes frames; the worker waits a moment for other sessions' inputs so that they 
 
 Inputs that arrive between two frames merge (`merge_actions`): buttons pressed at any point
 count as pressed, camera motion is summed, and for discrete spaces a tap is not lost to a
-release that arrives before the frame.
+release, or to a return to the key held under it, that arrives before the frame. Each frame
+carries the action it was made with (`FrameOut.action`), which a recording keeps.
 """
 
 from __future__ import annotations
