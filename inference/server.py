@@ -649,10 +649,15 @@ class ServerThread:
 
     def start(self, timeout: float = 30.0) -> "ServerThread":
         self._thread.start()
-        if not self._ready.wait(timeout):
+        if not self._ready.wait(timeout) or self._error is not None:
+            try:
+                self.server.stop()
+            except RuntimeError:  # its loop is already gone
+                pass
+            self.server.scheduler.stop()  # whose thread started with the server
+            if self._error is not None:
+                raise self._error
             raise ServeError(f"the server did not start within {timeout:g} s")
-        if self._error is not None:
-            raise self._error
         return self
 
     @property

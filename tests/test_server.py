@@ -562,3 +562,17 @@ def test_a_tap_while_a_key_is_held_reaches_the_frame_and_the_frame_says_what_it_
         sched.submit(sid, 3, 2)  # Space released, W still held
     assert frames.get(timeout=10).action == 5
     sched.stop()
+
+
+def test_a_server_that_cannot_listen_stops_its_scheduler_too(bundle):
+    import socket
+
+    from worldsim.inference.server import ServerThread, make_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = make_server(bundle, ServerSettings(host="127.0.0.1", port=taken.getsockname()[1]))
+        with pytest.raises(Exception):
+            ServerThread(server).start()
+    assert not server.scheduler._thread.is_alive()
