@@ -32,6 +32,7 @@ from worldsim.client.keymaps import Keymap, keymap_for
 
 GAP = 8  # pixels between the dream and the real game
 KEEPALIVE_S = 30.0  # while paused, a message this often, so that no idle timeout closes the game
+RESEND_S = 1.0  # in lockstep, an input unanswered this long goes again
 HUD_LINE = 18
 
 
@@ -128,6 +129,8 @@ class GameWindow:
         self.max_fps = max_fps
         self.decoder, self.steps = w.decoder, w.steps
         self.held: list[int] = []  # keys held, in the order they were pressed
+        self.fresh: set[int] = set()  # keys pressed since the last input sent
+        self.taps: list[int] = []  # of those, the ones already released: sent once all the same
         self.buttons: set[int] = set()
         self.motion = [0.0, 0.0]  # mouse motion since the last action sent
         self.last_sent: Any = None
@@ -213,6 +216,8 @@ class GameWindow:
             elif e.type == pygame.KEYUP:
                 if e.key in self.held:
                     self.held.remove(e.key)
+                if e.key in self.fresh and e.key not in self.taps:
+                    self.taps.append(e.key)  # pressed and released before anything was sent
             elif e.type == pygame.MOUSEMOTION and self.mouse_captured and not self.paused:
                 self.motion[0] += e.rel[0]  # summed: every event since the last frame counts
                 self.motion[1] += e.rel[1]
@@ -253,6 +258,7 @@ class GameWindow:
             self.saved.append(self.screenshot())
         elif key not in self.held:
             self.held.append(key)
+            self.fresh.add(key)
 
     def _capture(self, on: bool) -> None:
         self.mouse_captured = on
@@ -260,20 +266,25 @@ class GameWindow:
         pygame.mouse.set_visible(not on)
 
     def current_action(self) -> Any:
-        return self.keymap.action(self.held, sorted(self.buttons), (self.motion[0], self.motion[1]))
+        keys = self.held + [k for k in self.taps if k not in self.held]  # a tap counts as the newest
+        return self.keymap.action(keys, sorted(self.buttons), (self.motion[0], self.motion[1]))
 
     def _send_input(self) -> None:
         """Send the input when it changed, when the mouse moved, or, when the server makes a
         frame per input (fps 0), once per frame received."""
         action = self.current_action()
         moved = self.motion != [0.0, 0.0]
-        lockstep = self.welcome.fps == 0 and self.new_frame
+        # In lockstep a frame answers each input; one that never came (the input was dropped
+        # for rate) would otherwise stop the game: after a second, the input goes again.
+        lockstep = self.welcome.fps == 0 and (self.new_frame or time.monotonic() - self.last_message > RESEND_S)
         if action != self.last_sent or moved or lockstep:
             self.conn.send_action(action)
             self.last_sent = action
             self.motion = [0.0, 0.0]
             self.new_frame = False
             self.last_message = time.monotonic()
+            self.fresh.clear()
+            self.taps.clear()
 
     def _say_errors(self) -> None:
         """What the server reports (a refused setting, ground truth it cannot give, a rate

@@ -222,10 +222,10 @@ def test_a_reset_waits_for_its_real_frame_even_under_a_newer_dreamed_one():
         conn.wait_frame(5, timeout=0.1, real=True)  # no real frame after it yet
 
 
-def _welcome(**kw):
+def _welcome(fps=10.0, **kw):
     from worldsim import protocol as P
 
-    return P.Welcome(session=0, width=SIZE, height=SIZE, fps=10.0, action_space=CRAFTER_SPACE.to_dict(),
+    return P.Welcome(session=0, width=SIZE, height=SIZE, fps=fps, action_space=CRAFTER_SPACE.to_dict(),
                      encoding="raw", ground_truth=False, decoder="block_diffusion", steps=4,
                      decoders=["block_diffusion"], seed=1, **kw)
 
@@ -333,3 +333,31 @@ def test_play_with_a_server_refuses_the_options_of_its_own_server(capsys):
     assert main(["play", "--server", "ws://127.0.0.1:9", "--steps", "3", "--bundle", "x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--bundle, --steps" in err and "worldsim serve" in err
+
+
+def test_a_key_pressed_and_released_between_two_sends_is_sent_once_and_lockstep_resends(tmp_path):
+    import time as _time
+
+    conn = _FakeConn(_welcome())
+    window = GameWindow(conn, out_dir=tmp_path)
+    try:
+        window._send_input()  # noop: the first input
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE))
+        pygame.event.post(pygame.event.Event(pygame.KEYUP, key=pygame.K_SPACE))  # within one pass
+        window._events()
+        window._send_input()
+        window._send_input()
+        assert [CRAFTER_ACTIONS[a] for a in conn.sent] == ["noop", "do", "noop"]
+    finally:
+        window.close()
+    conn = _FakeConn(_welcome(fps=0.0))  # lockstep: a frame per input
+    window = GameWindow(conn, out_dir=tmp_path)
+    try:
+        window._send_input()
+        window._send_input()  # no frame yet: waits
+        assert len(conn.sent) == 1
+        window.last_message = _time.monotonic() - 2.0  # a second and more without an answer
+        window._send_input()
+        assert len(conn.sent) == 2
+    finally:
+        window.close()
