@@ -45,6 +45,10 @@ def decode_frame(frame: P.Frame) -> tuple[pygame.Surface, pygame.Surface | None]
     return one(frame.image), (one(frame.truth) if frame.truth is not None else None)
 
 
+class NoWindow(RuntimeError):
+    """The window cannot open (no display, or no video driver)."""
+
+
 class Recorder:
     """Frames as shown and the action that made each, as the server applied it (the inputs
     since the frame before, merged); written on `stop` as an mp4 and an episode in the
@@ -149,10 +153,13 @@ class GameWindow:
 
         # Display and fonts only: pygame.init() would also open the sound card, which a
         # world model does not use (and which logs errors on machines without one).
-        pygame.display.init()
-        pygame.font.init()
         width = w.width * self.scale * (2 if w.ground_truth else 1) + (GAP if w.ground_truth else 0)
-        self.screen = pygame.display.set_mode((width, w.height * self.scale))
+        try:
+            pygame.display.init()
+            pygame.font.init()
+            self.screen = pygame.display.set_mode((width, w.height * self.scale))
+        except pygame.error as e:  # no screen to draw on
+            raise NoWindow(str(e)) from None
         pygame.display.set_caption(f"worldsim: {w.action_space['name']} (F1 help)")
         self.font = pygame.font.Font(None, 20)
         self.view: list[tuple[pygame.Surface, tuple[int, int]]] = []  # the scaled frames, placed

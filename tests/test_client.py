@@ -361,3 +361,12 @@ def test_a_key_pressed_and_released_between_two_sends_is_sent_once_and_lockstep_
         assert len(conn.sent) == 2
     finally:
         window.close()
+
+
+def test_no_display_is_one_line(tmp_path, monkeypatch, capsys):
+    from worldsim.cli import main
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "no-such-driver")
+    assert main(["play", "--frames", "1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open a window" in err and "SDL_VIDEODRIVER=dummy" in err

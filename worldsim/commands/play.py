@@ -49,15 +49,9 @@ def engine_defaults() -> dict:
     return vars(p.parse_args([]))
 
 
-def pygame_error() -> type[Exception]:
-    import pygame
-
-    return pygame.error
-
-
 def run(args: argparse.Namespace) -> int:
     from worldsim.client.connection import Connection, ConnectionFailed
-    from worldsim.client.game import GameWindow
+    from worldsim.client.game import GameWindow, NoWindow
     from worldsim.errors import WorldsimError
 
     embedded = None
@@ -85,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             try:
                 window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
-            except pygame_error() as e:
+            except NoWindow as e:
                 raise WorldsimError(f"cannot open a window: {e} (SDL_VIDEODRIVER=dummy plays without a "
                                     "screen, with --autoplay and --gif)") from None
             try:
