@@ -157,7 +157,7 @@ def unpack(args: argparse.Namespace) -> None:
         if not p.name.startswith("model.safetensors.part") and p.name != "config.json":
             shutil.copy(p, out / p.name)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    _relocate_shards(out, args.shards, Path(args.inputs) / "origin.json")
+    _relocate_shards(out, args.shards, inputs / "origin.json")
     print(f"bundle in {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -244,14 +244,14 @@ def run(args: argparse.Namespace) -> int:
 def _fit_files(out: Path) -> int:
     """At most MAX_FILES files come back: drop what can be made again here (the bench's text
     beside its JSON, the report's markdown beside its JSON) before anything is lost."""
+    def count() -> int:
+        return sum(1 for p in out.iterdir() if p.is_file())
+
     for name in ("bench.txt", "eval_report.md"):
-        files = [p for p in out.iterdir() if p.is_file()]
-        if len(files) <= MAX_FILES:
-            break
-        if (out / name).exists():
+        if count() > MAX_FILES and (out / name).exists():
             (out / name).unlink()
             print(f"dropped {name}: at most {MAX_FILES} files come back", flush=True)
-    n = sum(1 for p in out.iterdir() if p.is_file())
+    n = count()
     if n > MAX_FILES:
         print(f"error: {n} files in {out}, over the {MAX_FILES} that come back: the weights' parts "
               "alone are too many (a smaller model, or bf16)", file=sys.stderr)
@@ -272,10 +272,9 @@ def _bring_back(bundle: Path, out: Path, keep_fp32: bool) -> None:
     data = tmp.read_bytes()
     for old in out.glob("model.safetensors.part*"):  # an earlier run's, never to be joined to these
         old.unlink()
-    n = 0
-    for i in range(0, len(data), PART):
-        (out / f"model.safetensors.part{i // PART:02d}").write_bytes(data[i:i + PART])
-        n += 1
+    n = -(-len(data) // PART)  # parts, the last one short
+    for k in range(n):
+        (out / f"model.safetensors.part{k:02d}").write_bytes(data[k * PART:(k + 1) * PART])
     # The config says how the weights were split, so that `unpack` can check it has them all;
     # the image tokenizer stays: it came from here.
     cfg = json.loads((bundle / "config.json").read_text())
