@@ -79,13 +79,14 @@ def test_killed_training_resumes_at_its_step(tiny_tokens, tmp_path):
 
 def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
     """Two data-parallel processes on a time budget (--max-minutes): the replicas stay identical,
-    and the ranks agree on the step to stop at (stopping on each rank's own clock would leave
-    one waiting in an all-reduce the other never joins)."""
+    the ranks agree on the step to stop at (stopping on each rank's own clock would leave
+    one waiting in an all-reduce the other never joins), and the learning rate anneals on the
+    clock they agree on, as one process's does (it stayed at its peak)."""
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29517", "-m", "worldsim",
            *_args(tiny_tokens, out, "--steps", "100000", "--batch", "2", "--val-every", "1000",
-                  "--max-minutes", "0.03")]
+                  "--max-minutes", "0.03", "--warmup", "1", "--lr", "1e-3")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     m = read_config(out)["model_metrics"]
@@ -93,6 +94,8 @@ def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
     assert m["replicas_identical"] is True
     assert len(m["replica_checksums"]) == 2
     assert r.stdout.count("trained ar") == 1  # only rank 0 reports
+    lrs = [json.loads(line)["lr"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert lrs[0] > 0.5e-3 and lrs[-1] < 0.5e-3  # down the cosine by the time the budget ends
 
 
 def test_checkpoint_whose_optimizer_does_not_fit_gives_a_clear_error(tmp_path):

@@ -172,6 +172,9 @@ class WorldModelRun(TrainingRun):
         self.last_val: float | None = None
         self.last_ema_val: float | None = None  # the moving average's, where the run keeps one
         self.last_val_step = -1  # the step whose weights last_val (and last_ema_val) measured
+        # Under torchrun, the seconds of training every rank agreed on at the last agreement
+        # (see out_of_time): the clock's share of the schedule, the same on every rank.
+        self.agreed_elapsed: float | None = None
 
     # -- setup and resume --------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -341,9 +344,16 @@ class WorldModelRun(TrainingRun):
 
     def lr(self, step: int) -> float:
         s = self.s
-        # With a time budget the schedule also runs on the clock (one process only: ranks'
-        # clocks differ, and their learning rates must not).
-        frac = self.elapsed / (s.max_minutes * 60) if s.max_minutes and not self.ddp.enabled else 0.0
+        # With a time budget the schedule also runs on the clock. Ranks' clocks differ and
+        # their learning rates must not: under torchrun it runs on the time they last agreed
+        # on (every log_every steps), which until then is the time the checkpoint recorded.
+        if self.ddp.enabled:
+            if self.agreed_elapsed is None:
+                self.agreed_elapsed = self.elapsed  # before any step: the same on every rank
+            seconds = self.agreed_elapsed
+        else:
+            seconds = self.elapsed
+        frac = seconds / (s.max_minutes * 60) if s.max_minutes else 0.0
         return lr_at(step, s.lr, s.warmup, s.steps, s.min_lr_ratio, frac)
 
     def train_step(self) -> torch.Tensor:
@@ -411,11 +421,13 @@ class WorldModelRun(TrainingRun):
             return super().out_of_time()
         # Ranks' clocks differ: stopping on one rank's clock alone would leave the others
         # waiting in the next gradient all-reduce. Agree, at steps every rank reaches.
+        # The longest of their times is agreed on too, and the schedule runs on it from here.
         if self.step % self.s.log_every:
             return False
-        flag = torch.tensor(float(super().out_of_time()), device=self.dev)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag)
+        seconds = torch.tensor(self.elapsed, dtype=torch.float64, device=self.dev)
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        self.agreed_elapsed = float(seconds)
+        return self.agreed_elapsed > self.max_seconds
 
     def any_nonfinite(self, flag: torch.Tensor) -> bool:
         if self.ddp.enabled:

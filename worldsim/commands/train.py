@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="autocast dtype; auto uses bf16 where the device runs it fast (default: auto)")
     p.add_argument("--val-every", type=positive_int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
     p.add_argument("--max-minutes", type=nonneg_float, default=0.0,
-                   help="stop after this many minutes of training and write the bundle (default: no limit)")
+                   help="stop after this many minutes of training and write the bundle; the learning rate's "
+                        "cosine ends with them, or at --steps if that comes first (default: no limit)")
     p.add_argument("--context-noise", type=fraction, default=S.context_noise,
                    help="block_diffusion: fraction of context image tokens replaced by random codes "
                         "in training, to recover from its own mistakes in rollouts (default: 0)")
