@@ -182,3 +182,53 @@ def test_stores_of_another_game_or_with_one_name_are_not_tokenized_together(craf
     with pytest.raises(WorldsimError, match="both collected with --seed 5"):
         tokenize_store([crafter_store, twin, other], tiny_tokens[0], tmp_path / "sh", progress=False)
     assert not (tmp_path / "sh" / "index.json").exists()
+
+
+def test_a_pack_killed_between_its_arrays_leaves_no_shards_and_the_next_tokenize_packs_again(
+        crafter_store, tiny_tokens, tmp_path, monkeypatch):
+    """The index goes first and comes back last: a kill after the new frames.npy but before
+    actions.npy and index.json leaves a folder that refuses to load (an old index over new
+    arrays read windows across episodes), and tokenizing into it again packs it whole."""
+    import shutil
+
+    from worldsim.data import shards as shards_mod
+    from worldsim.errors import WorldsimError
+
+    data, out = tmp_path / "data", tmp_path / "sh"
+    shutil.copytree(crafter_store, data)
+    EpisodeStore(data).episode_path("000005").unlink()  # 5 episodes first
+    tokenize_store(data, tiny_tokens[0], out, progress=False)
+    shutil.copy(EpisodeStore(crafter_store).episode_path("000005"), EpisodeStore(data).episode_path("000005"))
+
+    real_save = np.save
+
+    def killed_at_actions(fh, arr, *a, **k):
+        if arr.ndim == 2 and arr.shape[1] == 1:  # the actions array: (steps, A = 1)
+            raise KeyboardInterrupt
+        return real_save(fh, arr, *a, **k)
+
+    monkeypatch.setattr(shards_mod.np, "save", killed_at_actions)
+    with pytest.raises(KeyboardInterrupt):
+        tokenize_store(data, tiny_tokens[0], out, progress=False)
+    monkeypatch.setattr(shards_mod.np, "save", real_save)
+    with pytest.raises(WorldsimError, match="no index.json"):
+        TokenShards(out)
+    s = tokenize_store(data, tiny_tokens[0], out, progress=False)
+    assert s["tokenized"] == 0 and s["episodes"] == 6  # packed from the parts, none encoded again
+    whole, fresh = TokenShards(out), TokenShards(tiny_tokens[1])
+    for eid in fresh.episode_ids:
+        for a, b in zip(whole.episode(eid), fresh.episode(eid)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_arrays_that_do_not_match_their_index_are_refused_in_one_line(tiny_tokens, tmp_path):
+    import shutil
+
+    from worldsim.errors import WorldsimError
+
+    out = tmp_path / "sh"
+    shutil.copytree(tiny_tokens[1], out)
+    frames = np.load(out / "frames.npy")
+    np.save(out / "frames.npy", frames[:-3])
+    with pytest.raises(WorldsimError, match="do not hold what index.json says"):
+        TokenShards(out)

@@ -204,6 +204,11 @@ def _pack(out: Path, ids: list[str], header: dict[str, Any], made_from: dict[str
         a_off += len(a)
     if not episodes:
         raise WorldsimError("no episode could be tokenized")
+    # The index is written last and names what the arrays hold: it goes first, so that a kill
+    # between the two arrays leaves no shards (the next `tokenize` packs them again from the
+    # parts) rather than an old index over new arrays, whose offsets would cut windows across
+    # episodes.
+    (out / "index.json").unlink(missing_ok=True)
     for name, arrs in (("frames.npy", frames), ("actions.npy", actions)):
         with atomic_open(out / name, "wb") as fh:
             np.save(fh, np.concatenate(arrs))
@@ -231,6 +236,10 @@ class TokenShards:
         self.actions = np.load(folder / "actions.npy", mmap_mode="r")  # (sum T, A) uint16
         self.N = int(self.index["tokens_per_frame"])
         self.A = int(self.index["action_tokens"])
+        if (self.frames.shape != (self.index.get("frames"), self.N)
+                or self.actions.shape != (self.index.get("steps"), self.A)):
+            raise WorldsimError(f"{folder}: frames.npy and actions.npy do not hold what index.json "
+                                "says; run `worldsim tokenize` into it again")
         self.K = int(self.index["codebook_size"])
         keep = set(ids) if ids is not None else None
         self.episodes = [e for e in self.index["episodes"] if keep is None or e["id"] in keep]
