@@ -21,8 +21,9 @@ Mapping to a MineRL 1.0 action (the buttons of `MINERL_SPACE`, each 0 or 1, plus
 
 Keys outside this table are ignored. Opposed presses cancel: when both keys of a pair in
 `CONFLICTS` are held (forward+back, left+right, jump+sneak, sprint+sneak, attack+use) both
-are set to 0. Pairs are judged on what was pressed, so holding jump, sneak and sprint together
-zeroes all three.
+are set to 0. Pairs are judged one after another in that order, as MineWorld's loader does, so
+holding jump, sneak and sprint together zeroes jump and sneak and keeps sprint (sneak is off by
+the time its pair with sprint is judged).
 
 The camera stays a float by default. VPT's own reference loader stored it in an integer
 array, which truncates toward zero, and MineWorld was trained on that; `integer_camera=True`
@@ -83,6 +84,8 @@ class VPTWarning(UserWarning):
 def _camera(value: float, integer: bool) -> float:
     """Raw mouse units -> degrees (multiply first, so exact results stay exact)."""
     deg = float(value) * 360.0 / 2400.0
+    if not math.isfinite(deg):
+        raise ValueError(f"mouse move {value!r} is out of range")
     return float(math.trunc(deg)) if integer else deg
 
 
@@ -112,18 +115,20 @@ def json_to_action(step: Mapping[str, Any], integer_camera: bool = False) -> dic
         if name in KEY_TO_BUTTON:
             pressed.add(KEY_TO_BUTTON[name])
     for b in buttons:
-        if isinstance(b, bool) or not isinstance(b, (int, float)):
+        if (isinstance(b, bool) or not isinstance(b, (int, float))
+                or not math.isfinite(b) or b != int(b)):
             raise ValueError(f"mouse button {b!r} is not an integer")
         if int(b) in MOUSE_TO_BUTTON:
             pressed.add(MOUSE_TO_BUTTON[int(b)])
 
-    cancelled = {k for pair in CONFLICTS if set(pair) <= pressed for k in pair}
-    action: dict[str, Any] = {b: int(b in pressed and b not in cancelled)
-                              for b in MINERL_SPACE.buttons}
-    try:
-        dx, dy = float(mouse.get("dx", 0) or 0), float(mouse.get("dy", 0) or 0)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"mouse dx/dy must be numbers: {e}") from e
+    for pair in CONFLICTS:  # one after another: a key a pair turned off no longer conflicts
+        if set(pair) <= pressed:
+            pressed -= set(pair)
+    action: dict[str, Any] = {b: int(b in pressed) for b in MINERL_SPACE.buttons}
+    moves = [mouse.get(k, 0) or 0 for k in ("dx", "dy")]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in moves):
+        raise ValueError(f"mouse dx/dy must be finite numbers, got {moves[0]!r}, {moves[1]!r}")
+    dx, dy = (float(v) for v in moves)
     action["camera"] = [_camera(dy, integer_camera), _camera(dx, integer_camera)]  # [pitch, yaw]
     return action
 
@@ -146,14 +151,15 @@ def _parse_lines(lines: Iterable[str | bytes | Mapping[str, Any]], where: str
         if isinstance(line, Mapping):
             yield loc, line
             continue
-        if isinstance(line, bytes):
-            line = line.decode("utf-8")
-        if not line.strip():
-            continue
         try:
-            yield loc, json.loads(line)
-        except json.JSONDecodeError as e:
+            if isinstance(line, bytes):
+                line = line.decode("utf-8")
+            if not line.strip():
+                continue
+            parsed = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{loc}: bad JSON: {e}") from e
+        yield loc, parsed
 
 
 def jsonl_to_actions(lines_or_path: str | os.PathLike | Iterable[str | bytes | Mapping[str, Any]],
