@@ -101,6 +101,33 @@ def test_crafter_rejects_bad_input(cr):
         cr.decode(np.array([OFF, OFF]))  # wrong length
 
 
+def test_action_spaces_refuse_actions_that_are_not_theirs_in_one_line():
+    """A float, a string or a nested list was truncated or flattened into other actions; a
+    camera that is not two finite numbers crashed with a TypeError or went on as NaN."""
+    from worldsim.envs.crafter import CrafterEnv
+
+    for bad in ([3.7], ["3"], [[1, 2], [3, 4]]):
+        with pytest.raises(ValueError, match="list of integers"):
+            CRAFTER_SPACE.to_array(bad)
+    np.testing.assert_array_equal(CRAFTER_SPACE.to_array(np.arange(3, dtype=np.uint8)), [0, 1, 2])
+    assert CRAFTER_SPACE.to_array([]).shape == (0,)
+    env = CrafterEnv(size=72, seed=0)
+    env.reset()
+    for bad in (3.7, "3", None, [1, 2]):
+        with pytest.raises(ValueError, match="crafter action must be"):
+            env.step(bad)
+    env.step(np.int64(3))
+    for cam in (5, None, [1], [1, 2, 3], [float("nan"), 0], ["a", "b"]):
+        with pytest.raises(ValueError, match="camera must be two finite numbers"):
+            MINERL_SPACE.to_array([{"camera": cam}])
+    with pytest.raises(ValueError, match="fly"):  # unknown keys are named before the camera is read
+        MINERL_SPACE.to_array([{"camera": 5, "fly": 1}])
+    with pytest.raises(ValueError, match="dict of keys"):
+        MINERL_SPACE.to_array([3])
+    with pytest.raises(ValueError, match="'name' and a 'kind'"):
+        ActionSpace.from_dict({"kind": "discrete"})
+
+
 def test_crafter_offset_zero():
     tok = make_action_tokenizer(CRAFTER_SPACE, 0)
     np.testing.assert_array_equal(tok.encode_array(np.arange(17))[:, 0], np.arange(17))
@@ -369,3 +396,6 @@ def test_unknown_option_raises():
         make_action_tokenizer(CRAFTER_SPACE, -1)
     with pytest.raises(ValueError):
         make_action_tokenizer(MINERL_SPACE, OFF, camera_maxval=90, camera_binsize=7)
+    for bad in ({"camera_maxval": float("inf")}, {"camera_mu": float("nan")}):  # an OverflowError or a NaN bin
+        with pytest.raises(ValueError, match="positive and finite"):
+            make_action_tokenizer(MINERL_SPACE, OFF, **bad)

@@ -73,6 +73,7 @@ non-finite camera values raise ValueError instead of producing garbage bins.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Mapping
 
@@ -278,8 +279,8 @@ class MineRLActionTokenizer(ActionTokenizer):
         self.camera_maxval = float(camera_maxval)
         self.camera_binsize = float(camera_binsize)
         self.camera_mu = float(camera_mu)
-        if not (self.camera_maxval > 0 and self.camera_binsize > 0 and self.camera_mu > 0):
-            raise ValueError("camera_maxval, camera_binsize and camera_mu must be positive")
+        if not all(0 < v < math.inf for v in (self.camera_maxval, self.camera_binsize, self.camera_mu)):
+            raise ValueError("camera_maxval, camera_binsize and camera_mu must be positive and finite")
         n = 2 * self.camera_maxval / self.camera_binsize
         if abs(n - round(n)) > 1e-9:
             raise ValueError("2 * camera_maxval must be a multiple of camera_binsize")

@@ -58,6 +58,8 @@ class ActionSpace:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown action-space keys: {sorted(unknown)}")
+        if not isinstance(d, Mapping) or not {"name", "kind"} <= set(d):
+            raise ValueError("an action space needs a 'name' and a 'kind'")
         return cls(name=d["name"], kind=d["kind"], names=tuple(d.get("names", ())),
                    buttons=tuple(d.get("buttons", ())), camera=bool(d.get("camera", False)))
 
@@ -72,7 +74,11 @@ class ActionSpace:
     def to_array(self, actions: Sequence[Any]) -> np.ndarray:
         """A list of actions -> the on-disk array (int16 [T] or float32 [T, width])."""
         if self.kind == "discrete":
-            arr = np.asarray(actions, dtype=np.int64).reshape(-1)
+            raw = np.asarray(actions)
+            if raw.ndim != 1 or (raw.size and raw.dtype.kind not in "iu"):
+                raise ValueError(f"{self.name} actions must be a list of integers, got {raw.dtype} "
+                                 f"of shape {list(raw.shape)}")
+            arr = raw.astype(np.int64)
             if arr.size and (arr.min() < 0 or arr.max() >= self.n):
                 raise ValueError(f"{self.name} actions must lie in [0, {self.n})")
             return arr.astype(np.int16)
@@ -82,15 +88,23 @@ class ActionSpace:
         return out
 
     def action_to_row(self, a: Mapping[str, Any]) -> np.ndarray:
+        if not isinstance(a, Mapping):
+            raise ValueError(f"a {self.name} action is a dict of keys, got {type(a).__name__}")
+        unknown = set(a) - set(self.buttons) - ({"camera"} if self.camera else set())
+        if unknown:
+            raise ValueError(f"unknown {self.name} action keys: {sorted(unknown)}")
         row = np.zeros(self.width, np.float32)
         for i, b in enumerate(self.buttons):
             row[i] = float(bool(a.get(b, 0)))
         if self.camera:
             cam = a.get("camera", (0.0, 0.0))
-            row[-2], row[-1] = float(cam[0]), float(cam[1])
-        unknown = set(a) - set(self.buttons) - ({"camera"} if self.camera else set())
-        if unknown:
-            raise ValueError(f"unknown {self.name} action keys: {sorted(unknown)}")
+            try:
+                pitch_yaw = np.asarray(cam, dtype=np.float64)
+            except (TypeError, ValueError):
+                pitch_yaw = None
+            if pitch_yaw is None or pitch_yaw.shape != (2,) or not np.isfinite(pitch_yaw).all():
+                raise ValueError(f"camera must be two finite numbers [pitch, yaw], got {cam!r}")
+            row[-2:] = pitch_yaw
         return row
 
     def from_array(self, arr: np.ndarray, t: int) -> Any:

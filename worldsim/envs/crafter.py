@@ -7,6 +7,7 @@ lines up with an 8x downsampling image tokenizer: one token per tile.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,10 @@ class CrafterEnv:
         return self._env.reset()
 
     def step(self, action: Any) -> tuple[np.ndarray, bool, dict[str, Any]]:
-        a = int(action)
+        try:
+            a = operator.index(action)  # an integer: 3.7 or "3" is no action
+        except TypeError:
+            a = -1
         if not 0 <= a < len(CRAFTER_ACTIONS):
             raise ValueError(f"crafter action must be in [0, {len(CRAFTER_ACTIONS)}), got {action!r}")
         frame, _reward, done, info = self._env.step(a)
