@@ -47,6 +47,18 @@ def test_truncated_episode_is_skipped_with_warning(tmp_path):
     assert store.refresh().episodes == 3
 
 
+def test_a_lone_npy_array_under_an_episode_name_is_skipped_with_warning(tmp_path):
+    """np.load gives a plain array for an .npy file, which the loader took for an archive: a
+    TypeError stopped every command that read the store."""
+    store = make_store(tmp_path)
+    with open(store.episode_path("000001"), "wb") as f:
+        np.save(f, np.zeros((6, 8, 8, 3), np.uint8))
+    with pytest.warns(CorruptEpisodeWarning, match="000001.*not an .npz archive"):
+        ids = [ep.id for ep in store.iter_episodes()]
+    assert ids == ["000000", "000002", "000003"]
+    assert not store.has_valid("000001")
+
+
 def test_wrong_shapes_are_corrupt(tmp_path):
     store = make_store(tmp_path)
     atomic_save_npz(store.episode_path("000009"), frames=np.zeros((3, 8, 8, 3), np.uint8),

@@ -200,8 +200,12 @@ class EpisodeStore:
         path = self.episode_path(episode_id)
         try:
             # Our own handle: np.load leaks the one it opens when the zip directory is torn.
-            with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            with open(path, "rb") as fh:
+                z = np.load(fh, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):  # a lone .npy array under the name
+                    raise CorruptEpisode(f"{path}: not an .npz archive of arrays")
+                with z:
+                    arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
             raise CorruptEpisode(f"{path}: {type(e).__name__}: {e}") from e
         for key in ("frames", "actions"):
