@@ -4,6 +4,7 @@ the action-sensitivity gap."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -397,3 +398,15 @@ def test_pick_temperature_judges_on_pooled_sampling_draws(tiny_bundle, unseen_st
     pooled = report["quality"][book[key]["decoder"]]["rollout"]["all"]["overall"]
     assert book[key]["real_scrolls"] == (pooled["real_scroll_steps"] or 0)
     assert pick.main(argv + ["--draws", "0"]) == 2
+
+
+def test_a_frame_pair_across_dusk_or_dawn_counts_as_night_for_code_flicker():
+    """A pair is a day pair only when both frames are day: judged by the later frame alone, the
+    pair from the last night frame to the first day one charged night noise to the day figure."""
+    from worldsim.evaluation.run import flicker_pairs
+
+    night = np.array([[True, False, False, True], [False, False, False, False]])
+    pairs = flicker_pairs(night)
+    assert pairs["all"] is None
+    assert pairs["night"].tolist() == [True, False, True, False, False, False]
+    assert pairs["day"].tolist() == [False, True, False, True, True, True]

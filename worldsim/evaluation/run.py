@@ -186,6 +186,14 @@ DRIFT_KEYS = ("psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_a
               "own_way_follow")
 
 
+def flicker_pairs(night_BT: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Which consecutive frame pairs (B * (T-1),) each flicker subset counts: a pair is a day
+    pair only when both its frames are day (a night frame's noise flips codes of still tiles,
+    and a pair across dawn or dusk would charge it to the day figure), night otherwise."""
+    pair_night = (night_BT[:, :-1] | night_BT[:, 1:]).reshape(-1)
+    return {"all": None, "day": ~pair_night, "night": pair_night}
+
+
 def summarise(stats: dict[str, np.ndarray], night_BS: np.ndarray) -> dict[str, Any]:
     """Per subset (all, day, night): overall, per horizon step, and drift (last quarter of the
     horizon minus the first)."""
@@ -546,10 +554,9 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
             game_note = ("Crafter itself from the last context frame, with the world out of view, its "
                          "creatures and their dice drawn anew (worldsim/evaluation/game.py)")
 
-    pair_night = real.night[:, 1:].reshape(-1)
     tokenizer = {"uses_light": codec.uses_light, "codebook_size": int(getattr(tcfg, "codebook_size", 0)),
                  "kind": (cfg.get("image_tokenizer") or {}).get("kind", "vq")}
-    for subset, sel in (("all", None), ("day", ~pair_night), ("night", pair_night)):
+    for subset, sel in flicker_pairs(real.night).items():
         tokenizer[subset] = metrics.code_flicker(real.tokens, real.frames, real.tile, pairs_T=sel)
     night_H = real.night[:, C:C + H]
     out_dir = Path(out) if out is not None else \
