@@ -150,6 +150,8 @@ def prefill(model: WorldModel, cache: KVCache, rows: list[int], frames_BCN: torc
         tokens, prev = x["tokens"][:, :t], x["prev"][:, :t]
         for _ in range(c):
             cache.new_block(rows)
+        if t == 0:  # one context frame of one token: nothing precedes the token to decode
+            return 0
         mask = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
     positions = torch.arange(tokens.shape[1]).expand(b, -1)  # planned on the host
     positions = cache.prepare(rows, positions, torch.ones(b, tokens.shape[1], dtype=torch.bool), mask[None])

@@ -6,6 +6,7 @@ filtered distribution, which decoders use as confidences.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ class SamplingSettings:
     top_p: float = 1.0  # 1.0: off
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if not 0 <= self.temperature < math.inf or not 0 < self.top_p <= 1 or self.top_k < 0:  # NaN too
             raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
 
 

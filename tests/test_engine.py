@@ -503,3 +503,28 @@ def test_prefill_keeps_the_first_frames_as_sinks():
     assert len(held) == 2  # frames 0 and 5 with their actions; frame 6 is the newest, not cached
     for phys, f in zip(held, (0, 5)):
         assert torch.allclose(cache.k[0, 0, phys * cfg.block_len:(phys + 1) * cfg.block_len], first_layer_keys(f))
+
+
+@pytest.mark.parametrize("decoder", ["ar", "diagonal"])
+def test_one_token_frames_from_one_context_frame_match_the_reference(decoder):
+    """With one token per frame and one context frame nothing precedes the token to decode:
+    prefill planned a pass over no tokens and crashed in the cache. It now opens with none,
+    and the frames are the no-cache reference's."""
+    from worldsim.inference import plain
+
+    model = tiny("ar", grid=(1, 1), tokens_per_frame=1)
+    cfg = model.cfg
+    frames, _ = context(cfg, c=1)
+    plan = [3, 5, 7]
+    s = engine(model, DecoderSettings(decoder, sampling=GREEDY)).open(frames, [])
+    out = torch.cat([s.step(a) and s.last_frame.clone() for a in plan])  # (T, N = 1)
+    off = cfg.codebook_size
+    ref = plain.rollout(model, frames[None], torch.tensor([[[off + plan[0]]]]),
+                        torch.tensor([[[off + a] for a in plan[1:]]]), GREEDY)
+    assert torch.equal(out, ref[0])
+
+
+def test_a_temperature_that_is_not_a_number_is_refused_with_the_settings():
+    for t in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match="temperature"):
+            SamplingSettings(temperature=t)
