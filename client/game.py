@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import zlib
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,7 @@ GAP = 8  # pixels between the dream and the real game
 KEEPALIVE_S = 30.0  # while paused, a message this often, so that no idle timeout closes the game
 RESEND_S = 1.0  # in lockstep, an input unanswered this long goes again
 HUD_LINE = 18
+GIF_MAX_FRAMES = 1200  # --gif keeps the session's last frames: two minutes at 10 frames/s
 
 
 def decode_frame(frame: P.Frame) -> tuple[pygame.Surface, pygame.Surface | None]:
@@ -149,7 +151,10 @@ class GameWindow:
         self.saved: list[Path] = []
         self.autopilot = Autopilot(self.keymap) if autopilot else None
         self.gif = Path(gif) if gif is not None else None
-        self.gif_frames: list[bytes] = []  # the window at half size, one per frame shown
+        # the window at half size, one per frame shown, zlib-compressed (pixel art shrinks about
+        # 25-fold, so a long session holds little): the last GIF_MAX_FRAMES of them
+        self.gif_frames: deque[bytes] = deque(maxlen=GIF_MAX_FRAMES)
+        self.gif_seen = 0  # frames kept for the GIF, those since dropped included
 
         # Display and fonts only: pygame.init() would also open the sound card, which a
         # world model does not use (and which logs errors on machines without one).
@@ -351,7 +356,8 @@ class GameWindow:
     def _keep_for_gif(self) -> None:
         w, h = self.screen.get_size()
         half = pygame.transform.scale(self.screen, (w // 2, h // 2))
-        self.gif_frames.append(pygame.image.tobytes(half, "RGB"))
+        self.gif_frames.append(zlib.compress(pygame.image.tobytes(half, "RGB"), 1))
+        self.gif_seen += 1
 
     def _write_gif(self) -> None:
         if self.gif is None or not self.gif_frames:
@@ -359,9 +365,10 @@ class GameWindow:
         from worldsim.data.recording import write_gif  # numpy and imageio: only now
 
         w, h = self.screen.get_size()
-        n = write_gif(self.gif, self.gif_frames, h // 2, w // 2, self.welcome.fps or 10)
+        n = write_gif(self.gif, map(zlib.decompress, self.gif_frames), h // 2, w // 2, self.welcome.fps or 10)
         self.saved.append(self.gif)
-        print(f"worldsim play: wrote {n} frames to {self.gif}")
+        kept = f"the last {n} of {self.gif_seen} frames" if n < self.gif_seen else f"{n} frames"
+        print(f"worldsim play: wrote {kept} to {self.gif}")
 
     def screenshot(self, path: str | Path | None = None) -> Path:
         if path is None:

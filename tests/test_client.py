@@ -122,6 +122,24 @@ def test_worldsim_play_runs_an_embedded_server(tmp_path, capsys):
     assert len(imageio.mimread(gif)) == 6
 
 
+def test_a_gif_keeps_the_sessions_last_frames(tmp_path, capsys, monkeypatch):
+    """A long session with --gif held every frame, uncompressed, until the end (--frames 0
+    plays until the window closes): it now keeps the last GIF_MAX_FRAMES, and says so."""
+    import imageio.v2 as imageio
+
+    from worldsim.client import game
+    from worldsim.cli import main
+
+    monkeypatch.setattr(game, "GIF_MAX_FRAMES", 3)
+    bundle = tiny_bundle(tmp_path / "bundle")
+    gif = tmp_path / "play.gif"
+    assert main(["play", "--bundle", str(bundle), "--frames", "6", "--fps", "0", "--device", "cpu",
+                 "--seed", "2", "--out", str(tmp_path), "--autoplay", "--gif", str(gif)]) == 0
+    assert f"wrote the last 3 of 6 frames to {gif}" in capsys.readouterr().out
+    kept = imageio.mimread(gif)
+    assert len(kept) == 3 and kept[0].shape[:2] == kept[-1].shape[:2]
+
+
 def test_play_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -50,11 +50,11 @@ def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: 
     return written
 
 
-def write_gif(path: Path, frames: Sequence[bytes], height: int, width: int, fps: float) -> int:
-    """Raw RGB frames as a looping GIF; returns the number of frames."""
+def write_gif(path: Path, frames: Iterable[bytes], height: int, width: int, fps: float) -> int:
+    """Raw RGB frames (read one at a time) as a looping GIF; returns the number of frames."""
     import imageio.v2 as imageio
 
-    video = rgb_frames(frames, height, width)
+    video = [np.frombuffer(f, np.uint8).reshape(height, width, 3) for f in frames]
     path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, list(video), duration=1000 / fps, loop=0)  # ms per frame
+    imageio.mimsave(path, video, duration=1000 / fps, loop=0)  # ms per frame
     return len(video)
