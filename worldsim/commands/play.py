@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=".", help="folder for screenshots and recordings (default: .)")
     p.add_argument("--autoplay", action="store_true",
                    help="press keys by itself (runs of moves, now and then the action key): demos, smoke tests")
-    p.add_argument("--gif", default=None, help="also write the session, as shown, to this GIF (its last 1,200 frames: two minutes "
-                        "at 10 frames/s; F9 records a whole session)")
+    p.add_argument("--gif", default=None,
+                   help="also write the session, as shown, to this GIF (its last 1,200 frames: two "
+                        "minutes at 10 frames/s; F9 records a whole session)")
     add_engine_args(p)
     p.set_defaults(func=run)
 

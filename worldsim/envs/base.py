@@ -54,12 +54,12 @@ class ActionSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ActionSpace":
+        if not isinstance(d, Mapping) or not {"name", "kind"} <= set(d):
+            raise ValueError("an action space needs a 'name' and a 'kind'")
         known = {"name", "kind", "names", "buttons", "camera"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown action-space keys: {sorted(unknown)}")
-        if not isinstance(d, Mapping) or not {"name", "kind"} <= set(d):
-            raise ValueError("an action space needs a 'name' and a 'kind'")
         return cls(name=d["name"], kind=d["kind"], names=tuple(d.get("names", ())),
                    buttons=tuple(d.get("buttons", ())), camera=bool(d.get("camera", False)))
 
