@@ -57,7 +57,7 @@ def load(args: argparse.Namespace, what: str, horizon: int = HORIZON) -> Setup:
     action_tok = action_tokenizer_from_config(cfg["action_tokenizer"])
     codec = ev.Codec(image_tok)
     store = EpisodeStore(args.data)
-    ids, _ = held_out_ids(store, cfg)
+    ids, _ = held_out_ids(store, cfg, path)
     windows = select_windows(store, ids, args.episodes, max(CONTEXT + horizon, model.cfg.frames), args.seed)
     real = ev._real(windows, codec, action_tok, image_tok.cfg.grid[0], store.info.env, CONTEXT, horizon)
     if real.map_rows is None:

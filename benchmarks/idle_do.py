@@ -70,7 +70,7 @@ def main() -> None:
     paths = [str(bundle.find_bundle(b, "model to measure")) for b in (args.bundle or [None])]
     store = EpisodeStore(args.data)
     first = bundle.read_config(paths[0])
-    ids, _ = held_out_ids(store, first)
+    ids, _ = held_out_ids(store, first, paths[0])
     codec = ev.Codec(bundle.load_image_tokenizer(paths[0], "cpu"))
     cases, grass = grass_facing_contexts(store, ids, codec, args.contexts)
     if not cases:

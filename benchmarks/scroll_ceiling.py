@@ -86,7 +86,7 @@ def main() -> None:
         raise SystemExit(f"{args.data} is not a Crafter store made by `worldsim collect`")
     args.bundle = bundle.find_bundle(args.bundle, "model whose held-out episodes to use")
     cfg = bundle.read_config(args.bundle)
-    ids, _ = held_out_ids(store, cfg)
+    ids, _ = held_out_ids(store, cfg, args.bundle)
     C, H = 1, args.horizon
     windows = select_windows(store, ids, args.episodes, max(C + H, int(cfg["model"]["frames"])), args.seed)
     tile = windows[0].frames.shape[1] // 9

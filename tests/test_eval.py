@@ -3,6 +3,7 @@ the action-sensitivity gap."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,3 +411,30 @@ def test_a_frame_pair_across_dusk_or_dawn_counts_as_night_for_code_flicker():
     assert pairs["all"] is None
     assert pairs["night"].tolist() == [True, False, True, False, False, False]
     assert pairs["day"].tolist() == [False, True, False, True, True, True]
+
+
+def test_a_bundles_relative_shards_path_is_found_from_another_working_folder(
+        tiny_bundle, crafter_store, tmp_path, monkeypatch):
+    """A bundle records its shards as `worldsim train` was given them, relative to that run's
+    working folder. Read from another folder, the path was read against it, the shards were
+    not found, and the eval fell back to the whole store: training episodes judged as unseen.
+    The path is now also looked for above the bundle."""
+    from worldsim.bundle import read_config, recorded_path
+    from worldsim.data.store import EpisodeStore, split_ids
+    from worldsim.evaluation.episodes import held_out_ids
+
+    root = tmp_path / "checkout"  # a checkout: its shards and its bundle, paths relative to it
+    shutil.copytree(read_config(tiny_bundle)["training"]["shards"], root / "data" / "shards")
+    shutil.copytree(tiny_bundle, root / "assets" / "models" / "m")
+    cfg = read_config(root / "assets" / "models" / "m")
+    cfg["training"]["shards"] = "data/shards"
+    want = split_ids(EpisodeStore(crafter_store).episode_ids(), 0.05)[1]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert recorded_path(root / "assets" / "models" / "m", "data/shards") == root / "data" / "shards"
+    assert recorded_path(root / "assets" / "models" / "m", "data/none") == Path("data/none")
+    ids, note = held_out_ids(EpisodeStore(crafter_store), cfg, root / "assets" / "models" / "m")
+    assert note.startswith("validation split") and ids == want
+    with pytest.warns(UserWarning, match="cannot read"):  # without the bundle's place: not found
+        assert held_out_ids(EpisodeStore(crafter_store), cfg)[1].startswith("whole store")

@@ -63,6 +63,20 @@ def update_config(folder: str | os.PathLike, **entries: Any) -> dict[str, Any]:
     return cfg
 
 
+def recorded_path(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A path that a bundle's config records (the shards it trained on, the bundle it started
+    from), as it was written: relative to the working folder of the run that made the bundle.
+    Read from another working folder it is found under the first folder above the bundle that
+    holds it (a checkout entered from elsewhere); where none does, it is returned as recorded."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    for above in Path(folder).resolve().parents:
+        if (above / p).exists():
+            return above / p
+    return p
+
+
 def save_weights(folder: str | os.PathLike, component: str, module: torch.nn.Module) -> Path:
     path = Path(folder) / f"{component}.safetensors"
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from worldsim.bundle import recorded_path
 from worldsim.data.store import CorruptEpisode, EpisodeStore, split_ids
 from worldsim.errors import WorldsimError
 
@@ -35,13 +36,17 @@ class Window:
     daylight: np.ndarray | None  # (T,) float32, 1.0 at noon
 
 
-def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[str], str]:
-    """(episode ids to draw from, a note saying which and why)."""
+def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any], bundle_dir: str | Path | None = None
+                 ) -> tuple[list[str], str]:
+    """(episode ids to draw from, a note saying which and why). `bundle_dir` is where the
+    config was read: a relative shards path is also looked for above it."""
     ids = store.episode_ids()
     training = bundle_cfg.get("training") or {}
     shards = training.get("shards")
     if not shards:
         return ids, "whole store (the bundle records no training data)"
+    if bundle_dir is not None:
+        shards = recorded_path(bundle_dir, shards)
     index_path = Path(shards) / "index.json"
     try:
         index = json.loads(index_path.read_text())
@@ -53,6 +58,8 @@ def held_out_ids(store: EpisodeStore, bundle_cfg: dict[str, Any]) -> tuple[list[
     val_fraction = float(training.get("val_fraction", 0.05))
     sources = [(index.get("data"), "")] + [(m.get("data"), m.get("prefix", ""))
                                           for m in index.get("more_data", [])]
+    # a store's path, as tokenize was run, is also looked for above the shards
+    sources = [(None if src is None else str(recorded_path(shards, src)), pre) for src, pre in sources]
     for source, prefix in sources:
         # the episodes of that store, under the store's own ids (the first keeps them whole)
         mine = [e for e in index.get("episodes", []) if _prefix_of(e["id"]) == prefix]

@@ -504,7 +504,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
                                 f"actions, not {store.info.action_space.name}")
 
     C, H = s.context, s.horizon
-    ids, source_note = held_out_ids(store, cfg)
+    ids, source_note = held_out_ids(store, cfg, bundle_dir)
     # Windows long enough for the rollout and for one whole model window (the action gap).
     windows = select_windows(store, ids, s.episodes, max(C + H, model.cfg.frames), s.seed)
     real = _real(windows, codec, action_tok, tcfg.grid[0], store.info.env, C, H)
