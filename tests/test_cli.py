@@ -146,6 +146,26 @@ def test_filesystem_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert line == f"worldsim collect: error: Permission denied: {tmp_path / 'x'}"
 
 
+@pytest.mark.parametrize("command, argv, resumes", [("collect", ["--out", "x"], True), ("info", [], False)])
+def test_an_interrupted_command_says_it_resumes_only_if_it_does(command, argv, resumes, capsys, monkeypatch):
+    """`worldsim eval` (or info, bench, play, serve) keeps nothing when stopped; its Ctrl-C
+    said "finished work is kept, run again to resume" all the same."""
+    import importlib
+
+    from worldsim.cli import COMMANDS, RESUMABLE, main
+
+    mod = importlib.import_module(f"worldsim.commands.{command}")
+
+    def stopped(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "run", stopped)
+    assert main([command, *argv]) == 130
+    err = capsys.readouterr().err
+    assert ("run again to resume" in err) is resumes and err.startswith(f"worldsim {command}: interrupted")
+    assert RESUMABLE <= set(COMMANDS) and "eval" not in RESUMABLE
+
+
 def test_warnings_print_on_their_own_line_under_a_progress_bar(capsys):
     import re
     import warnings

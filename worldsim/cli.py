@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that keep their finished work when stopped and go on from it when run again.
+RESUMABLE = frozenset({"collect", "tokenize", "train", "train-tokenizer", "train-idm"})
+
+
 def _terminate(signum, frame) -> None:
     # `kill` (SIGTERM) stops a run the way Ctrl-C does: checkpoints are written on the way out.
     raise KeyboardInterrupt
@@ -64,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worldsim {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"worldsim {args.command}: interrupted; finished work is kept, run again to resume",
-              file=sys.stderr)
+        then = "; finished work is kept, run again to resume" if args.command in RESUMABLE else ""
+        print(f"worldsim {args.command}: interrupted{then}", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = old_showwarning
