@@ -98,6 +98,11 @@ BAD_INPUTS = [
     ("bench --preset tiny --threshold 1.5", "argument --threshold: must be between 0 and 1, got 1.5"),
     ("bench --preset tiny --temperature -1", "argument --temperature: must be 0 or more, got -1"),
     ("bench --bundle {new}", "argument --bundle: no such folder: {new}"),
+    # files written at the end are checked before the work
+    ("bench --preset tiny --json {dir}", "argument --json: {dir} is a folder, not a file"),
+    ("bench --preset tiny --json {file}/x.json", "argument --json: {file} is an existing file, not a folder"),
+    ("play --gif {dir}", "argument --gif: {dir} is a folder, not a file"),
+    ("play --gif {file}/x.gif", "argument --gif: {file} is an existing file, not a folder"),
 ]
 
 
@@ -108,6 +113,23 @@ def test_bad_input_is_one_line_at_parse_time(argv, says, paths, capsys):
     assert line.startswith(f"worldsim {command}: error: ")
     assert says.format(**paths) in line
     assert "Traceback" not in line
+
+
+def test_evals_default_report_folder_is_checked_before_the_work(tmp_path, paths, capsys, monkeypatch):
+    """Without --out the report goes beside the bundle: where that cannot be written (a
+    read-only bundle), the eval ran to the end and then failed, losing the work."""
+    import worldsim.evaluation as evaluation
+    from _serving import tiny_bundle
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the eval ran")
+
+    monkeypatch.setattr(evaluation, "evaluate", must_not_run)
+    tiny_bundle_dir = tiny_bundle(tmp_path / "b")
+    blocker = tmp_path / "b-eval"
+    blocker.write_text("a file where the report folder would go")
+    line = _one_line_error(["eval", "--bundle", str(tiny_bundle_dir), "--data", paths["dir"]], capsys)
+    assert "the report's default folder" in line and "give --out" in line
 
 
 def test_cuda_on_a_machine_without_it_is_one_line(paths, capsys):

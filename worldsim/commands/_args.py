@@ -91,6 +91,21 @@ def out_dir(text: str) -> str:
     return text
 
 
+def out_file(text: str) -> str:
+    """A file to write at the end of a command: checked now, so that a path that cannot be
+    written fails before the work rather than after it. It may not be a folder; its folder is
+    checked as `out_dir` checks one (it will be made if missing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a file, got ''")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    out_dir(str(path.parent))
+    if path.exists() and not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text} (permission denied)")
+    return text
+
+
 def existing_dir(text: str) -> str:
     """A folder that must already exist (what it holds is checked by whoever reads it)."""
     path = Path(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from worldsim.commands._args import (device, existing_dir, fraction, nonneg_float, nonneg_int,
-                                     positive_int)
+                                     out_file, positive_int)
 
 HELP = """\
 Time every decoder valid for a model on the same context and actions: forward passes per frame,
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
-    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--json", type=out_file, default=None, help="also write the results as JSON to this file")
     p.set_defaults(func=run)
 
 
@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     result["source"] = args.bundle or f"preset {args.preset} (random weights)"
     print(format_table(result))
     if args.json:
-        with open(args.json, "w") as f:
+        from worldsim.fileio import atomic_open  # makes its folder
+
+        with atomic_open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     best = max(result["rows"], key=lambda r: r["fps"])
     print(f"fastest: {best['decoder']} at {best['fps']:.2f} frames/s "

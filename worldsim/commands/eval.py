@@ -80,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
 
     from worldsim.evaluation import EvalSettings, evaluate, summary_line
 
+    if args.out is None:  # the default folder is checked before the work, as --out is
+        from worldsim.evaluation.run import default_out
+
+        try:
+            args.out = out_dir(str(default_out(args.bundle)))
+        except argparse.ArgumentTypeError as e:
+            raise WorldsimError(f"the report's default folder: {e}; give --out") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     s = EvalSettings(episodes=args.episodes, context=args.context, horizon=args.horizon,

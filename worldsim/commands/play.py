@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import nonneg_int, positive_int
+from worldsim.commands._args import nonneg_int, out_file, positive_int
 from worldsim.commands.serve import add_engine_args
 
 HELP = """\
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=".", help="folder for screenshots and recordings (default: .)")
     p.add_argument("--autoplay", action="store_true",
                    help="press keys by itself (runs of moves, now and then the action key): demos, smoke tests")
-    p.add_argument("--gif", default=None,
+    p.add_argument("--gif", type=out_file, default=None,
                    help="also write the session, as shown, to this GIF (its last 1,200 frames: two "
                         "minutes at 10 frames/s; F9 records a whole session)")
     add_engine_args(p)

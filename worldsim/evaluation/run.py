@@ -186,6 +186,12 @@ DRIFT_KEYS = ("psnr", "ssim", "changed_tile_acc", "changed_token_acc", "scroll_a
               "own_way_follow")
 
 
+def default_out(bundle_dir: str | Path) -> Path:
+    """Where a report goes without --out: BUNDLE-eval beside the bundle."""
+    b = Path(bundle_dir).resolve()
+    return b.parent / f"{b.name}-eval"
+
+
 def flicker_pairs(night_BT: np.ndarray) -> dict[str, np.ndarray | None]:
     """Which consecutive frame pairs (B * (T-1),) each flicker subset counts: a pair is a day
     pair only when both its frames are day (a night frame's noise flips codes of still tiles,
@@ -559,8 +565,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     for subset, sel in flicker_pairs(real.night).items():
         tokenizer[subset] = metrics.code_flicker(real.tokens, real.frames, real.tile, pairs_T=sel)
     night_H = real.night[:, C:C + H]
-    out_dir = Path(out) if out is not None else \
-        Path(bundle_dir).resolve().parent / f"{Path(bundle_dir).resolve().name}-eval"
+    out_dir = Path(out) if out is not None else default_out(bundle_dir)
     report = {
         "format": "worldsim.eval", "version": 1,
         "bundle": str(bundle_dir), "bundle_hash": bundle_hash(bundle_dir), "data": str(data), "out": str(out_dir),
