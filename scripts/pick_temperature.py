@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+from worldsim.commands._args import Parser, nonneg_int, out_dir
+
 FLOOR_STEPS = 5  # PSNR above copy-last at each of the first 5 steps: the model issue's floor
 
 
@@ -92,19 +94,29 @@ def choose(judged: dict[float, list[dict]]) -> tuple[float | None, list[dict]]:
     return best["temperature"], rows
 
 
+def seed_list(text: str) -> list[int]:
+    """--seeds: a comma list of whole numbers >= 0 (numpy takes no negative seed)."""
+    seeds = [nonneg_int(s.strip()) for s in text.split(",") if s.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"give at least one seed, got {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", help="the bundle to tune")
     p.add_argument("--data", required=True, help="the episode store it was trained on (its held-out episodes are used)")
     p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0", help="comma list (default: 0.7,0.8,0.9,1.0)")
     p.add_argument("--episodes", type=int, default=64, help="windows per draw, one per episode (default: 64)")
-    p.add_argument("--seeds", default="0,1", help="draws of windows, comma list (default: 0,1)")
+    p.add_argument("--seeds", type=seed_list, default="0,1",
+                   help="draws of windows, comma list of whole numbers >= 0 (default: 0,1)")
     p.add_argument("--draws", type=int, default=1,
                    help="sampling draws of each window draw, pooled (default: 1; one draw of 64 windows "
                         "moves scroll agreement by about 3 points)")
     p.add_argument("--decoder", default=None, help="decoder spec (default: eval's default for the model)")
-    p.add_argument("--out", default=None, help="folder for the eval reports (default: BUNDLE-temperature)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", type=out_dir, default=None,
+                   help="folder for the eval reports (default: BUNDLE-temperature)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: 0, torch's)")
     p.add_argument("--write", action="store_true", help="record the choice in the bundle's config.json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
@@ -116,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = Path(find_bundle(args.bundle, "model to tune"))
         temps = sorted({float(t) for t in args.temperatures.split(",") if t.strip()})
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = args.seeds
     except (WorldsimError, ValueError) as e:
         print(f"pick_temperature: {e}", file=sys.stderr)
         return 2
@@ -130,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else bundle.parent / f"{bundle.name}-temperature"
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # the default folder is not checked at parse time, and a check can go stale
+        out_dir(str(out))
+        out.mkdir(parents=True, exist_ok=True)
+    except (argparse.ArgumentTypeError, OSError) as e:
+        print(f"pick_temperature: cannot write the reports in {out}: {e}", file=sys.stderr)
+        return 2
     book_path = out / "judgements.json"
     book = read_book(book_path)
     weights = weights_hash(bundle)
@@ -146,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                  decoders=[args.decoder] if args.decoder else [])
                 try:
                     r = evaluate(bundle, args.data, s, out=out / key, progress=not args.no_progress)
-                except WorldsimError as e:
+                except (WorldsimError, OSError) as e:
                     print(f"pick_temperature: {e}", file=sys.stderr)
                     return 1
                 except KeyboardInterrupt:

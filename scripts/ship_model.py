@@ -31,15 +31,19 @@ lesson and lost none of the scroll that the fine-tune lost, as far as eight samp
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from worldsim.bundle import read_config, update_config
+from worldsim.bundle import read_config, recorded_path, update_config
 from worldsim.checkpoint import checkpoint_weights
+from worldsim.commands._args import out_dir
+from worldsim.errors import WorldsimError
 from worldsim.fileio import file_sha256
 
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
@@ -47,9 +51,14 @@ EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle")
-    p.add_argument("--eval", help="the bundle's `worldsim eval` folder")
-    p.add_argument("--out", default="assets/models/crafter")
+    p.add_argument("bundle", help="the trained bundle to ship (config.json, model.safetensors, "
+                                  "image_tokenizer.safetensors)")
+    p.add_argument("--eval", help="the bundle's `worldsim eval` folder, whose reports, plots and GIF go "
+                                  "with it (default: none, and the reports --out held are removed: they "
+                                  "judged the model shipped before)")
+    p.add_argument("--out", default="assets/models/crafter",
+                   help="the folder to ship into, made if missing; its model is replaced "
+                        "(default: assets/models/crafter)")
     p.add_argument("--weights", choices=("bundle", "last"), default="bundle",
                    help="bundle: the bundle's model.safetensors (the moving average where the run "
                         "kept one); last: the last step's weights, from its train_state.safetensors")
@@ -64,21 +73,65 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --parent goes with --interpolate", file=sys.stderr)
         return 2
     src, out = Path(args.bundle), Path(args.out)
-    if not (src / "config.json").is_file() or not (src / "model.safetensors").is_file():
-        print(f"error: {src} is not a trained bundle (no config.json and model.safetensors)", file=sys.stderr)
+    problem = inputs_problem(src, out, args.eval)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.weights == "last":
-        sd, metrics = last_weights(src)
-        if sd is None:
-            print(f"error: {metrics}", file=sys.stderr)
-            return 2
-    else:
-        sd, metrics = load_file(str(src / "model.safetensors")), None
-    if args.interpolate is not None:
-        sd, metrics = interpolated(src, sd, metrics, args.interpolate, args.parent)
-        if sd is None:
-            print(f"error: {metrics}", file=sys.stderr)
-            return 2
+    try:
+        if args.weights == "last":
+            sd, metrics = last_weights(src)
+        else:
+            sd, metrics = weights(src / "model.safetensors"), None
+        if sd is not None and args.interpolate is not None:
+            sd, metrics = interpolated(src, sd, metrics, args.interpolate, args.parent)
+    except WorldsimError as e:
+        sd, metrics = None, str(e)
+    if sd is None:
+        print(f"error: {metrics}", file=sys.stderr)
+        return 2
+    try:
+        write(src, out, sd, metrics, Path(args.eval) if args.eval else None)
+    except (OSError, WorldsimError) as e:
+        print(f"error: cannot ship into {out}: {e}", file=sys.stderr)
+        return 1
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"shipped {src} -> {out} ({size / 2**20:.1f} MiB)")
+    return 0
+
+
+def inputs_problem(src: Path, out: Path, eval_dir: str | None) -> str | None:
+    """A one-line reason not to ship, checked before anything in --out is touched, or None."""
+    if not all((src / n).is_file() for n in ("config.json", "model.safetensors")):
+        return f"{src} is not a trained bundle (no config.json and model.safetensors)"
+    try:
+        read_config(src)  # a torn config would be shipped as is
+    except WorldsimError as e:
+        return str(e)
+    if not (src / "image_tokenizer.safetensors").is_file():
+        return f"{src} has no image_tokenizer.safetensors to ship with its model"
+    try:
+        out_dir(str(out))
+    except argparse.ArgumentTypeError as e:
+        return f"--out: {e}"
+    if out.exists() and os.path.samefile(src, out):
+        return f"--out {out} is the bundle itself: ship into another folder"
+    if eval_dir is not None and not Path(eval_dir).is_dir():
+        return f"--eval {eval_dir}: no such folder (the reports --out holds would go with nothing in their place)"
+    if eval_dir is not None and not any((Path(eval_dir) / n).is_file() for n in EVAL_FILES):
+        return f"--eval {eval_dir} holds no report ({', '.join(EVAL_FILES)}): not a `worldsim eval` folder"
+    return None
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a torn or foreign file is a one-line WorldsimError."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise WorldsimError(f"cannot read the weights {path}: {e}") from e
+
+
+def write(src: Path, out: Path, sd: dict[str, torch.Tensor], metrics: dict | None, eval_dir: Path | None) -> None:
+    """The shipped bundle in `out`: config, image tokenizer, weights in bf16, eval reports."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(src / "config.json", out / "config.json")
     if metrics is not None:
@@ -86,18 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy(src / "image_tokenizer.safetensors", out / "image_tokenizer.safetensors")
     save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()},
               str(out / "model.safetensors"))
-    for name in EVAL_FILES:  # the model shipped there before was judged by these, not this one
-        (out / name).unlink(missing_ok=True)
-    if args.eval:
-        for name in EVAL_FILES:
-            if (Path(args.eval) / name).exists():
-                shutil.copy(Path(args.eval) / name, out / name)
+    # The model shipped there before was judged by the reports there, not this one: each goes,
+    # replaced by the eval folder's; where the eval folder is --out itself, its reports stay.
+    same = eval_dir is not None and os.path.samefile(eval_dir, out)
+    for name in EVAL_FILES:
+        if eval_dir is not None and (eval_dir / name).exists():
+            if not same:
+                shutil.copy(eval_dir / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
     for f in out.iterdir():
         if f.is_file():
             f.chmod(0o644)  # safetensors writes 0600; a shipped file is for everyone to read
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    print(f"shipped {src} -> {out} ({size / 2**20:.1f} MiB)")
-    return 0
 
 
 def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]:
@@ -127,12 +180,13 @@ def interpolated(run: Path, sd: dict[str, torch.Tensor], metrics: dict | None, a
     init = cfg.get("init") or {}
     if not init.get("bundle"):
         return None, f"{run} did not start from a bundle (`worldsim train --init`): it has no parent to interpolate with"
-    parent = Path(parent_dir or init["bundle"]) / "model.safetensors"
+    # recorded as `worldsim train --init` was given it: also looked for above the run's folder
+    parent = Path(parent_dir or recorded_path(run, init["bundle"])) / "model.safetensors"
     if not parent.exists():
         return None, f"{parent}, the parent of {run}, is missing"
     if file_sha256(parent) != init.get("model_sha256"):
         return None, f"{parent} no longer holds the weights {run} started from (sha256 differs from its config's init.model_sha256)"
-    base = load_file(str(parent))
+    base = weights(parent)
     if base.keys() != sd.keys() or any(base[k].shape != sd[k].shape for k in sd):
         return None, f"{parent} and {run} hold different tensors: not the same model"
     mixed = {k: torch.lerp(base[k].float(), v.float(), alpha) if v.is_floating_point() else v

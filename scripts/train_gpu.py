@@ -2,7 +2,7 @@
 
 Three steps, the middle one on the GPU machine:
 
-    python scripts/train_gpu.py prepare --shards data/tokens-mix --tokenizer assets/models/crafter \
+    python scripts/train_gpu.py prepare --shards data/tokens-mix --tokenizer assets/models/crafter \\
         --data data/crafter                       # here: pack the inputs into .gpu/ (< 64 MiB)
     python scripts/train_gpu.py run --minutes 7   # there, from the repository root: train,
                                                   # evaluate, bench; results into $OUT
@@ -50,6 +50,10 @@ MAX_FILES = 8  # files that come back from a device call
 CARRY_LIMIT = 64 * 2**20  # the device call's limit on the checkout and the carry together
 CARRY_MARGIN = 4 * 2**20  # room for what the checkout gains before the call
 CODE = ("pyproject.toml", "setup.py", "worldsim", "tokenizers", "inference", "client")  # what runs there
+# What `prepare` writes into --dest and `run` into --work: the only folders they delete to start
+# again, so that a mistyped folder is refused rather than emptied. origin.json comes first.
+CARRY = {"origin.json", "src.tar", "shards", "tokenizer", "val"}
+WORK = {"src", "shards", "bundle", "report"}
 
 
 def sh(cmd: list[str], **kw) -> int:
@@ -66,24 +70,22 @@ def prepare(args: argparse.Namespace) -> None:
     _need([tok / n for n in ("config.json", "image_tokenizer.safetensors")], "--tokenizer: a bundle with an image tokenizer")
     if args.data:
         _need([Path(args.data) / "dataset.json"], "--data: an episode store")
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "shards").mkdir(parents=True)
     # The committed code only: helpers' or editors' half-made changes never reach the GPU.
     ref = args.ref
     if ref == "WORKTREE":  # the tracked files as they are now, without touching the index
-        ref = subprocess.run(["git", "-C", str(ROOT), "stash", "create"], check=True,
-                             capture_output=True, text=True).stdout.strip() or "HEAD"
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "--", *CODE],
-                             check=True, capture_output=True).stdout
+        ref = _git("stash", "create", what="--ref WORKTREE").decode().strip() or "HEAD"
+    archive = _git("archive", "--format=tar", ref, "--", *CODE, what=f"--ref {ref}")
+    _clear(dest, CARRY, "--dest", "a carry that `prepare` wrote")
+    (dest / "shards").mkdir(parents=True)
+    # Where the shards live here: `unpack` writes it into the bundle, whose training.shards
+    # would otherwise name the device's copy (and `worldsim eval` would judge the whole store).
+    # Written first, it also marks the folder as a carry should the rest be cut short.
+    (dest / "origin.json").write_text(json.dumps({"shards": str(shards.resolve())}))
     (dest / "src.tar").write_bytes(archive)
     for name in ("frames.npy", "actions.npy"):
         with open(shards / name, "rb") as f, gzip.open(dest / "shards" / f"{name}.gz", "wb", 6) as g:
             shutil.copyfileobj(f, g)
     shutil.copy(shards / "index.json", dest / "shards" / "index.json")
-    # Where the shards live here: `unpack` writes it into the bundle, whose training.shards
-    # would otherwise name the device's copy (and `worldsim eval` would judge the whole store).
-    (dest / "origin.json").write_text(json.dumps({"shards": str(shards.resolve())}))
     # `worldsim train --tokenizer` reads config.json and image_tokenizer.safetensors alone.
     (dest / "tokenizer").mkdir()
     for name in ("config.json", "image_tokenizer.safetensors"):
@@ -110,11 +112,33 @@ def _need(paths: list[Path], what: str) -> None:
         raise Refused(f"{what} is missing {', '.join(missing)}")
 
 
+def _git(*args: str, what: str) -> bytes:
+    """git's output, or a one-line refusal naming the option that led to it."""
+    r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True)
+    if r.returncode:
+        err = r.stderr.decode(errors="replace").strip().splitlines()
+        raise Refused(f"{what}: git {args[0]} failed ({err[0] if err else f'exit {r.returncode}'})")
+    return r.stdout
+
+
+def _clear(folder: Path, ours: set[str], option: str, what: str) -> None:
+    """Delete `folder` to start again, where it is empty or holds only what this script writes
+    there; any other folder is refused with nothing deleted."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise Refused(f"{option} {folder} is not a folder; name a new one")
+    names = {p.name for p in folder.iterdir()}
+    if names - ours:
+        raise Refused(f"{option} {folder} holds {', '.join(sorted(names - ours)[:3])}: not {what}; "
+                      "name a new or empty folder (nothing was deleted)")
+    shutil.rmtree(folder)
+
+
 def checkout_size() -> int:
     """Bytes of what the device copies of the checkout: tracked files and untracked ones that
     git does not ignore."""
-    names = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others",
-                            "--exclude-standard"], check=True, capture_output=True).stdout
+    names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard", what="the checkout's size")
     paths = (ROOT / n for n in names.decode().split("\0") if n)
     return sum(p.stat().st_size for p in paths if p.is_file())
 
@@ -190,8 +214,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out if getattr(args, "force_out", False) else os.environ.get("OUT") or args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work).resolve()
-    if work.exists():
-        shutil.rmtree(work)
+    _clear(work, WORK, "--work", "a work folder that `run` made")
     src = work / "src"
     src.mkdir(parents=True)
     with tarfile.open(inputs / "src.tar") as t:
@@ -326,46 +349,75 @@ def smoke(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("prepare", help="here: pack code, shards, tokenizer and validation episodes into .gpu/")
-    a.add_argument("--shards", required=True)
-    a.add_argument("--tokenizer", required=True)
-    a.add_argument("--data", help="the episode store, for validation episodes to evaluate on")
-    a.add_argument("--val-episodes", type=int, default=16)
+    a = sub.add_parser("prepare", help="here: pack code, shards, tokenizer and validation episodes into .gpu/",
+                       description="Pack the committed code, the token shards (gzipped), the tokenizer and "
+                                   "the store's first validation episodes into one folder for the device "
+                                   "call's carry. A folder an earlier `prepare` wrote is replaced; any "
+                                   "other non-empty folder is refused.")
+    a.add_argument("--shards", required=True,
+                   help="the token shards to train on (`worldsim tokenize --out`: frames.npy, actions.npy, "
+                        "index.json)")
+    a.add_argument("--tokenizer", required=True,
+                   help="a bundle with the image tokenizer the shards were made with (its world-model "
+                        "weights, if any, stay here)")
+    a.add_argument("--data", help="the episode store, for validation episodes to evaluate on (default: none, "
+                                  "and no eval there)")
+    a.add_argument("--val-episodes", type=int, default=16,
+                   help="validation episodes to carry from --data (default: 16)")
     a.add_argument("--ref", default="HEAD",
                    help="the commit whose code runs there, or WORKTREE for the tracked files as they "
                         "are now (default: HEAD)")
-    a.add_argument("--dest", default=str(GPU))
+    a.add_argument("--dest", default=str(GPU),
+                   help="the folder to pack into: new, empty or an earlier carry (default: .gpu, the "
+                        "path the device call's carry names)")
     a.set_defaults(func=prepare)
-    r = sub.add_parser("run", help="on the GPU machine: train, evaluate and bench; results into $OUT")
-    r.add_argument("--inputs", default=str(GPU))
-    r.add_argument("--out", default="/tmp/worldsim-gpu-out", help="where results go when $OUT is unset")
-    r.add_argument("--work", default="/tmp/worldsim-gpu")
+    r = sub.add_parser("run", help="on the GPU machine: train, evaluate and bench; results into $OUT",
+                       description="On the GPU machine, from the repository root: unpack the carry into "
+                                   "--work, train with `worldsim train` for --minutes, evaluate on the "
+                                   "carried episodes, bench, and write what comes back (at most 8 files "
+                                   "of at most 16 MiB) into $OUT.")
+    r.add_argument("--inputs", default=str(GPU), help="the folder `prepare` wrote (default: .gpu)")
+    r.add_argument("--out", default="/tmp/worldsim-gpu-out",
+                   help="where results go when $OUT is unset (default: /tmp/worldsim-gpu-out)")
+    r.add_argument("--work", default="/tmp/worldsim-gpu",
+                   help="scratch folder for the code, shards and bundle, replaced on each run; only an "
+                        "empty one or one `run` made is deleted (default: /tmp/worldsim-gpu)")
     r.add_argument("--minutes", type=float, default=7.0, help="training time (default: 7)")
-    r.add_argument("--preset", default="crafter")
-    r.add_argument("--frames", type=int, default=8)
-    r.add_argument("--batch", type=int, default=64)
-    r.add_argument("--lr", type=float, default=2e-3)
-    r.add_argument("--warmup", type=int, default=200)
-    r.add_argument("--steps", type=int, default=100000, help="an upper bound; --minutes ends the run")
-    r.add_argument("--val-every", type=int, default=500)
-    r.add_argument("--dtype", default="bf16")
-    r.add_argument("--device", default="cuda")
-    r.add_argument("--keep-fp32", action="store_true")
-    r.add_argument("--eval-episodes", type=int, default=16)
-    r.add_argument("--no-bench", dest="bench", action="store_false")
+    r.add_argument("--preset", default="crafter", help="model preset for `worldsim train` (default: crafter)")
+    r.add_argument("--frames", type=int, default=8, help="frames per training window (default: 8)")
+    r.add_argument("--batch", type=int, default=64, help="windows per step (default: 64)")
+    r.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 0.002)")
+    r.add_argument("--warmup", type=int, default=200, help="warmup steps (default: 200)")
+    r.add_argument("--steps", type=int, default=100000,
+                   help="an upper bound; --minutes ends the run (default: 100000)")
+    r.add_argument("--val-every", type=int, default=500, help="steps between validations (default: 500)")
+    r.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
+                   help="autocast dtype of training, and the bench's dtype (default: bf16)")
+    r.add_argument("--device", default="cuda", help="torch device to train, evaluate and bench on (default: cuda)")
+    r.add_argument("--keep-fp32", action="store_true",
+                   help="bring the weights back in float32 rather than bf16 (twice the size)")
+    r.add_argument("--eval-episodes", type=int, default=16,
+                   help="carried validation episodes to evaluate on (default: 16)")
+    r.add_argument("--no-bench", dest="bench", action="store_false", help="skip the decoders' bench")
     r.add_argument("--train-args", nargs=argparse.REMAINDER, default=[],
                    help="extra arguments for `worldsim train` (last on the line)")
     r.set_defaults(func=run, eval_args=[])
-    u = sub.add_parser("unpack", help="here: rebuild the bundle from the results")
-    u.add_argument("--results", required=True)
-    u.add_argument("--out", required=True)
+    u = sub.add_parser("unpack", help="here: rebuild the bundle from the results",
+                       description="Rebuild a bundle from what `run` brought back: join and check the "
+                                   "weight parts, add the image tokenizer from the carry, and point the "
+                                   "bundle's training.shards at the shards here.")
+    u.add_argument("--results", required=True, help="the files `run` brought back (the device call's $OUT)")
+    u.add_argument("--out", required=True, help="the bundle folder to write (made if missing)")
     u.add_argument("--shards", default=None,
                    help="the token shards here, for the bundle's training.shards (default: the ones "
                         "`prepare` packed, from INPUTS/origin.json)")
     u.add_argument("--inputs", default=str(GPU), help="the folder `prepare` wrote (default: .gpu)")
     u.set_defaults(func=unpack)
-    s = sub.add_parser("smoke", help="all steps on this CPU with tiny settings")
-    s.add_argument("--work", default=None)
+    s = sub.add_parser("smoke", help="all steps on this CPU with tiny settings",
+                       description="Collect, fit a tile tokenizer, tokenize, prepare, run and unpack on "
+                                   "this CPU at toy sizes, in about a minute, and load the bundle.")
+    s.add_argument("--work", default=None,
+                   help="folder for everything the smoke run makes (default: a new temporary folder)")
     s.add_argument("--ref", default="WORKTREE", help="the code to run (default: WORKTREE)")
     s.set_defaults(func=smoke)
     args = p.parse_args(argv)

@@ -851,3 +851,25 @@ def test_a_large_seed_trains_and_a_short_run_still_reaches_its_learning_rate(tin
 
     assert _tiny_run(tiny_tokens, tmp_path / "seed", 2, seed=2**40)["steps"] == 2
     assert lr_at(49, 1e-3, warmup=100, steps=50) == pytest.approx(1e-3)  # the warmup cut to the run
+
+
+def test_ship_model_finds_a_parent_recorded_relative_to_another_working_folder(tiny_tokens, tmp_path, monkeypatch):
+    """`--init runs/parent` is recorded as given; shipped from another working folder, the
+    parent was looked for there and the interpolation refused. It is also looked for above the
+    run's folder."""
+    from safetensors.torch import load_file
+
+    from worldsim.cli import main
+
+    ship = load_script("ship_model")
+    base = ["--objective", "block_diffusion", "--batch", "2", "--val-every", "1000", "--warmup", "0"]
+    root = tmp_path / "checkout"
+    (root / "runs").mkdir(parents=True)
+    monkeypatch.chdir(root)
+    assert main(_args(tiny_tokens, "runs/parent", *base, "--steps", "2")) == 0
+    assert main(_args(tiny_tokens, "runs/child", *base, "--steps", "3", "--init", "runs/parent")) == 0
+    assert read_config(root / "runs" / "child")["init"]["bundle"] == "runs/parent"
+    monkeypatch.chdir(tmp_path)
+    assert ship.main([str(root / "runs" / "child"), "--out", str(tmp_path / "end0"), "--interpolate", "0"]) == 0
+    got, want = load_file(str(tmp_path / "end0" / "model.safetensors")), load_file(str(root / "runs" / "parent" / "model.safetensors"))
+    assert all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want if want[k].is_floating_point())
