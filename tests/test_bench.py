@@ -38,6 +38,15 @@ def test_bench_with_bundle_and_data_reports_psnr(crafter_store, tiny_tokens, tmp
     bd = rows["block_diffusion"]
     assert not bd["speed_only"] and bd["image_decode"] and bd["decode_ms"] > 0
     assert 0 < bd["psnr"] < 100 and 0 < bd["copy_last_psnr"]
+    # a store of another frame size is refused in one line, as eval refuses it
+    from worldsim.data.collect import collect_crafter
+
+    collect_crafter(tmp_path / "small", episodes=1, steps=5, seed=0, size=18, workers=1, progress=False)
+    capsys.readouterr()
+    assert main(["bench", "--bundle", str(tmp_path / "wm"), "--data", str(tmp_path / "small"), "--frames", "2",
+                 "--sessions", "1", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes 72x72 frames but" in err and "holds 18x18" in err
 
 
 def test_bench_graphs_flag_reaches_the_block_diffusion_row(tmp_path, capsys):

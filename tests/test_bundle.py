@@ -76,6 +76,14 @@ def test_missing_config(tmp_path):
     assert "not a worldsim bundle (no config.json)" in one_line(e)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "3", '"config"'])
+def test_a_config_that_is_json_but_not_an_object_is_refused_in_one_line(tmp_path, text):
+    """It was read as a dict: an AttributeError traceback in every command."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(BundleError, match="is not a worldsim bundle config"):
+        bundle.read_config(tmp_path)
+
+
 def test_missing_weights_file(tiny_bundle):
     folder, _, _ = tiny_bundle
     (folder / "model.safetensors").unlink()

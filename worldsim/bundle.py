@@ -46,8 +46,9 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from e
-    if cfg.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a worldsim bundle config (format {cfg.get('format')!r})")
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise BundleError(f"{path} is not a worldsim bundle config (format "
+                          f"{cfg.get('format') if isinstance(cfg, dict) else None!r})")
     if cfg.get("version") != VERSION:
         raise BundleError(f"{path} has bundle version {cfg.get('version')}; this worldsim reads {VERSION}")
     return cfg

@@ -172,6 +172,10 @@ def _load(args, dev):
     action_tok = bundle.load_action_tokenizer(args.bundle)
     if args.data:
         store = EpisodeStore(args.data)
+        size = (image_tok.cfg.height, image_tok.cfg.width)
+        if tuple(store.info.frame_size) != size:
+            raise WorldsimError(f"{args.bundle} takes {size[0]}x{size[1]} frames but {args.data} holds "
+                                f"{store.info.frame_size[0]}x{store.info.frame_size[1]}")
         _, val = store.split(0.05)
         need = args.context + max(args.frames, args.ar_frames) + 1
         ep = next((e for e in store.iter_episodes(val) if len(e.frames) >= need), None)
