@@ -130,7 +130,7 @@ class Game:
     def load_scene(self, spec: str) -> None:
         """STORE[:EPISODE[:FRAME]]: an episode of an episode store (default: its first) from
         frame FRAME (default 0)."""
-        from worldsim.data.store import EpisodeStore
+        from worldsim.data.store import CorruptEpisode, EpisodeStore
 
         parts = spec.split(":")
         if len(parts) > 3:
@@ -143,7 +143,10 @@ class Game:
         eid = parts[1] if len(parts) > 1 and parts[1] else (ids[0] if ids else None)
         if eid is None or eid not in ids:
             raise ServeError(f"{parts[0]} has no episode {eid!r}" if eid else f"{parts[0]} has no episodes")
-        ep = store.load(eid)
+        try:
+            ep = store.load(eid)
+        except CorruptEpisode as e:
+            raise ServeError(f"--scene: {e}") from None
         try:
             w = int(parts[2]) if len(parts) > 2 else 0
         except ValueError:
@@ -307,8 +310,8 @@ class Connection:
     def summary(self) -> str:
         span = (self.last_frame - self.first_frame) if self.frames > 1 else 0.0
         fps = (self.frames - 1) / span if span > 0 else 0.0
-        lat = sorted(self.latencies)
-        lat_s = (f"latency median {statistics.median(lat):.1f} ms p95 {lat[int(0.95 * (len(lat) - 1))]:.1f} ms"
+        lat = list(self.latencies)  # p95 as bench and eval take it (with two samples it read the lower)
+        lat_s = (f"latency median {statistics.median(lat):.1f} ms p95 {float(np.percentile(lat, 95)):.1f} ms"
                  if lat else "latency -")
         sess = f"session {self.sid}" if self.sid is not None else "no session"
         return (f"{self.peer} {sess}: {self.frames} frames in {time.monotonic() - self.opened:.1f} s "

@@ -336,6 +336,10 @@ def test_a_recorded_scene_starts_at_its_frame(bundle, tmp_path):
         Game.from_bundle(bundle, scene=f"{store}:000000:40")
     with pytest.raises(ServeError, match="no episode 'x'"):
         Game.from_bundle(bundle, scene=f"{store}:x")
+    path = EpisodeStore(store).episode_path("000000")  # torn: a CorruptEpisode traceback before
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ServeError, match="--scene: .*000000"):
+        Game.from_bundle(bundle, scene=f"{store}:000000")
 
 
 def test_minerl_button_actions(tmp_path):
@@ -576,3 +580,13 @@ def test_a_server_that_cannot_listen_stops_its_scheduler_too(bundle):
         with pytest.raises(Exception):
             ServerThread(server).start()
     assert not server.scheduler._thread.is_alive()
+
+
+def test_a_connections_p95_latency_is_taken_as_bench_takes_it():
+    """With few samples the log's p95 indexed below the 95th percentile: two samples gave the
+    smaller, under the median."""
+    from worldsim.inference.server import Connection
+
+    c = Connection(ws=None, peer="peer")
+    c.latencies.extend([100.0, 10.0])
+    assert "latency median 55.0 ms p95 95.5 ms" in c.summary()
