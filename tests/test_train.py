@@ -207,6 +207,24 @@ def test_nonfinite_loss_stops_the_run_without_a_bundle(tiny_tokens, tmp_path, mo
         assert json.loads(f.metadata()["state"])["step"] == 2  # the last finite state
 
 
+def test_a_run_that_diverged_before_saving_leaves_its_folder_free_for_another_model(tiny_tokens, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """Its config stayed with no weights and no checkpoint, and a next run with other sizes was
+    refused ("holds a model with another config") although there was nothing to keep."""
+    from worldsim.cli import main
+    from worldsim.train import WorldModelRun
+
+    real_step = WorldModelRun.train_step
+    monkeypatch.setattr(WorldModelRun, "train_step", lambda self: real_step(self) * float("nan"))
+    out = tmp_path / "wm"
+    assert main(_args(tiny_tokens, out, "--steps", "4", "--batch", "2")) == 2
+    assert "no checkpoint was written" in capsys.readouterr().err
+    assert (out / "config.json").exists() and not (out / STATE_FILE).exists()
+    monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+    assert main(_args(tiny_tokens, out, "--steps", "2", "--batch", "2", "--objective", "ar", "--width", "32")) == 0
+    assert read_config(out)["model"]["objective"] == "ar" and (out / "model.safetensors").exists()
+
+
 def test_rerun_of_a_finished_bundle_says_it_is_finished(tiny_tokens, tmp_path, capsys):
     from worldsim.cli import main
 

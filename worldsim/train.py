@@ -294,7 +294,10 @@ class WorldModelRun(TrainingRun):
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
         self.check_saved_run()
-        if (self.out / "config.json").exists():
+        # A config beside no weights and no checkpoint is a run that stopped before saving
+        # anything (its loss turned NaN first): nothing there to keep, so another model may start.
+        holds_weights = (self.out / "model.safetensors").exists() or self.state_path.exists()
+        if (self.out / "config.json").exists() and holds_weights:
             old = bundle.read_config(self.out).get("model")
             # Read through ModelConfig: a bundle written before a config key existed holds its
             # default implicitly, and resumes.
