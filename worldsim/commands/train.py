@@ -22,7 +22,7 @@ train_log.jsonl in --out.
 
 To train a trained model further on new data, start a new --out from it:
 
-  worldsim train --init assets/models/crafter --shards data/mix-tokens --tokenizer \
+  worldsim train --init assets/models/crafter --shards data/mix-tokens --tokenizer \\
       assets/models/crafter --out runs/ft --objective block_diffusion --lr 1.5e-4 --ema 0.99"""
 
 

@@ -8,7 +8,8 @@ from worldsim.commands._args import (device, existing_dir, nonneg_float, nonneg_
                                      positive_float, positive_int)
 
 HELP = """\
-Train the VQ image tokenizer on an episode store and write it into a bundle folder.
+Train the VQ image tokenizer (or fit the tile tokenizer, --kind tile) on an episode store and
+write it into a bundle folder.
 
   worldsim train-tokenizer --data data/crafter --out runs/tok --preset crafter --steps 3000
   worldsim train-tokenizer --kind tile --data data/crafter --out runs/tok-tile
@@ -16,7 +17,8 @@ Train the VQ image tokenizer on an episode store and write it into a bundle fold
 --kind tile fits the tile tokenizer instead (tokenizers/tile.py: one code per tile, read from
 that tile alone with the game's light factored out, so codes change only where the picture
 does); it takes a minute, needs no gradient steps and ends with held-out PSNR and code flicker
-for day and night frames. --steps, --batch, --lr and --checkpoint-seconds are then unused.
+for day and night frames. --steps, --batch, --lr, --checkpoint-seconds, --max-frames and
+--eval-frames are then unused (it fits on at most 200 training episodes, judges 16 held out).
 
 The progress bar shows loss, reconstruction PSNR and codebook usage. Killed and started again
 with the same --out, the run continues from its last checkpoint. It ends with held-out PSNR
@@ -27,7 +29,7 @@ writes reconstructions.png (originals over reconstructions) into --out."""
 def register(sub: argparse._SubParsersAction) -> None:
     from worldsim.train_settings import TokenizerTrainSettings as S
 
-    p = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer on an episode store",
+    p = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer, or fit the tile tokenizer, on an episode store",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", choices=("vq", "tile"), default="vq",
                    help="vq: the convolutional VQ autoencoder; tile: the per-tile codebook (default: vq)")
