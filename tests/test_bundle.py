@@ -222,3 +222,13 @@ def test_info_describes_a_bundle_and_the_temperature_it_plays_at(tiny_bundle, ca
     assert "val loss" not in row
     assert main(["info", "--bundle", str(folder / "nope")]) == 2
     assert "is not a worldsim bundle" in capsys.readouterr().err
+    # weights gone, and a bundle with no world model: said, with no temperature it cannot play at
+    (folder / "model.safetensors").unlink()
+    assert main(["info", "--bundle", str(folder)]) == 0
+    assert "its weights (model.safetensors) missing" in capsys.readouterr().out
+    cfg = bundle.read_config(folder)
+    del cfg["model"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", "--bundle", str(folder)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
+    assert "no world model; an image tokenizer for crafter" in row and "temperature" not in row

@@ -7,6 +7,7 @@ import importlib.metadata as md
 import importlib.util
 import os
 import platform
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,14 @@ def describe_bundle(folder: str) -> str:
 
     cfg = read_config(folder)
     model, metrics = cfg.get("model") or {}, cfg.get("model_metrics") or {}
-    parts = [f"{model.get('objective', 'no world model')} on {cfg.get('env', 'an unnamed game')}"]
+    game = cfg.get("env", "an unnamed game")
+    if not model:  # nothing to play: say what the bundle holds instead
+        held = [name for key, name in (("idm", "an inverse dynamics model"), ("image_tokenizer", "an image tokenizer"))
+                if cfg.get(key)]
+        return f"{folder}: no world model; {' and '.join(held) or 'nothing worldsim reads'} for {game}"
+    parts = [f"{model.get('objective', 'no world model')} on {game}"]
+    if not (Path(folder) / "model.safetensors").is_file():
+        parts.append("its weights (model.safetensors) missing")
     if metrics.get("params"):
         parts.append(f"{metrics['params'] / 1e6:.1f}M parameters")
     if model.get("frames"):
