@@ -398,6 +398,14 @@ def test_shards_from_another_tokenizer_are_refused(tiny_tokens, tmp_path, capsys
     assert err.count("\n") == 1 and "was tokenized with another image tokenizer" in err
     assert not (tmp_path / "wm").exists()
     assert main(base + ["--tokenizer", str(copy)]) == 0
+    # an --init bundle whose tokenizer made other codes is named as --init (it was called --tokenizer)
+    parent = tmp_path / "wm"
+    shutil.copy(other / "image_tokenizer.safetensors", parent / "image_tokenizer.safetensors")
+    capsys.readouterr()
+    assert main(["train", "--shards", str(shards), "--tokenizer", str(copy), "--out", str(tmp_path / "ft"),
+                 "--init", str(parent), "--no-progress", "--steps", "1", "--batch", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"another image tokenizer ({tok}) than --init {parent}'s" in err
 
 
 _SLOW_CHECKPOINT = """

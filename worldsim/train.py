@@ -133,7 +133,8 @@ def _same_config(old: dict[str, Any], cfg: ModelConfig) -> bool:
         return False
 
 
-def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenizer: str | Path) -> None:
+def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenizer: str | Path,
+                           option: str = "--tokenizer") -> None:
     """Refuse shards made by another image tokenizer than `tokenizer`: the model would learn
     codes that the bundle's tokenizer draws as something else. Shards record the checksum of
     their tokenizer's weights; older ones only its path, checked where it still names a bundle."""
@@ -149,7 +150,7 @@ def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenize
         recorded = file_sha256(old)
     if recorded != file_sha256(weights):
         raise WorldsimError(f"{shards_dir} was tokenized with another image tokenizer ({made_by}) than "
-                            f"--tokenizer {tokenizer}; pass that one, or tokenize again with this one")
+                            f"{option} {tokenizer}'s; pass that one, or tokenize again with this one")
 
 
 class WorldModelRun(TrainingRun):
@@ -215,7 +216,7 @@ class WorldModelRun(TrainingRun):
             model = ModelConfig.from_dict(cfg["model"])
         except ValueError as e:
             raise WorldsimError(f"--init {parent}: {e}") from e
-        check_shards_tokenizer(self.all_shards, self.shards_dir, parent)
+        check_shards_tokenizer(self.all_shards, self.shards_dir, parent, "--init")
         keys = ("codebook_size", "tokens_per_frame", "action_tokens", "grid", "action_ids", "objective")
         wrong = [k for k in keys if getattr(model, k) != getattr(built, k)]
         if wrong:
