@@ -236,9 +236,17 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
         old = held.get("idm")
         if old is not None and old != cfg.to_dict():
             raise WorldsimError(f"{out} holds an inverse dynamics model with another config; choose another --out")
+    if not 0 < s.val_fraction < 1:  # scored on held-out episodes, trained on the rest: both needed
+        raise WorldsimError(f"val_fraction must be above 0 and below 1, got {s.val_fraction}: the model "
+                            "is trained on some episodes and scored on the held-out others")
     train_ids, val_ids = store.split(s.val_fraction)
-    if not val_ids:
-        raise WorldsimError(f"{data} needs at least 2 episodes for a held-out split")
+    if not val_ids or not train_ids:
+        n = len(train_ids) + len(val_ids)
+        if n < 2:
+            raise WorldsimError(f"{data} holds {n} episode(s); train-idm needs at least 2, one to train "
+                                "on and one held out to score on")
+        raise WorldsimError(f"--val-fraction {s.val_fraction} holds out all {n} episodes of {data}, "
+                            "leaving none to train on; lower it")
     dev = pick_device(device)
     frames, starts, labels = _load_pairs(store, train_ids, tok, s.max_frames)
     vframes, vstarts, vlabels = _load_pairs(store, val_ids, tok, s.eval_pairs + len(val_ids))

@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="steps per episode; an episode ends early if the player dies (default: 200)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="base seed; episode i is fixed by (seed, i)")
     p.add_argument("--size", type=frame_size, default=None,
-                   help="frame size: N for crafter (multiple of 9, default 72), HxW for VPT "
-                        "(default 224x384, MineWorld's)")
+                   help="frame size: N for crafter (a multiple of 9 from 18 up, default 72), HxW "
+                        "for VPT (default 224x384, MineWorld's)")
     p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
                    help="parallel game processes (default: up to 4, one per core)")
     p.add_argument("--idle-do", type=float, default=0.0, metavar="P",
@@ -64,30 +64,64 @@ def frame_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     if args.from_vpt:
-        from worldsim.data.vpt import convert_vpt
-
-        size = args.size or (224, 384)
-        s = convert_vpt(args.from_vpt, args.out, size=size, integer_camera=args.integer_camera,
-                        progress=not args.no_progress)
-        print(f"converted {s['episodes']} recordings ({s['skipped']} already there, "
-              f"{s['failed']} failed), {s['frames']} frames, {s['mb']:.1f} MB, "
-              f"{s['frames'] / max(s['seconds'], 1e-9):.0f} frames/s -> {args.out}")
-        return 0
-
-    from worldsim.data.collect import collect_crafter
+        return _run_vpt(args)
+    # Crafter: the options that depend on the source are checked before anything is loaded
+    if args.integer_camera:
+        raise WorldsimError("--integer-camera applies to VPT recordings (--from-vpt); Crafter's "
+                            "actions have no camera")
+    from worldsim.envs.crafter import CRAFTER_MIN_SIZE
 
     h, w = args.size or (72, 72)
-    if h != w or h % 9:
-        raise WorldsimError(f"crafter frames are square with 9 tiles a side: --size must be a "
-                            f"multiple of 9, got {h}x{w}")
+    if h != w or h % 9 or h < CRAFTER_MIN_SIZE:
+        raise WorldsimError(f"crafter frames are square with 9 tiles a side, of at least "
+                            f"{CRAFTER_MIN_SIZE // 9} pixels each: --size must be a multiple of 9 "
+                            f"from {CRAFTER_MIN_SIZE} up, got {h}x{w}")
+    from worldsim.data.collect import collect_crafter
+
     s = collect_crafter(args.out, args.episodes, args.steps, seed=args.seed, size=h,
                         workers=args.workers, progress=not args.no_progress, idle_do=args.idle_do)
     if s["episodes"] == 0:
-        print(f"nothing to do: {s['skipped']} episodes already in {args.out} "
-              f"({s['store_frames']} frames)")
+        # --episodes may ask for fewer than the store holds: its counts are the whole store's
+        n = s["skipped"]
+        print(f"nothing to do: {n} episode{'s' if n != 1 else ''} already in {args.out} "
+              f"(it holds {s['store_episodes']} episodes, {s['store_frames']} frames in all)")
     else:
         print(f"collected {s['episodes']} episodes ({s['skipped']} already there), "
               f"{s['frames']} frames, {s['bytes'] / 1e6:.1f} MB, "
               f"{s['frames'] / max(s['seconds'], 1e-9):.0f} frames/s -> {args.out} "
               f"({s['store_episodes']} episodes, {s['store_frames']} frames in all)")
+    return 0
+
+
+def _run_vpt(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
+    from worldsim.data.vpt import VPTWarning, convert_vpt, find_recordings
+
+    with warnings.catch_warnings():  # convert_vpt names unpaired files itself
+        warnings.simplefilter("ignore", VPTWarning)
+        found = len(find_recordings(args.from_vpt))
+    if not found:
+        raise WorldsimError(f"no VPT recording (NAME.mp4 with its NAME.jsonl) in {args.from_vpt}")
+    out = Path(args.out)
+    made = [p for p in (out, out / "episodes", out / "dataset.json") if not p.exists()]
+    s = convert_vpt(args.from_vpt, args.out, size=args.size or (224, 384),
+                    integer_camera=args.integer_camera, progress=not args.no_progress)
+    if s["episodes"] == 0 and s["skipped"] == 0:
+        # Nothing was written: take back the store this run made, so that its frame size and
+        # camera rule do not hold the folder for the next try. Only the empty folders go.
+        for p in reversed(made):
+            try:
+                if p.is_dir():
+                    p.rmdir()
+                else:
+                    p.unlink()
+            except OSError:  # not empty, or already gone: keep it
+                pass
+        raise WorldsimError(f"none of the {found} VPT recordings in {args.from_vpt} could be "
+                            "converted (the warnings above say why)")
+    print(f"converted {s['episodes']} recordings ({s['skipped']} already there, "
+          f"{s['failed']} failed), {s['frames']} frames, {s['mb']:.1f} MB, "
+          f"{s['frames'] / max(s['seconds'], 1e-9):.0f} frames/s -> {args.out}")
     return 0

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=S.batch, help=f"pairs per step (default: {S.batch})")
     p.add_argument("--lr", type=positive_float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
     p.add_argument("--channels", type=positive_int, default=32, help="conv width (default: 32)")
-    p.add_argument("--val-fraction", type=fraction, default=S.val_fraction,
-                   help=f"held-out share of episodes, by the store's split rule (default: {S.val_fraction})")
+    p.add_argument("--val-fraction", type=held_out_fraction, default=S.val_fraction,
+                   help=f"held-out share of episodes, by the store's split rule, above 0 and below 1: "
+                        f"the model is scored on them and trained on the rest (default: {S.val_fraction})")
     p.add_argument("--max-frames", type=positive_int, default=S.max_frames,
                    help=f"training frames held in memory (default: {S.max_frames})")
     p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
@@ -40,6 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
+
+
+def held_out_fraction(text: str) -> float:
+    """A share strictly between 0 and 1: train-idm ends with scores on held-out episodes, so it
+    needs some, and trains on the rest, so it needs those too."""
+    x = fraction(text)
+    if x == 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}: the model is scored on "
+                                         "held-out episodes, and 0 holds none out")
+    if x == 1:
+        raise argparse.ArgumentTypeError(f"must be below 1, got {text}: the model is trained on "
+                                         "the episodes not held out, and 1 holds them all out")
+    return x
 
 
 def run(args: argparse.Namespace) -> int:

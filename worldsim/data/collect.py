@@ -123,7 +123,15 @@ def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, s
         raise StoreError("--episodes and --steps must be at least 1")
     if not 0 <= idle_do <= 1:
         raise StoreError(f"--idle-do must lie in [0, 1], got {idle_do}")
-    CrafterEnv(size=size)  # validates the size before anything is written
+    try:
+        env = CrafterEnv(size=size)  # validates the size before anything is written
+        if not (Path(out) / "dataset.json").exists():
+            # A new store's dataset.json fixes its frame size for good: draw a frame first, so
+            # that a size the game cannot draw fails here, not in the workers after the folder
+            # is taken at that size.
+            env.reset()
+    except ValueError as e:
+        raise StoreError(f"Crafter cannot collect {size}x{size} frames: {e}") from None
     store = EpisodeStore.create(out, env="crafter", action_space=CRAFTER_SPACE,
                                 frame_size=(size, size), fps=CRAFTER_FPS,
                                 source={"collector": "explorer", "seed": seed, "size": size,

@@ -87,9 +87,8 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
                  if len(paths) > 1 else {}),
               # which weights made the codes: train refuses a --tokenizer with other weights
               "tokenizer_sha256": file_sha256(Path(tokenizer_bundle) / "image_tokenizer.safetensors")}
-    old_index = out / "index.json"
-    if old_index.exists():
-        old = json.loads(old_index.read_text())
+    old = _read_index(out / "index.json")
+    if old is not None:
         same = {k: old.get(k) for k in ("tokens_per_frame", "codebook_size", "action_tokenizer",
                                         "tokenizer_sha256") if k in old}
         if same != {k: header[k] for k in same}:
@@ -129,6 +128,16 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
     index = _pack(out, ids, header, made_from)
     return {"episodes": len(index["episodes"]), "tokenized": len(todo) - corrupt, "corrupt": corrupt,
             "frames": index["frames"], "new_frames": n_frames, "seconds": time.perf_counter() - t0}
+
+
+def _read_index(path: Path) -> dict[str, Any] | None:
+    """The old index.json as a dict, or None where it is missing or unreadable: tokenizing
+    again repairs such a folder (its parts are checked one by one, and the index is written anew)."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, truncated, not UTF-8
+        return None
+    return index if isinstance(index, dict) else None
 
 
 def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -> None:
@@ -229,20 +238,36 @@ class TokenShards:
         if not index_path.is_file():
             raise WorldsimError(f"{folder} holds no token shards (no index.json); make them with "
                                 "`worldsim tokenize`")
-        self.index = json.loads(index_path.read_text())
-        if self.index.get("format") != FORMAT:
+        again = "run `worldsim tokenize` into it again"
+        try:
+            self.index = json.loads(index_path.read_text())
+        except ValueError as e:  # cut short or overwritten: JSONDecodeError, UnicodeDecodeError
+            raise WorldsimError(f"{index_path} is damaged ({type(e).__name__}: {e}); {again}") from None
+        if not isinstance(self.index, dict) or self.index.get("format") != FORMAT:
             raise WorldsimError(f"{index_path} is not a worldsim token index")
-        self.frames = np.load(folder / "frames.npy", mmap_mode="r")  # (sum T+1, N) uint16
-        self.actions = np.load(folder / "actions.npy", mmap_mode="r")  # (sum T, A) uint16
-        self.N = int(self.index["tokens_per_frame"])
-        self.A = int(self.index["action_tokens"])
+        arrays = {}
+        for name in ("frames", "actions"):  # (sum T+1, N) and (sum T, A) uint16
+            try:
+                arrays[name] = np.load(folder / f"{name}.npy", mmap_mode="r")
+            except (OSError, ValueError, EOFError) as e:  # missing, truncated (mmap past the end)
+                raise WorldsimError(f"{folder / name}.npy cannot be read ({type(e).__name__}: {e}); "
+                                    f"{again}") from None
+        self.frames, self.actions = arrays["frames"], arrays["actions"]
+        try:
+            self.N = int(self.index["tokens_per_frame"])
+            self.A = int(self.index["action_tokens"])
+            self.K = int(self.index["codebook_size"])
+            keep = set(ids) if ids is not None else None
+            self.episodes = [e for e in self.index["episodes"] if keep is None or e["id"] in keep]
+            for ep in self.episodes:  # windows index by these
+                int(ep["frames"]), int(ep["frame_offset"]), int(ep["action_offset"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise WorldsimError(f"{index_path} lacks what a token index holds ({type(e).__name__}: "
+                                f"{e}); {again}") from None
         if (self.frames.shape != (self.index.get("frames"), self.N)
                 or self.actions.shape != (self.index.get("steps"), self.A)):
             raise WorldsimError(f"{folder}: frames.npy and actions.npy do not hold what index.json "
-                                "says; run `worldsim tokenize` into it again")
-        self.K = int(self.index["codebook_size"])
-        keep = set(ids) if ids is not None else None
-        self.episodes = [e for e in self.index["episodes"] if keep is None or e["id"] in keep]
+                                f"says; {again}")
 
     @property
     def action_tokenizer(self):

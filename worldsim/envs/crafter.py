@@ -23,6 +23,9 @@ CRAFTER_ACTIONS = (
 CRAFTER_SPACE = ActionSpace(name="crafter", kind="discrete", names=CRAFTER_ACTIONS)
 # Crafter's world ticks once per step; 10 steps per second plays like its own GUI.
 CRAFTER_FPS = 10
+# The smallest frame Crafter draws: 2 pixels a tile. At 9 (1 pixel a tile) its inventory icons,
+# drawn at 0.8 of a tile, round to 0 pixels and PIL refuses to resize to them.
+CRAFTER_MIN_SIZE = 18
 
 _MOVES = (1, 2, 3, 4)  # move_left, move_right, move_up, move_down
 _PLACE_OR_CRAFT = tuple(range(7, 17))
@@ -38,8 +41,9 @@ class CrafterEnv:
     def __init__(self, size: int = 72, seed: int = 0, length: int = 10000):
         import crafter  # a runtime dependency, imported here to keep `import worldsim` light
 
-        if size % 9:
-            raise ValueError(f"--size must be a multiple of 9 (Crafter draws 9x9 tiles), got {size}")
+        if size % 9 or size < CRAFTER_MIN_SIZE:
+            raise ValueError(f"--size must be a multiple of 9 (Crafter draws 9x9 tiles) of at least "
+                             f"{CRAFTER_MIN_SIZE}, got {size}")
         self.frame_size = (size, size)
         self._env = crafter.Env(size=(size, size), seed=seed, length=length, reward=False)
         self._env._world.__class__ = _deterministic_world_class()
