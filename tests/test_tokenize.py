@@ -181,6 +181,9 @@ def test_stores_of_another_game_or_with_one_name_are_not_tokenized_together(craf
     _recollected(other, seed=5)
     with pytest.raises(WorldsimError, match="both collected with --seed 5"):
         tokenize_store([crafter_store, twin, other], tiny_tokens[0], tmp_path / "sh", progress=False)
+    # one store named twice is said to be (it read as two stores collected with one seed)
+    with pytest.raises(WorldsimError, match="is given twice"):
+        tokenize_store([crafter_store, crafter_store], tiny_tokens[0], tmp_path / "sh", progress=False)
     assert not (tmp_path / "sh" / "index.json").exists()
 
 

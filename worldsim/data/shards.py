@@ -146,6 +146,10 @@ def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -
     collected with the same seed are refused: `worldsim collect` plays episode i of both in the
     same world, and the split draws `000017` and `other/000017` apart, so the first store's
     held-out worlds would be trained on through their twins."""
+    roots = [st.root.resolve() for st in stores]
+    twice = next((paths[i] for i, r in enumerate(roots) if r in roots[:i]), None)
+    if twice is not None:
+        raise WorldsimError(f"--data {twice} is given twice: each store is tokenized once")
     if len(set(prefixes[1:])) != len(prefixes[1:]):
         raise WorldsimError("stores tokenized together after the first need distinct folder names: "
                             "their episodes are named <folder name>/<id>")
