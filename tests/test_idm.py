@@ -70,3 +70,57 @@ def test_score_actions_groups_minerl_keys_as_mineworld():
     assert fb["macro_f1"] == pytest.approx(2 / 3) and fb["accuracy"] == 0.75
     assert s["camera_bin_error"] == 1.0
     assert np.isnan(s["jump"]["macro_f1"])  # never pressed: no key to score
+
+
+def test_idm_writes_each_checkpoint_once_and_clears_a_killed_write(crafter_store, tmp_path, monkeypatch):
+    """Its last checkpoint was written twice (again on the way out, and again by a rerun of a
+    finished run), and a checkpoint write a kill cut short stayed in the folder for good."""
+    from worldsim import idm as idm_mod
+
+    out = tmp_path / "idm"
+    out.mkdir()
+    stale = out / ".train_state.safetensors.abc123.tmp"  # what a kill inside a write leaves
+    stale.write_bytes(b"x" * 100)
+    writes = []
+    real = idm_mod.save_checkpoint
+
+    def counted(path, model, opt, state, *a, **k):
+        writes.append(state["step"])
+        return real(path, model, opt, state, *a, **k)
+
+    monkeypatch.setattr(idm_mod, "save_checkpoint", counted)
+    s = IDMTrainSettings(steps=4, batch=4, checkpoint_seconds=0)
+    train_idm(crafter_store, out, s, channels=8, progress=False)
+    assert writes == [1, 2, 3, 4] and not stale.exists()
+    train_idm(crafter_store, out, s, channels=8, progress=False)  # finished: nothing to write
+    assert writes == [1, 2, 3, 4]
+
+
+def test_idm_error_inside_a_step_is_not_saved(crafter_store, tmp_path, monkeypatch):
+    """An error raised inside a step after the update (out of memory, say) saved it under the
+    old step number; the resume then took the step again on top of it."""
+    import torch
+
+    from worldsim import idm as idm_mod
+
+    s = IDMTrainSettings(steps=3, batch=4, checkpoint_seconds=1e9)
+    train_idm(crafter_store, tmp_path / "straight", s, channels=8, progress=False)
+    real_step = torch.optim.AdamW.step
+    calls = []
+
+    def fails_third(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", fails_third)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train_idm(crafter_store, tmp_path / "resumed", s, channels=8, progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    train_idm(crafter_store, tmp_path / "resumed", s, channels=8, progress=False)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "idm.safetensors")) for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -166,3 +166,23 @@ def test_two_recordings_in_one_second_are_both_kept(tmp_path, monkeypatch):
     store = EpisodeStore(tmp_path / "recordings")
     assert len(store.episode_ids()) == 2 and store.info.episodes == 2
     assert len({p for w in written for p in w}) == sum(len(w) for w in written)  # no file written twice
+
+
+def test_an_atomic_write_flushes_the_file_and_then_its_folder(tmp_path, monkeypatch):
+    """The rename that makes a write atomic is on disk only once the folder is: without the
+    folder's fsync a power cut could leave the old file, or none, after a checkpoint "saved"."""
+    import os
+    import stat
+
+    from worldsim import fileio
+
+    kinds = []
+    real = os.fsync
+
+    def seen(fd):
+        kinds.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        return real(fd)
+
+    monkeypatch.setattr(fileio.os, "fsync", seen)
+    fileio.atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert kinds == ["file", "dir"] and (tmp_path / "x.json").read_text().startswith("{")

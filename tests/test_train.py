@@ -732,6 +732,58 @@ def _interrupted_at(monkeypatch, run_cls, n, go) -> None:
     monkeypatch.setattr(run_cls, "train_step", step)
 
 
+def test_an_error_inside_a_step_keeps_the_last_whole_step(tiny_tokens, tmp_path, monkeypatch):
+    """An error raised inside a step (out of memory in the optimizer, say) after the weights
+    moved saved them under the old step number, and the resume took that step again on top:
+    the resumed run's weights differed from a run never stopped. The whole steps before it are
+    what is kept, and the resume equals the straight run."""
+    from safetensors.torch import load_file
+
+    from worldsim.train import WorldModelRun
+
+    kw = dict(checkpoint_seconds=1e9)  # the error comes before the next timed checkpoint
+    _tiny_run(tiny_tokens, tmp_path / "straight", 5, **kw)
+    real_step = WorldModelRun.train_step
+
+    def fails_after_the_update(self):
+        loss = real_step(self)
+        if self.step == 3:
+            raise RuntimeError("out of memory (simulated)")
+        return loss
+
+    monkeypatch.setattr(WorldModelRun, "train_step", fails_after_the_update)
+    with pytest.raises(RuntimeError, match="simulated"):
+        _tiny_run(tiny_tokens, tmp_path / "resumed", 5, **kw)
+    monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+    assert _tiny_run(tiny_tokens, tmp_path / "resumed", 5, **kw)["steps"] == 5
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_signal_during_a_checkpoint_write_does_not_write_it_again(tiny_tokens, tmp_path, monkeypatch):
+    """Ctrl-C held through a checkpoint write landed before the run noted the step as saved, so
+    the way out wrote the same checkpoint a second time (twice the time to stop)."""
+    import os
+    import signal
+
+    from worldsim import trainer
+
+    writes = []
+    real = trainer.save_checkpoint
+
+    def interrupted_at_3(path, model, opt, state, *a, **k):
+        writes.append(state["step"])
+        if state["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the write holds signals
+        return real(path, model, opt, state, *a, **k)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", interrupted_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(tiny_tokens, tmp_path / "wm", 6, checkpoint_seconds=0)
+    assert writes == [1, 2, 3]
+
+
 def _tiny_run(tiny_tokens, out, steps, **kw):
     base = dict(batch=2, val_every=1000, val_batches=1, warmup=1, checkpoint_seconds=1e9)
     return train(tiny_tokens[1], tiny_tokens[0], out, objective="block_diffusion", preset="tiny",

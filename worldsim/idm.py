@@ -39,7 +39,7 @@ from worldsim.config import strict_from_dict
 from worldsim.data.store import EpisodeStore
 from worldsim.envs.base import ActionSpace
 from worldsim.errors import WorldsimError
-from worldsim.fileio import deferred_signals
+from worldsim.fileio import clean_stale_temps, deferred_signals
 from worldsim.metrics import precision_recall_f1
 from worldsim.tokenizers.action import ActionTokenizer, action_tokenizer_from_config, make_action_tokenizer
 
@@ -260,14 +260,23 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     step, elapsed = 0, 0.0
     state_path = out / STATE_FILE
+    clean_stale_temps(out)  # a checkpoint write a kill cut short
     if state_path.exists():
         st = load_checkpoint(state_path, model, opt)
         step, elapsed = int(st["step"]), float(st.get("seconds", 0.0))
         if progress:
             print(f"resuming from step {step} ({state_path})")
 
+    saved = step  # the step the checkpoint on disk holds
+    mid_step = False  # inside a step: its update may be half applied, and is not saved
+
     def checkpoint() -> None:
-        save_checkpoint(state_path, model, opt, {"step": step, "seconds": elapsed})
+        nonlocal saved
+        if step == saved or mid_step:
+            return
+        with deferred_signals():  # a signal held through the write lands after `saved` is set
+            save_checkpoint(state_path, model, opt, {"step": step, "seconds": elapsed})
+            saved = step
 
     bar = tqdm(total=s.steps, initial=step, desc="train-idm", unit="step", disable=not progress)
     t_start = t_ckpt = time.perf_counter()
@@ -281,12 +290,14 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
             for grp in opt.param_groups:  # cosine decay to a tenth
                 grp["lr"] = s.lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / s.steps)))
             with deferred_signals():  # a signal lands between whole steps, never inside one
+                mid_step = True
                 logits = model(frames[i].to(dev), frames[i + 1].to(dev))  # (B, slots, classes)
                 loss = F.cross_entropy(logits.flatten(0, 1), labels[pick].to(dev).flatten())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
+                mid_step = False
             now = time.perf_counter()
             elapsed = elapsed0 + now - t_start
             bar.update(1)
@@ -298,8 +309,7 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
                 t_ckpt = now
     finally:
         bar.close()
-        if step > 0:
-            checkpoint()
+        checkpoint()  # unless it holds this step already, or the step was cut off
     model.eval()
     bundle.save_weights(out, "idm", model)
     pred = model.predict(vframes[vstarts], vframes[vstarts + 1])

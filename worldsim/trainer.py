@@ -89,6 +89,7 @@ class TrainingRun:
         self.elapsed = 0.0  # seconds of training, over every resumed session
         self.saved_step: int | None = None  # step of the checkpoint on disk
         self.diverged = False
+        self.mid_step = False  # inside a step: its update may be half applied (see `save`)
         self._nonfinite: torch.Tensor | None = None  # () bool on the device: any loss not finite
         self.last_loss: torch.Tensor | None = None
         self.bar: tqdm | None = None
@@ -176,9 +177,14 @@ class TrainingRun:
         # gradients before this rank's loss shows it: look at the weights themselves.
         if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()):
             return
-        save_checkpoint(self.state_path, self.model, self.opt,
-                        {"step": self.step, "seconds": self.elapsed, "run": self.kind}, self.ema)
-        self.saved_step = self.step
+        if self.mid_step:
+            return  # an error inside a step: its update may be half applied; keep the last whole one
+        # A signal held through the write lands after saved_step is set: a second write of the
+        # same step on the way out would only cost time.
+        with deferred_signals():
+            save_checkpoint(self.state_path, self.model, self.opt,
+                            {"step": self.step, "seconds": self.elapsed, "run": self.kind}, self.ema)
+            self.saved_step = self.step
 
     def check_finite(self, loss: torch.Tensor, every_rank: bool = True) -> None:
         """Raise NonFiniteLoss if a loss since the start was not finite. `every_rank` asks all
@@ -211,10 +217,12 @@ class TrainingRun:
                 # update (one optimizer of a chain stepped, or part of a parameter loop) under
                 # the old step number, and the resume would take that step again.
                 with deferred_signals():
+                    self.mid_step = True  # until the step is whole: an error here saves nothing
                     loss = self.last_loss = self.train_step()
                     self.step += 1
                     if self.ema is not None:
                         self.ema.update_parameters(self.model)
+                    self.mid_step = False
                 # Accumulated on the device: no host sync per step, checked at the log cadence.
                 bad = ~torch.isfinite(loss.detach())
                 self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
