@@ -63,12 +63,17 @@ def test_score_actions_groups_minerl_keys_as_mineworld():
     pred = truth.copy()
     truth[:, 4] = [2, 2, 3, null]  # forward, forward, back, neither
     pred[:, 4] = [2, 3, 3, null]
-    truth[:, 1:3], pred[:, 1:3] = 33, 34  # camera: one bin off on both axes
+    truth[:, 1:3], pred[:, 1:3] = (33, 54), (34, 55)  # camera: bin 10 of pitch and of yaw, one off
     s = score_actions(pred, truth, MINERL_SPACE)
     fb = s["forward|back"]
     assert fb["classes"]["forward"]["recall"] == 0.5 and fb["classes"]["back"]["precision"] == 0.5
     assert fb["macro_f1"] == pytest.approx(2 / 3) and fb["accuracy"] == 0.75
     assert s["camera_bin_error"] == 1.0
+    # a head that picks an id outside its axis's bins (null, the other axis's) counts as the
+    # nearest bin: the error stays within the 20 bins (a null pitch read as 33 ids off before)
+    pred[0, 1], pred[1, 2] = null, 33
+    s = score_actions(pred, truth, MINERL_SPACE)
+    assert s["camera_bin_error"] == pytest.approx((10 + 10 + 6 * 1) / 8)
     assert np.isnan(s["jump"]["macro_f1"])  # never pressed: no key to score
 
 

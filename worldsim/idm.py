@@ -190,7 +190,12 @@ def score_actions(pred_BA: np.ndarray, truth_BA: np.ndarray, space: ActionSpace)
                       "accuracy": float((pred[:, slot] == truth[:, slot]).mean()),
                       "classes": {names[i]: per[i] for i in keys}, "pairs": int(len(truth))}
     if pred.shape[1] > 2:
-        out["camera_bin_error"] = float(np.abs(pred[:, 1:3] - truth[:, 1:3]).mean())
+        # In bins: a slot's head may pick an id outside its bins (null, or the other axis's),
+        # which counts as the nearest bin rather than as a distance between unrelated ids.
+        tok = make_action_tokenizer(space, 0)
+        first = np.array([tok.pitch_id0, tok.yaw_id0])
+        got = np.clip(pred[:, 1:3] - first, 0, tok.n_camera_bins - 1)
+        out["camera_bin_error"] = float(np.abs(got - (truth[:, 1:3] - first)).mean())
     f1s = [v["macro_f1"] for v in out.values() if isinstance(v, dict) and not np.isnan(v["macro_f1"])]
     out["headline"] = float(np.mean(f1s)) if f1s else float("nan")
     return out
