@@ -438,3 +438,32 @@ def test_a_bundles_relative_shards_path_is_found_from_another_working_folder(
     assert note.startswith("validation split") and ids == want
     with pytest.warns(UserWarning, match="cannot read"):  # without the bundle's place: not found
         assert held_out_ids(EpisodeStore(crafter_store), cfg)[1].startswith("whole store")
+
+
+def test_a_plots_legend_makes_room_for_long_decoder_names(tmp_path):
+    """Names were cut at 18 characters: block_diffusion:8:t0.9 and block_diffusion:8:peak
+    were labelled alike. The legend now widens the figure to fit the longest name."""
+    from PIL import Image
+
+    from worldsim.evaluation.media import line_plot
+
+    line_plot(tmp_path / "short.png", "t", "y", {"ar": [1, 2], "copy-last": [2, 1]})
+    long = {"block_diffusion:8:t0.9:peak": [1, 2], "block_diffusion:8:t0.9": [2, 1]}
+    line_plot(tmp_path / "long.png", "t", "y", long)
+    assert Image.open(tmp_path / "short.png").size == (640, 400)
+    assert Image.open(tmp_path / "long.png").size[0] > 640
+
+
+def test_a_one_step_horizon_reports_no_drift_and_says_its_timing_includes_warm_up():
+    """Drift (last quarter minus first) read 0.000 with one step, where both quarters are the
+    same step; a two-step horizon timed its warm-up step beside the other."""
+    from worldsim.evaluation.run import summarise
+
+    def stats(shape):  # per-frame squared error falling along the horizon
+        se = np.linspace(100.0, 10.0, int(np.prod(shape))).reshape(shape)
+        return {"se": se, "ssim": np.full(shape, 0.5), "tile_hit": np.ones(shape), "tile_changed": np.ones(shape)}
+
+    one = summarise(stats((2, 1)), np.zeros((2, 1), bool))
+    assert one["all"]["drift"]["psnr"] is None and one["all"]["overall"]["frames"] == 2
+    two = summarise(stats((1, 2)), np.zeros((1, 2), bool))
+    assert two["all"]["drift"]["psnr"] == pytest.approx(10.0)  # 10 dB: a tenth of the error

@@ -32,8 +32,14 @@ def line_plot(path: str | Path, title: str, ylabel: str, series: dict[str, Seque
     """A PNG line plot: one line per series (None values are gaps), x = horizon step."""
     from PIL import Image, ImageDraw
 
-    w, h = size
     left, right, top, bottom = 64, 150, 36, 44
+    # The legend takes what its longest name needs (decoder variants differ at the end of the
+    # name, so a cut name would label two lines alike); the plot keeps its width.
+    d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend = max((d.textlength(name) for name in series), default=0.0)
+    right = max(right, int(legend) + 44)
+    size = (size[0] + right - 150, size[1])
+    w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     vals = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
@@ -73,7 +79,7 @@ def line_plot(path: str | Path, title: str, ylabel: str, series: dict[str, Seque
             d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         ly = top + 16 * k
         d.line([(x1 + 10, ly + 6), (x1 + 30, ly + 6)], fill=colour, width=3)
-        d.text((x1 + 36, ly), name[:18], fill="black")
+        d.text((x1 + 36, ly), name, fill="black")
     img.save(path)
 
 

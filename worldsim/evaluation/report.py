@@ -197,8 +197,12 @@ def markdown(r: dict[str, Any]) -> str:
         rows.append([src] + [_num(drift.get(k), ".3f") for k in keys])
     out += [_table(["source"] + keys, rows), ""]
 
+    warm_only = any(v.get("steps_timed") == 1 and v.get("ms_per_batch_step_median") == v.get("first_step_ms")
+                    for v in r["speed"].values())
+    over = ("the one step there is, its warm-up included (a horizon of 1)" if warm_only else
+            "every step but the first (warm-up, in report.json)")
     out += ["## Speed", "", "All episodes as one batch; ms/frame is a batched step's wall time over the "
-            "batch, image decode included, over every step but the first (warm-up, in report.json).", ""]
+            f"batch, image decode included, over {over}.", ""]
     rows = [[k, _num(v["passes_per_frame"], ".0f"), _num(v["ms_per_frame_median"], ".2f"),
              _num(v["ms_per_frame_p95"], ".2f"), _num(v["frames_per_s"], ".1f"), str(v["batch"]), v["device"]]
             for k, v in r["speed"].items()]
