@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -86,8 +87,11 @@ def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", "29517", "-m", "worldsim",
            *_args(tiny_tokens, out, "--steps", "100000", "--batch", "2", "--val-every", "1000",
-                  "--max-minutes", "0.03", "--warmup", "1", "--lr", "1e-3")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+                  "--max-minutes", "0.05", "--warmup", "1", "--lr", "1e-3", "--log-every", "2")]
+    # one thread a rank, as torchrun sets where the caller does not: two ranks of two threads on
+    # a 2-core machine step 20 times slower
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     m = read_config(out)["model_metrics"]
     assert m["world_size"] == 2 and 0 < m["steps"] < 100000
@@ -95,7 +99,9 @@ def test_torchrun_two_processes_keep_replicas_identical(tiny_tokens, tmp_path):
     assert len(m["replica_checksums"]) == 2
     assert r.stdout.count("trained ar") == 1  # only rank 0 reports
     lrs = [json.loads(line)["lr"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert lrs[0] > 0.5e-3 and lrs[-1] < 0.5e-3  # down the cosine by the time the budget ends
+    # down the cosine with the clock (a log line shows the time agreed 2 steps before it; on
+    # the step count alone, 100,000 steps, the lr stays within a millionth of its peak)
+    assert len(lrs) >= 2 and lrs[0] > 0.99e-3 and lrs[-1] < 0.99e-3
 
 
 def test_checkpoint_whose_optimizer_does_not_fit_gives_a_clear_error(tmp_path):
@@ -718,12 +724,18 @@ def test_ship_model_interpolates_a_fine_tune_with_its_parent(tiny_tokens, tmp_pa
 
 
 def _interrupted_at(monkeypatch, run_cls, n, go) -> None:
-    """`go()` with Ctrl-C arriving before step n + 1 of a `run_cls` run: its checkpoint holds n steps."""
+    """`go()` with Ctrl-C arriving during step n of a `run_cls` run (n >= 1): as a real one, it
+    lands once the step is whole, so the checkpoint holds n steps. (Raised inside a step, it
+    would be an error there, whose half-done step is not saved.)"""
+    import os
+    import signal
+
+    assert n >= 1
     step = run_cls.train_step
 
     def interrupted(self):
-        if self.step == n:
-            raise KeyboardInterrupt
+        if self.step == n - 1:
+            os.kill(os.getpid(), signal.SIGINT)  # held until the step is whole
         return step(self)
 
     monkeypatch.setattr(run_cls, "train_step", interrupted)

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=S.dtype, choices=["auto", "bf16", "fp32"],
                    help="autocast dtype; auto uses bf16 where the device runs it fast (default: auto)")
     p.add_argument("--val-every", type=positive_int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
+    p.add_argument("--log-every", type=positive_int, default=S.log_every,
+                   help="steps between lines of train_log.jsonl; under torchrun also between the ranks' "
+                        f"agreements on the clock of --max-minutes (default: {S.log_every})")
     p.add_argument("--max-minutes", type=nonneg_float, default=0.0,
                    help="stop after this many minutes of training and write the bundle; the learning rate's "
                         "cosine ends with them, or at --steps if that comes first (default: no limit)")
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
                       context_dreams=args.context_dreams, context_stalls=args.context_stalls,
                       rope=args.rope or "", ema=args.ema, optimizer=args.optimizer,
-                      width=args.width, depth=args.depth, init=str(args.init or ""))
+                      width=args.width, depth=args.depth, init=str(args.init or ""), log_every=args.log_every)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
     if r.get("rank", 0) == 0 and r.get("finished"):
