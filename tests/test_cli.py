@@ -5,6 +5,8 @@ import pytest
 
 from worldsim.cli import COMMANDS, build_parser, main
 
+from _cli import one_line_error
+
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command, capsys):
@@ -38,18 +40,6 @@ def test_info_preset_prints_parameter_count(capsys):
     out = capsys.readouterr().out
     assert "321.0M parameters" in out and "hidden 1024" in out and "16 frames of 347 tokens" in out
     assert main(["info", "--preset", "nope"]) == 2
-
-
-def _one_line_error(argv, capsys) -> str:
-    """Run the CLI, expect exit status 2 and exactly one line on stderr; return that line."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse stops at parse time
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    return err.strip()
 
 
 @pytest.fixture
@@ -109,7 +99,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("argv, says", BAD_INPUTS, ids=[a for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_at_parse_time(argv, says, paths, capsys):
     command = argv.split()[0]
-    line = _one_line_error(argv.format(**paths).split(), capsys)
+    line = one_line_error(argv.format(**paths).split(), capsys)
     assert line.startswith(f"worldsim {command}: error: ")
     assert says.format(**paths) in line
     assert "Traceback" not in line
@@ -128,7 +118,7 @@ def test_evals_default_report_folder_is_checked_before_the_work(tmp_path, paths,
     tiny_bundle_dir = tiny_bundle(tmp_path / "b")
     blocker = tmp_path / "b-eval"
     blocker.write_text("a file where the report folder would go")
-    line = _one_line_error(["eval", "--bundle", str(tiny_bundle_dir), "--data", paths["dir"]], capsys)
+    line = one_line_error(["eval", "--bundle", str(tiny_bundle_dir), "--data", paths["dir"]], capsys)
     assert "the report's default folder" in line and "give --out" in line
 
 
@@ -137,7 +127,7 @@ def test_cuda_on_a_machine_without_it_is_one_line(paths, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _one_line_error(["train", "--shards", paths["dir"], "--tokenizer", paths["dir"],
+    line = one_line_error(["train", "--shards", paths["dir"], "--tokenizer", paths["dir"],
                             "--out", paths["new"], "--device", "cuda"], capsys)
     assert "argument --device: cuda: " in line
     assert ("CPU-only build" if not torch.backends.cuda.is_built() else "no CUDA device") in line
@@ -164,7 +154,7 @@ def test_filesystem_errors_are_one_line(tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
 
     monkeypatch.setattr(collect_cmd, "run", refuse)
-    line = _one_line_error(["collect", "--out", str(tmp_path / "x")], capsys)
+    line = one_line_error(["collect", "--out", str(tmp_path / "x")], capsys)
     assert line == f"worldsim collect: error: Permission denied: {tmp_path / 'x'}"
 
 

@@ -14,17 +14,7 @@ from worldsim.data.shards import TokenShards
 from worldsim.data.store import EpisodeStore, StoreError
 from worldsim.errors import WorldsimError
 
-
-def _one_line_error(argv, capsys) -> str:
-    """Run the CLI, expect exit status 2 and exactly one line on stderr; return that line."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse stops at parse time
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    return err.strip()
+from _cli import one_line_error
 
 
 # -- token shards ------------------------------------------------------------------------------
@@ -156,7 +146,7 @@ def test_nothing_to_do_counts_the_whole_store(crafter_store, tmp_path, capsys):
 
 def test_integer_camera_without_vpt_is_refused(tmp_path, capsys):
     out = tmp_path / "x"
-    line = _one_line_error(["collect", "--integer-camera", "--episodes", "1", "--steps", "1", "--out",
+    line = one_line_error(["collect", "--integer-camera", "--episodes", "1", "--steps", "1", "--out",
                             str(out), "--workers", "1", "--no-progress"], capsys)
     assert "--integer-camera applies to VPT recordings" in line
     assert not out.exists()
@@ -169,7 +159,7 @@ def test_vpt_folder_without_recordings_is_an_error(tmp_path, capsys):
     (src / "lonely.mp4").write_bytes(b"no jsonl beside it")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        line = _one_line_error(["collect", "--from-vpt", str(src), "--out", str(out), "--no-progress"], capsys)
+        line = one_line_error(["collect", "--from-vpt", str(src), "--out", str(out), "--no-progress"], capsys)
     assert line == f"worldsim collect: error: no VPT recording (NAME.mp4 with its NAME.jsonl) in {src}"
     assert not out.exists()
 
@@ -187,10 +177,10 @@ def test_vpt_folder_where_every_recording_fails_is_an_error_and_frees_the_folder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VPTWarning)
-        line = _one_line_error(["collect", "--from-vpt", str(src), "--out", str(out), "--no-progress"], capsys)
+        line = one_line_error(["collect", "--from-vpt", str(src), "--out", str(out), "--no-progress"], capsys)
         assert line.startswith(f"worldsim collect: error: none of the 2 VPT recordings in {src} could be converted")
         assert not out.exists()  # made by this run, and empty: nothing holds the folder at a size
-        _one_line_error(["collect", "--from-vpt", str(src), "--out", str(keep), "--no-progress"], capsys)
+        one_line_error(["collect", "--from-vpt", str(src), "--out", str(keep), "--no-progress"], capsys)
     assert sorted(p.name for p in keep.iterdir()) == ["mine.txt"]
 
 
@@ -201,7 +191,7 @@ def test_vpt_folder_where_every_recording_fails_is_an_error_and_frees_the_folder
     ("1.5", "must be between 0 and 1"),
 ])
 def test_val_fraction_out_of_range_stops_at_parse_time(crafter_store, tmp_path, capsys, value, message):
-    line = _one_line_error(["train-idm", "--data", str(crafter_store), "--out", str(tmp_path / "idm"),
+    line = one_line_error(["train-idm", "--data", str(crafter_store), "--out", str(tmp_path / "idm"),
                             "--val-fraction", value, "--device", "cpu", "--no-progress"], capsys)
     assert "argument --val-fraction: " + message in line
     assert not (tmp_path / "idm").exists()
