@@ -38,6 +38,18 @@ def test_bench_with_bundle_and_data_reports_psnr(crafter_store, tiny_tokens, tmp
     bd = rows["block_diffusion"]
     assert not bd["speed_only"] and bd["image_decode"] and bd["decode_ms"] > 0
     assert 0 < bd["psnr"] < 100 and 0 < bd["copy_last_psnr"]
+    assert r["dtype"] == "float32"
+    # Without --dtype a bundle runs in the dtype its weights are stored in, as `play` runs it;
+    # --dtype overrides that.
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "wm" / "model.safetensors"
+    save_file({k: v.bfloat16() for k, v in load_file(str(weights)).items()}, str(weights))
+    for extra, want in (([], "bfloat16"), (["--dtype", "fp32"], "float32")):
+        assert main(["bench", "--bundle", str(tmp_path / "wm"), "--decoders", "block_diffusion", "--frames", "2",
+                     "--sessions", "1", "--threads", "1", "--json", str(out), *extra]) == 0
+        assert json.loads(out.read_text())["dtype"] == want
+        assert f"cpu, {want}, 1 threads" in capsys.readouterr().out
     # a store of another frame size is refused in one line, as eval refuses it
     from worldsim.data.collect import collect_crafter
 

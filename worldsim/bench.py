@@ -139,7 +139,8 @@ def bench(model: WorldModel, image_tok: ImageTokenizer | None, action_tok: Any, 
     ar = next((r for r in rows if r["decoder"] == "ar"), None)
     for r in rows:
         r["vs_ar"] = ar["ms_median"] / r["ms_median"] if ar else None
-    return {"device": str(device), "params": model.num_params(), "objective": model.cfg.objective,
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"device": str(device), "dtype": dtype, "params": model.num_params(), "objective": model.cfg.objective,
             "tokens_per_frame": model.cfg.tokens_per_frame, "peak_memory_mb": peak_memory_mb(device),
             "threads": torch.get_num_threads(), "rows": rows}
 
@@ -179,7 +180,8 @@ def format_table(result: dict[str, Any]) -> str:
     out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])]
     out += [fmt.format(*l) for l in lines]
     notes = [f"{result['params'] / 1e6:.1f}M params, {result['tokens_per_frame']} tokens/frame, "
-             f"{result['device']}, {result['threads']} threads, peak memory {result['peak_memory_mb']:.0f} MB"]
+             f"{result['device']}, {result['dtype']}, {result['threads']} threads, "
+             f"peak memory {result['peak_memory_mb']:.0f} MB"]
     if any(r["speed_only"] for r in result["rows"]):
         notes.append(f"* speed only: the weights were trained as {result['objective']}")
     if not result["rows"][0]["image_decode"]:

@@ -49,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sampling temperature (default: a bundle's own; 0, greedy, for a preset or a "
                         "bundle that records none)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights and cache dtype")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                   help="weights and cache dtype (default: a bundle's as stored, which is what "
+                        "`worldsim play` and `serve` run; fp32 for a preset)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", type=out_file, default=None, help="also write the results as JSON to this file")
     p.set_defaults(func=run)
@@ -74,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = pick_device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model, image_tok, action_tok, inputs = _load(args, dev)
+    # Without --dtype a bundle runs as `play` runs it: in the dtype its weights were stored in.
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(args.dtype, next(model.parameters()).dtype)
     model = model.to(dev, dtype)
     if image_tok is not None:
         image_tok = image_tok.to(dev)
