@@ -186,6 +186,8 @@ class ImageTokenizer(nn.Module):
         if tuple(x.shape[-2:]) != (self.cfg.height, self.cfg.width):
             raise ValueError(f"frames must be {self.cfg.height}x{self.cfg.width}, got "
                              f"{x.shape[-2]}x{x.shape[-1]}")
+        if not len(x):  # pixel_unshuffle passes an empty batch through unchanged: the conv then fails
+            return torch.zeros(0, self.cfg.tokens_per_frame, dtype=torch.long, device=self.device)
         z_BDhw = self._embed(x)
         b, d, h, w = z_BDhw.shape
         return self.quant.codes(z_BDhw.permute(0, 2, 3, 1).reshape(-1, d).float()).reshape(b, h * w)

@@ -171,7 +171,8 @@ class TileTokenizer(nn.Module):
         """(B, H, W, 3) -> (B, N, p*p*3), tiles in row-major order."""
         p, (h, w) = self.cfg.patch, self.cfg.grid
         b = canvas_BHWC.shape[0]
-        return canvas_BHWC.reshape(b, h, p, w, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, -1)
+        # The tile size is spelled out, not -1: with B = 0 a -1 is ambiguous and reshape fails.
+        return canvas_BHWC.reshape(b, h, p, w, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, p * p * 3)
 
     def untile(self, tiles_BND: torch.Tensor) -> torch.Tensor:
         p, (h, w) = self.cfg.patch, self.cfg.grid
@@ -222,6 +223,12 @@ def _light(light: torch.Tensor | np.ndarray | float | None, b: int, device: torc
         t = t.expand(b)
     if t.numel() != b:
         raise ValueError(f"light must have one daylight per frame ({b}), got {t.numel()}")
+    # A NaN daylight would turn every lit pixel into NaN and every code into code 0 without a
+    # word, and one out of [0, 1] (a percentage, a missing value's sentinel) would be clamped
+    # to a light the frame was never drawn under: both are a caller's mistake, said here.
+    if t.numel() and not bool(((t >= 0) & (t <= 1)).all()):
+        bad = float(t[~((t >= 0) & (t <= 1))][0])
+        raise ValueError(f"daylight must lie in [0, 1], got {bad}")
     return t
 
 
@@ -258,6 +265,8 @@ def fit_codebook(tiles_MD: torch.Tensor, k: int, tolerance: float = 6.0, iters: 
     merged by k-means weighted by the groups' sizes, the frequent ones seeding it.
     """
     x = tiles_MD.float()
+    if not len(x):
+        raise ValueError("no tiles to fit a codebook on")
     # Exact duplicates first (rounded): the leader pass then runs on distinct tiles only.
     uniq, inverse, counts = torch.unique(x.round().to(torch.int16), dim=0, return_inverse=True,
                                          return_counts=True)

@@ -12,6 +12,10 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
 
     Antialiasing makes downscaling average over each output pixel's footprint (like an area
     resize) rather than sample a few source pixels. `size=None` or the same size is a no-op."""
+    # Float frames in [0, 1] would come back as uint8 0s and 1s, and one frame without its batch
+    # axis as a torch error about permute: say what is expected instead.
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
     if size is None or tuple(frames.shape[1:3]) == tuple(size):
         return frames
     import torch  # here, so that the envs import without torch until a frame needs resizing

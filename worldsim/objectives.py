@@ -202,6 +202,15 @@ class Objective(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mean loss, number of loss tokens)."""
         cfg = self.model.cfg
+        b, f, n = frames_BFN.shape
+        # Frame 0 is context only: a 1-frame window has no token to take a loss on, and its mean
+        # over nothing is NaN (ar) or an empty sequence the model cannot run (block_diffusion).
+        if f < 2:
+            raise ValueError(f"a training window needs at least 2 frames (the first is context), got {f}")
+        if n != cfg.tokens_per_frame or tuple(actions_BFA.shape) != (b, f, cfg.action_tokens):
+            raise ValueError(f"expected frames (B, F, {cfg.tokens_per_frame}) and actions "
+                             f"(B, F, {cfg.action_tokens}), got {tuple(frames_BFN.shape)} and "
+                             f"{tuple(actions_BFA.shape)}")
         if cfg.objective == "ar":
             x = ar_inputs(cfg, frames_BFN, actions_BFA)
             h = self.model.hidden(x["tokens"], x["positions"], prev_BT=x["prev"], causal=True)

@@ -140,7 +140,10 @@ class TokenizerRun(TrainingRun):
         cfg = ImageTokenizerConfig(**asdict(PRESETS[preset]))
         h, w = self.store.info.frame_size
         if (cfg.height, cfg.width) != (h, w):
-            cfg = ImageTokenizerConfig(**{**asdict(cfg), "height": h, "width": w})
+            try:  # a frame size that is not a multiple of the patch: one line, not a traceback
+                cfg = ImageTokenizerConfig(**{**asdict(cfg), "height": h, "width": w})
+            except ValueError as e:
+                raise WorldsimError(f"{data}: {e}") from e
         self.cfg = cfg
         self.dev = pick_device(device)
 
