@@ -186,3 +186,22 @@ def test_an_atomic_write_flushes_the_file_and_then_its_folder(tmp_path, monkeypa
     monkeypatch.setattr(fileio.os, "fsync", seen)
     fileio.atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert kinds == ["file", "dir"] and (tmp_path / "x.json").read_text().startswith("{")
+
+
+def test_an_episode_with_daylight_the_game_never_draws_is_corrupt(tmp_path):
+    store = make_store(tmp_path, n=3)
+    ep = store.load("000001")
+    for bad in (np.nan, 1.5, -0.25):
+        light = np.asarray(ep.daylight, np.float32).copy()
+        light[2] = bad
+        with pytest.raises(ValueError, match=r"daylight must lie in \[0, 1\]"):
+            store.write_episode("000009", ep.frames, ep.actions, daylight=light)
+    # Written past the check (another program, a bad disk): loaders skip it with a warning.
+    light = np.asarray(ep.daylight, np.float32).copy()
+    light[2] = np.nan
+    atomic_save_npz(store.episode_path("000001"), frames=ep.frames, actions=ep.actions, daylight=light)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = [e.id for e in store.iter_episodes()]
+    assert ids == ["000000", "000002"]
+    assert any(issubclass(w.category, CorruptEpisodeWarning) and "000001" in str(w.message) for w in caught)

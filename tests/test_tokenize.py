@@ -235,3 +235,24 @@ def test_arrays_that_do_not_match_their_index_are_refused_in_one_line(tiny_token
     np.save(out / "frames.npy", frames[:-3])
     with pytest.raises(WorldsimError, match="do not hold what index.json says"):
         TokenShards(out)
+
+
+def test_action_ids_past_uint16_are_refused_not_wrapped(tmp_path, capsys):
+    from worldsim.envs.crafter import CRAFTER_SPACE
+
+    store = EpisodeStore.create(tmp_path / "s", env="crafter", action_space=CRAFTER_SPACE,
+                                frame_size=(32, 32), fps=10)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        store.write_episode(f"{i:06d}", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+                            rng.integers(0, 17, 5).astype(np.int16), np.linspace(1, 0.2, 6))
+    store.refresh()
+    # 65,530 image codes leave room for 6 action ids in uint16, and Crafter has 17.
+    assert main(["train-tokenizer", "--kind", "tile", "--data", str(store.root), "--out", str(tmp_path / "tok"),
+                 "--preset", "tiny", "--codebook", "65530", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["tokenize", "--data", str(store.root), "--tokenizer", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "sh"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not fit uint16 shards" in err and "17 action ids" in err
+    assert not (tmp_path / "sh" / "actions.npy").exists()

@@ -71,9 +71,11 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
     if (cfg.height, cfg.width) != tuple(store.info.frame_size):
         raise WorldsimError(f"the tokenizer takes {cfg.height}x{cfg.width} frames but {data} holds "
                             f"{store.info.frame_size[0]}x{store.info.frame_size[1]}")
-    if cfg.codebook_size > 65536:
-        raise WorldsimError("codebooks over 65536 codes do not fit uint16 shards")
     action_tok = make_action_tokenizer(store.info.action_space, offset=cfg.codebook_size)
+    # Action ids follow the image codes: both must fit uint16, or the actions would wrap.
+    if action_tok.vocab_end > 65536:
+        raise WorldsimError(f"{cfg.codebook_size} image codes and {action_tok.vocab_end - cfg.codebook_size} "
+                            "action ids do not fit uint16 shards (at most 65,536 ids in all)")
     out = Path(out)
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)

@@ -256,8 +256,15 @@ class EpisodeStore:
         if actions.shape != want:
             raise ValueError(f"episode {eid}: actions must have shape {list(want)} for "
                              f"{frames.shape[0]} frames, got {list(actions.shape)}")
-        if daylight is not None and np.shape(daylight) != (frames.shape[0],):
+        if daylight is None:
+            return
+        light = np.asarray(daylight, np.float64)
+        if light.shape != (frames.shape[0],):
             raise ValueError(f"episode {eid}: daylight must have shape [{frames.shape[0]}]")
+        # A light the game never draws under (NaN, a percentage): a tile tokenizer would refuse
+        # it mid-run, so such an episode is corrupt like any other unreadable one.
+        if not np.all((light >= 0) & (light <= 1)):
+            raise ValueError(f"episode {eid}: daylight must lie in [0, 1], got {light[~((light >= 0) & (light <= 1))][0]}")
 
     def _num_frames(self, path: Path) -> int:
         """Number of frames from the npy header, without decompressing pixels."""
