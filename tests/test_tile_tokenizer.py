@@ -156,3 +156,19 @@ def test_engine_draws_the_clock_daylight(tmp_path):
         assert np.abs(again.astype(int) - frame.astype(int)).max() <= 2
     noon, night = crafter_daylight(np.array([61, 201]))
     assert noon > 0.99 and night < 0.1
+
+
+def test_a_crafter_store_of_another_size_gets_one_token_per_game_tile(tmp_path):
+    """Crafter draws 9 tiles across at any size: at 36x36 a tile is 4 pixels, and the fit reads
+    one token per game tile (the preset's 8-pixel patch would span four, and 36 is no multiple
+    of 8)."""
+    pytest.importorskip("crafter")
+    from worldsim import bundle
+    from worldsim.data.collect import collect_crafter
+    from worldsim.fit_tiles import fit_tile_tokenizer
+
+    collect_crafter(tmp_path / "s", episodes=3, steps=30, seed=0, size=36, workers=1, progress=False)
+    m = fit_tile_tokenizer(tmp_path / "s", tmp_path / "tok", progress=False)
+    cfg = bundle.read_config(tmp_path / "tok")["image_tokenizer"]
+    assert cfg["patch"] == 4 and [cfg["height"], cfg["width"]] == [36, 36]
+    assert m["day_psnr_pooled"] > 40 and m["day_flicker"] < 0.01

@@ -56,6 +56,10 @@ def fit_tile_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter
         over["light"] = light
     elif store.info.env != "crafter":
         over["light"] = "none"  # only Crafter's light model is known
+    if store.info.env == "crafter" and preset == "crafter" and h == w and h % 9 == 0:
+        # Crafter draws its view 9 tiles across at any size: one token per game tile (8 pixels
+        # at 72x72), where the preset's 8-pixel patch would straddle tiles of another size.
+        over["patch"] = h // 9
     try:
         cfg = TileTokenizerConfig(**{**asdict(PRESETS[preset]), **over})
     except ValueError as e:
