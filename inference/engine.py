@@ -18,6 +18,7 @@ decoders valid for a model and the `auto` rule below are derived from them alone
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import ModuleType
@@ -37,6 +38,28 @@ from worldsim.inference.sampling import SamplingSettings
 
 # The decoding strategies, by name; each module states its algorithm, cost and settings.
 DECODERS: dict[str, ModuleType] = {m.NAME: m for m in (decode_ar, decode_diagonal, decode_block_diffusion)}
+
+
+def _is_int(v: Any) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_seed(seed: Any) -> None:
+    """A seed a torch generator takes: an integer in [-2**63, 2**64) (ValueError with one line)."""
+    if not _is_int(seed) or not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+
+
+def _check_ids(t: torch.Tensor, lo: int, hi: int, what: str) -> torch.Tensor:
+    """`t` if it holds integer ids in [lo, hi), else ValueError with one line."""
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{what} must be integers, got {t.dtype}")
+    ids = t.long()  # uint16 (token shards) has no min or max
+    if ids.numel() and not (lo <= int(ids.min()) and int(ids.max()) < hi):
+        raise ValueError(f"{what} must lie in [{lo}, {hi}), got ids from {int(ids.min())} to "
+                         f"{int(ids.max())}")
+    return ids
 
 
 def valid_decoders(objective: str) -> list[str]:
@@ -78,6 +101,8 @@ class DecoderSettings:
         decoder's own settings (ValueError with one line); settings the decoder does not have
         are left as they are, except `graphs` and `guidance`, which are off where they do not
         apply."""
+        if not isinstance(self.sampling, SamplingSettings):  # else it fails at the first draw
+            raise ValueError(f"sampling must be SamplingSettings, got {type(self.sampling).__name__}")
         name = auto_decoder(objective) if self.name == "auto" else self.name
         if name not in DECODERS:
             raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
@@ -121,6 +146,12 @@ class Engine:
     def __init__(self, model: WorldModel, image_tokenizer: ImageTokenizer | None,
                  action_tokenizer: ActionTokenizer, decoder: DecoderSettings | None = None,
                  max_sessions: int = 16, sink: int = 0, seed: int = 0):
+        # Checked here, with a line that names the bad value: a float or negative count would
+        # otherwise fail deep in the cache's allocation, or at its first eviction.
+        for name, v, least in (("max_sessions", max_sessions, 1), ("sink", sink, 0)):
+            if not _is_int(v) or v < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+        _check_seed(seed)
         self.model = model.eval()
         self.cfg = model.cfg
         self.image_tokenizer = image_tokenizer
@@ -145,7 +176,7 @@ class Engine:
         self._own: tuple[DecoderSettings, Any] | None = None  # self.decoder and its own settings
         self.max_sessions = max_sessions
         self.free_rows = list(range(max_sessions))
-        self.seed_source = torch.Generator().manual_seed(seed)  # seeds unseeded sessions
+        self.seed_source = torch.Generator().manual_seed(int(seed))  # seeds unseeded sessions
         self._ids = itertools.count()
 
     @classmethod
@@ -163,8 +194,10 @@ class Engine:
         the last context frame. `start_step` is the game step of the first context frame (0
         for a fresh reset): a tokenizer that renders the game's light from its clock (the tile
         tokenizer on Crafter) needs it to encode the context and draw every frame after it."""
+        if seed is not None:
+            _check_seed(seed)
         if not self.free_rows:
-            raise RuntimeError(f"all {self.cache.batch} session slots are in use")
+            raise RuntimeError(f"all {self.max_sessions} session slots are in use")
         session = Session(self, self.free_rows.pop(0), next(self._ids), seed)
         try:
             session.reset(context, actions, start_step)
@@ -187,7 +220,7 @@ class Engine:
             light = self._light(list(range(start_step, start_step + t.shape[0])))
             return self.image_tokenizer.encode(t, **light).to(self.device)
         if t.ndim == 2 and t.shape[1] == self.cfg.tokens_per_frame:
-            return t.to(self.device, torch.long)
+            return _check_ids(t, 0, self.cfg.codebook_size, "context image tokens").to(self.device)
         raise ValueError(f"context must be uint8 frames (C, H, W, 3) or tokens (C, "
                          f"{self.cfg.tokens_per_frame}), got {t.dtype} {tuple(t.shape)}")
 
@@ -195,13 +228,22 @@ class Engine:
         """Actions in the env's action space, or their tokens (a (T, A) tensor, or (A,) tensors
         in the list) -> tokens (T, A) on the device, gathered on the host and sent in one copy
         that the host does not wait on."""
+        A, K = self.cfg.action_tokens, self.cfg.codebook_size
+        ids = (K, K + self.cfg.action_ids)
+        # Given as tensors they are tokens, not actions: an image code or an id past the
+        # vocabulary in an action slot would dream silently wrong, or fail inside the forward.
         if isinstance(actions, torch.Tensor) and actions.ndim == 2:
-            return self.cache.to_device(actions.cpu().long())
-        rows = [a.cpu().long().view(-1) if isinstance(a, torch.Tensor)
-                else torch.as_tensor(self.action_tokenizer.encode(a)).long() for a in actions]
+            if actions.shape[1] != A:
+                raise ValueError(f"action tokens must have shape (T, {A}), got {tuple(actions.shape)}")
+            return self.cache.to_device(_check_ids(actions.cpu(), *ids, "action tokens"))
+        rows = [a.cpu().view(-1) if isinstance(a, torch.Tensor)
+                else torch.as_tensor(self.action_tokenizer.encode(a)) for a in actions]
         if not rows:
-            return torch.zeros(0, self.cfg.action_tokens, dtype=torch.long, device=self.device)
-        return self.cache.to_device(torch.stack(rows))
+            return torch.zeros(0, A, dtype=torch.long, device=self.device)
+        for r in rows:
+            if r.shape != (A,):
+                raise ValueError(f"action tokens must have shape ({A},), got {tuple(r.shape)}")
+        return self.cache.to_device(torch.stack([_check_ids(r, *ids, "action tokens") for r in rows]))
 
     @torch.inference_mode()
     def step(self, inputs: Mapping["Session", Any], decode_images: bool = True
@@ -209,9 +251,13 @@ class Engine:
         """Advance every given session by one frame, as one batch. Each input is an action in
         the env's action space, or its action tokens as a tensor (A,)."""
         sessions = sorted(inputs, key=lambda s: s.row)
+        if not sessions:
+            return {}
         for s in sessions:
             if s.closed:
                 raise RuntimeError(f"session {s.id} is closed")
+            if s.engine is not self:  # its row is another engine's: it would step a stranger's
+                raise ValueError(f"session {s.id} belongs to another engine")
         rows = [s.row for s in sessions]
         last = torch.cat([s.last_frame for s in sessions])  # (B, N)
         acts = self._action_tokens([inputs[s] for s in sessions])  # (B, A)
@@ -261,6 +307,10 @@ class Session:
     def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
               start_step: int = 0) -> None:
         e = self.engine
+        if self.closed:  # its row may be another session's by now: a prefill would overwrite it
+            raise RuntimeError(f"session {self.id} is closed; open a new one")
+        if not _is_int(start_step) or start_step < 0:
+            raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
         frames = e._frame_tokens(context, start_step)  # (C, N)
         acts = e._action_tokens(actions)  # (C-1, A)
         if frames.shape[0] < 1 or acts.shape[0] != frames.shape[0] - 1:
@@ -270,11 +320,11 @@ class Session:
         # differ from each other and a seeded engine is reproducible.
         seed = self.seed if self.seed is not None else int(
             torch.randint(0, 2**62, (1,), generator=e.seed_source))
-        self.generator.manual_seed(seed)
+        self.generator.manual_seed(int(seed))
         prefill(e.model, e.cache, [self.row], frames[None], acts[None])
         self.last_frame = frames[-1:]
         self.frames = 0
-        self.game_step = start_step + frames.shape[0] - 1
+        self.game_step = int(start_step) + frames.shape[0] - 1
 
     def step(self, action: Any) -> tuple[np.ndarray | None, FrameStats]:
         return self.engine.step({self: action})[self]

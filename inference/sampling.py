@@ -1,15 +1,21 @@
 """Sampling from logits: temperature (dividing logits), top-k, top-p, seeded generators.
 
 `temperature == 0` is greedy (argmax). Probabilities returned are those of the tempered,
-filtered distribution, which decoders use as confidences.
+filtered distribution, which decoders use as confidences; greedy returns the untempered
+probability of the argmax (tempered to 0, every argmax would have probability 1).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -19,8 +25,14 @@ class SamplingSettings:
     top_p: float = 1.0  # 1.0: off
 
     def __post_init__(self) -> None:
-        if not 0 <= self.temperature < math.inf or not 0 < self.top_p <= 1 or self.top_k < 0:  # NaN too
-            raise ValueError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        # One line naming the bad value, here: a string failed with a TypeError, and a float
+        # or bool top_k was taken and failed at the first draw, inside a frame.
+        if not _number(self.temperature) or not 0 <= self.temperature < math.inf:  # NaN too
+            raise ValueError(f"temperature must be a number >= 0, got {self.temperature!r}")
+        if not _number(self.top_p) or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, numbers.Integral) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
 
 
 GREEDY = SamplingSettings(temperature=0.0)
@@ -55,6 +67,8 @@ def sample(logits_MV: torch.Tensor, s: SamplingSettings,
         return tok, conf
     probs = filtered_logits(logits_MV, s).softmax(-1)
     if isinstance(generator, (list, tuple)):
+        if len(generator) != probs.shape[0]:  # zip would drop the rows past the shorter
+            raise ValueError(f"one generator per row: {len(generator)} generators for {probs.shape[0]} rows")
         tok = torch.stack([torch.multinomial(p.reshape(-1, p.shape[-1]), 1, generator=g).view(p.shape[:-1])
                            for p, g in zip(probs, generator)])
     else:

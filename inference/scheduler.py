@@ -341,8 +341,11 @@ class Scheduler:
     def _step(self, batch: list[tuple[_Slot, Any, float | None]]) -> None:
         groups: dict[tuple, list[tuple[_Slot, Any, float | None]]] = {}
         for item in batch:
+            # Sessions share a batch when their decoders decode alike: by the decoder's own
+            # settings (an `ar` session told steps=8 has nothing that differs, and split every
+            # tick into two model steps), its sampling and whether it replays.
             d = item[0].decoder
-            groups.setdefault((d.name, d.steps, d.threshold, d.window), []).append(item)
+            groups.setdefault((d.name, d.own(), d.sampling, d.graphs), []).append(item)
         t0 = time.perf_counter()
         for items in groups.values():
             self.engine.decoder = items[0][0].decoder
