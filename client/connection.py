@@ -66,9 +66,15 @@ class Connection:
             try:
                 self._ws.send(P.pack(self.hello))
                 while self.welcome is None:
-                    msg = self._recv(self.timeout)
+                    try:
+                        msg = P.unpack(self._ws.recv(self.timeout), P.MAX_SERVER_MESSAGE, P.SERVER_TYPES)
+                    except P.ProtocolError as e:  # a welcome it cannot read: no session to wait for
+                        raise ConnectionFailed(f"{self.url} sent a message this client cannot read: {e}") from None
                     if isinstance(msg, P.Error):
+                        # An error before welcome refuses the one hello sent (a field out of
+                        # range, a wrong token, a full server): no welcome will come.
                         self.errors.append(msg)
+                        raise ConnectionFailed(f"{self.url} refused the session: {msg.message}")
                     elif isinstance(msg, P.Welcome):
                         self.welcome = msg
             except ConnectionClosed as e:

@@ -51,6 +51,21 @@ class NoWindow(RuntimeError):
     """The window cannot open (no display, or no video driver)."""
 
 
+def open_display() -> None:
+    """Start pygame's display (and fonts), or raise NoWindow: `worldsim play` asks before it
+    loads a model. Display and fonts only: pygame.init() would also open the sound card, which
+    a world model does not use (and which logs errors on machines without one)."""
+    try:
+        pygame.display.init()
+        pygame.font.init()
+    except pygame.error as e:  # no video driver
+        raise NoWindow(str(e)) from None
+
+
+def close_display() -> None:
+    pygame.quit()
+
+
 class Recorder:
     """Frames as shown and the action that made each, as the server applied it (the inputs
     since the frame before, merged); written on `stop` as an mp4 and an episode in the
@@ -156,14 +171,12 @@ class GameWindow:
         self.gif_frames: deque[bytes] = deque(maxlen=GIF_MAX_FRAMES)
         self.gif_seen = 0  # frames kept for the GIF, those since dropped included
 
-        # Display and fonts only: pygame.init() would also open the sound card, which a
-        # world model does not use (and which logs errors on machines without one).
         width = w.width * self.scale * (2 if w.ground_truth else 1) + (GAP if w.ground_truth else 0)
+        open_display()
         try:
-            pygame.display.init()
-            pygame.font.init()
             self.screen = pygame.display.set_mode((width, w.height * self.scale))
         except pygame.error as e:  # no screen to draw on
+            close_display()
             raise NoWindow(str(e)) from None
         pygame.display.set_caption(f"worldsim: {w.action_space['name']} (F1 help)")
         self.font = pygame.font.Font(None, 20)
@@ -216,7 +229,7 @@ class GameWindow:
         return self.frames_shown
 
     def close(self) -> None:
-        pygame.quit()
+        close_display()
 
     # -- input ---------------------------------------------------------------------------------------
     def _events(self) -> None:
@@ -254,7 +267,7 @@ class GameWindow:
             self.decoder = names[(names.index(self.decoder) + 1) % len(names)] if self.decoder in names else names[0]
             self.conn.configure(decoder=self.decoder)
         elif key in (pygame.K_F3, pygame.K_F4):
-            self.steps = max(1, min(256, self.steps + (1 if key == pygame.K_F4 else -1)))
+            self.steps = max(1, min(P.MAX_STEPS, self.steps + (1 if key == pygame.K_F4 else -1)))
             self.conn.configure(steps=self.steps)
         elif key == pygame.K_F5:
             self.conn.reset(wait=False)

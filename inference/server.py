@@ -19,6 +19,7 @@ needs a token (checked in constant time) or an explicit `insecure`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import copy
 import hmac
 import ipaddress
@@ -281,6 +282,16 @@ class RateLimit:
         return False
 
 
+async def scheduled(fut: cf.Future) -> Any:
+    """The result of a command queued on the scheduler. Shielded: a wait cancelled (the
+    connection's other task ended) would otherwise cancel the command's future, and the worker,
+    which sets its result later, would fail on it and stop serving every session."""
+    waiting = asyncio.wrap_future(fut)
+    # Nobody may await it after a cancel: take its exception here, or asyncio logs it as lost.
+    waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return await asyncio.shield(waiting)
+
+
 class Closing(Exception):
     """Close the connection with this code and reason (after an optional error message)."""
 
@@ -478,7 +489,7 @@ class FrameServer:
 
         conn.sid, fut = self.scheduler.open(start, deliver)
         try:
-            await asyncio.wrap_future(fut)
+            await scheduled(fut)
         except Exception as e:  # the engine refused the context: the client hears why
             log.exception("opening a session failed")
             raise Closing(CLOSE_INTERNAL, "could not open a session",
@@ -558,14 +569,14 @@ class FrameServer:
             start, _ = await asyncio.to_thread(self.game.start, conn.seed,
                                                conn.hello.ground_truth)
             try:
-                await asyncio.wrap_future(self.scheduler.reset(conn.sid, start))
+                await scheduled(self.scheduler.reset(conn.sid, start))
             except Exception as e:  # the session is gone: say why and close
                 log.exception("resetting session %s failed", conn.sid)
                 raise Closing(CLOSE_INTERNAL, "could not reset the session",
                               P.Error(P.INTERNAL, f"could not reset the session: {e}")) from None
         elif isinstance(msg, P.Config):
             try:
-                await asyncio.wrap_future(self.scheduler.configure(conn.sid, msg.decoder, msg.steps, msg.paused))
+                await scheduled(self.scheduler.configure(conn.sid, msg.decoder, msg.steps, msg.paused))
             except ValueError as e:
                 raise P.ProtocolError(P.BAD_FIELD, str(e)) from None
         elif isinstance(msg, P.Hello):
@@ -607,6 +618,8 @@ class FrameServer:
         await conn.ws.send(P.pack(P.Error(code, message[:1024])))
 
     async def _send_quietly(self, conn: Connection, msg: P.Message) -> None:
+        if isinstance(msg, P.Error):  # an exception's text may run long: a client reads 1024
+            msg = P.Error(msg.code, msg.message[:1024])
         try:
             await conn.ws.send(P.pack(msg))
         except websockets.ConnectionClosed:
@@ -622,14 +635,21 @@ def make_server(bundle_dir: str | Path, settings: ServerSettings | None = None, 
     settings = settings or ServerSettings()
     settings.check()
     game = Game.from_bundle(bundle_dir, scene=scene)
+    # Welcome states these within the protocol's bounds (a client refuses a welcome outside
+    # them): checked before the model loads.
+    rate = game.fps if fps is None else fps
+    if not 0 <= rate <= P.MAX_FPS:
+        raise ServeError(f"--fps must lie in [0, {P.MAX_FPS:g}], got {rate:g}")
+    if decoder is not None and not 1 <= decoder.steps <= P.MAX_STEPS:
+        raise ServeError(f"--steps must lie in [1, {P.MAX_STEPS}] to serve, got {decoder.steps}")
+    temperature = decoder.sampling.temperature if decoder is not None else None
+    if temperature is not None and temperature > P.MAX_TEMPERATURE:
+        raise ServeError(f"--temperature must be at most {P.MAX_TEMPERATURE:g} to serve, got {temperature:g}")
     try:
         engine = Engine.from_bundle(bundle_dir, device=device, decoder=decoder,
                                     max_sessions=settings.max_sessions)
     except ValueError as e:  # a decoder that does not fit the model
         raise ServeError(str(e)) from None
-    rate = game.fps if fps is None else fps
-    if rate < 0:
-        raise ServeError(f"--fps must be >= 0, got {rate}")
     return FrameServer(Scheduler(engine, game.space, rate).start(), game, settings)
 
 

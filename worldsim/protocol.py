@@ -25,6 +25,10 @@ MAX_SERVER_MESSAGE = 64 * 1024 * 1024
 MAX_SEQ = 2**53 - 1  # exact in a double, for clients written in JavaScript
 MAX_SEED = 2**31 - 1
 MAX_BUTTONS = 64
+# Bounds of what welcome states of a server's settings (a server refuses to start outside them)
+MAX_FPS = 1000.0
+MAX_STEPS = 256
+MAX_TEMPERATURE = 100.0
 CAMERA_LIMIT = 180.0  # degrees of pitch or yaw one action may turn
 
 # Error codes, sent in `error` messages.
@@ -288,14 +292,14 @@ SCHEMA: dict[str, tuple[type, dict[str, Check]]] = {
                       "ground_truth": boolean, "window": integer(1, 64)}),
     "action": (Action, {"seq": integer(0, MAX_SEQ), "action": action_value}),
     "reset": (Reset, {"seed": integer(0, MAX_SEED)}),
-    "config": (Config, {"decoder": text(32), "steps": integer(1, 256), "paused": boolean}),
+    "config": (Config, {"decoder": text(32), "steps": integer(1, MAX_STEPS), "paused": boolean}),
     "ack": (Ack, {"index": integer(0, MAX_SEQ)}),
     "welcome": (Welcome, {"session": integer(0, MAX_SEQ), "width": integer(1, 8192),
-                          "height": integer(1, 8192), "fps": number(0, 1000),
+                          "height": integer(1, 8192), "fps": number(0, MAX_FPS),
                           "action_space": action_space_value, "encoding": text(8, ENCODINGS),
-                          "ground_truth": boolean, "decoder": text(32), "steps": integer(1, 256),
+                          "ground_truth": boolean, "decoder": text(32), "steps": integer(1, MAX_STEPS),
                           "decoders": string_list(16, 32), "seed": integer(0, MAX_SEED),
-                          "limits": number_map(16), "temperature": number(0, 100),
+                          "limits": number_map(16), "temperature": number(0, MAX_TEMPERATURE),
                           "version": integer(0, 2**16)}),
     "frame": (Frame, {"index": integer(0, MAX_SEQ), "seq": integer(-1, MAX_SEQ),
                       "encoding": text(8, ENCODINGS), "width": integer(1, 8192),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import nonneg_int, out_file, positive_int
+from worldsim.commands._args import nonneg_int, out_dir, out_file, positive_int
 from worldsim.commands.serve import add_engine_args
 
 HELP = """\
@@ -19,8 +19,18 @@ with --server it joins a running `worldsim serve`.
 
 Crafter: WASD move, Space do, Tab sleep, R/T/F/P place stone/table/furnace/plant, 1-6 craft.
 MineRL: WASD, Space jump, Shift sneak, Ctrl sprint, mouse look, clicks attack/use, 1-9 hotbar,
-E inventory, Q drop. F1 HUD, F2 decoder, F3/F4 steps, F5 reset, P or F8 pause, F9 record,
+E inventory, Q drop, P pause. F1 HUD, F2 decoder, F3/F4 steps, F5 reset, F8 pause, F9 record,
 F12 screenshot, Esc releases the mouse, then quits."""
+
+
+def seed(text: str) -> int:
+    """A game seed as hello carries one: checked now, not by the server once a model loaded."""
+    from worldsim.protocol import MAX_SEED
+
+    n = nonneg_int(text)
+    if n > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED}, got {text}")
+    return n
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default=None, help="join this server (ws://HOST:PORT) instead of starting one")
     p.add_argument("--token", default=None, help="the server's token, if it asks for one")
-    p.add_argument("--seed", type=nonneg_int, default=None, help="the game's seed (default: random)")
+    p.add_argument("--seed", type=seed, default=None, help="the game's seed (default: random)")
     p.add_argument("--ground-truth", action="store_true",
                    help="also step the real game with your actions and show it beside the dream")
     p.add_argument("--encoding", choices=["jpeg", "raw"], default="jpeg", help="frame encoding (default: jpeg)")
     p.add_argument("--scale", type=positive_int, default=None, help="window pixels per frame pixel (default: fits 576)")
     p.add_argument("--frames", type=nonneg_int, default=0, help="quit after this many frames (default: 0, never)")
-    p.add_argument("--out", default=".", help="folder for screenshots and recordings (default: .)")
+    # checked now: a folder that cannot be written would otherwise end the game at F12 or F9
+    p.add_argument("--out", type=out_dir, default=".", help="folder for screenshots and recordings (default: .)")
     p.add_argument("--autoplay", action="store_true",
                    help="press keys by itself (runs of moves, now and then the action key): demos, smoke tests")
     p.add_argument("--gif", type=out_file, default=None,
@@ -51,19 +62,40 @@ def engine_defaults() -> dict:
     return vars(p.parse_args([]))
 
 
+def no_window(e: Exception) -> str:
+    return f"cannot open a window: {e} (SDL_VIDEODRIVER=dummy plays without a screen, with --autoplay and --gif)"
+
+
 def run(args: argparse.Namespace) -> int:
-    from worldsim.client.connection import Connection, ConnectionFailed
-    from worldsim.client.game import GameWindow, NoWindow
+    from worldsim.client.game import NoWindow, close_display, open_display
     from worldsim.errors import WorldsimError
 
-    embedded = None
     url = args.server
     if url is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in engine_defaults().items() if getattr(args, k) != v]
         if given:  # they shape the embedded server's engine; a running server has its own
             raise WorldsimError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up the model "
                                 "`worldsim play` serves itself; with --server, give it to `worldsim serve` there")
-    else:
+    elif args.token is not None:  # the server it starts itself asks for none
+        raise WorldsimError("--token is for a server joined with --server; `worldsim play` without "
+                            "--server starts its own, which takes no token")
+    try:  # before a model loads: a machine without a screen is told at once
+        open_display()
+    except NoWindow as e:
+        raise WorldsimError(no_window(e)) from None
+    try:
+        return play(args, url)
+    finally:
+        close_display()  # whatever stopped it: the window, a refused session, Ctrl-C
+
+
+def play(args: argparse.Namespace, url: str | None) -> int:
+    from worldsim.client.connection import Connection, ConnectionFailed
+    from worldsim.client.game import GameWindow, NoWindow
+    from worldsim.errors import WorldsimError
+
+    embedded = None
+    if url is None:
         from worldsim.commands.serve import build_server
         from worldsim.inference.server import ServerSettings, ServerThread
 
@@ -82,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
             except NoWindow as e:
-                raise WorldsimError(f"cannot open a window: {e} (SDL_VIDEODRIVER=dummy plays without a "
-                                    "screen, with --autoplay and --gif)") from None
+                raise WorldsimError(no_window(e)) from None
             try:
                 shown = window.run(max_frames=args.frames or None)
             finally:
