@@ -301,7 +301,7 @@ class Scheduler:
             if isinstance(fn, functools.partial) and fn.func == self._free:
                 self._run_command(fn, fut)  # a session closed while the worker was busy
             else:
-                fut.set_exception(RuntimeError("the scheduler has stopped"))
+                _settle(fut, exception=RuntimeError("the scheduler has stopped"))
         for slot in slots:
             self._free(slot)
 
@@ -331,12 +331,14 @@ class Scheduler:
         return action, t_in
 
     def _run_command(self, fn: Callable[[], Any], fut: cf.Future) -> None:
+        # The command runs even if its waiter gave up (cancelled the future): an open or a reset
+        # half done would leave the session's row in a state nobody planned for.
         try:
             result = fn()
         except Exception as e:  # handed to whoever waits on the future; the worker goes on
-            fut.set_exception(e)
+            _settle(fut, exception=e)
         else:
-            fut.set_result(result)
+            _settle(fut, result=result)
 
     def _step(self, batch: list[tuple[_Slot, Any, float | None]]) -> None:
         groups: dict[tuple, list[tuple[_Slot, Any, float | None]]] = {}
@@ -393,3 +395,15 @@ class Scheduler:
                 s.truth, s.truth_frame = None, None
                 return None, 0.0
         return s.truth_frame, (time.perf_counter() - t0) * 1e3
+
+
+def _settle(fut: cf.Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Give a command's outcome to its future, unless its waiter cancelled it: setting a
+    cancelled future raises, which would stop the worker and every session with it."""
+    try:
+        if exception is not None:
+            fut.set_exception(exception)
+        else:
+            fut.set_result(result)
+    except cf.InvalidStateError:
+        pass  # cancelled: nobody reads it

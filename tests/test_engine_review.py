@@ -269,3 +269,29 @@ def test_a_generator_list_must_have_one_generator_per_row():
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     with pytest.raises(ValueError, match="one generator per row"):
         sample(logits, SamplingSettings(), gens)
+
+
+def test_a_command_whose_waiter_gave_up_leaves_the_worker_serving():
+    """A waiter that cancels its command's future (a connection that ends while its config
+    waits) made the worker's set_result raise: the thread died and no session got a frame."""
+    import queue
+
+    from worldsim.inference.scheduler import Scheduler, Start
+
+    model = tiny("block_diffusion")
+    e = engine(model, DecoderSettings("block_diffusion", sampling=GREEDY), max_sessions=2)
+    sched = Scheduler(e, CRAFTER_SPACE, 0).start()
+    try:
+        frames: queue.Queue = queue.Queue()
+        f, a = context(model.cfg, seed=0)
+        sid, opened = sched.open(Start(f.numpy(), a, seed=0), frames.put)
+        opened.result(30)
+        assert frames.get(timeout=30).seq == -1
+        with sched._cv:  # the worker waits: the command is queued and cancelled before it runs
+            fut = sched.configure(sid, paused=False)
+            assert fut.cancel()
+        sched.submit(sid, 3, 7)
+        assert frames.get(timeout=30).seq == 7  # the worker is alive and stepping
+        assert sched.configure(sid, steps=3).result(30).steps == 3
+    finally:
+        sched.stop()
