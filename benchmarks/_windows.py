@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from worldsim import bundle
+from worldsim.commands._args import existing_dir, nonneg_float, nonneg_int, positive_int
 from worldsim.data.store import EpisodeStore
 from worldsim.evaluation import run as ev
 from worldsim.evaluation import ways
@@ -21,14 +22,18 @@ CONTEXT, HORIZON = 1, 15  # MineWorld's protocol, as `worldsim eval` runs it
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", default=None, help="default: the shipped model")
-    p.add_argument("--data", default="data/crafter")
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="the eval's --seed: which windows, and sampling")
-    p.add_argument("--temperature", type=float, default=None,
+    # The checked types of `worldsim`'s own commands: bad input stops here with one line.
+    p.add_argument("--bundle", type=existing_dir, default=None, help="the model (default: the shipped model)")
+    p.add_argument("--data", type=existing_dir, default="data/crafter",
+                   help="a Crafter store from `worldsim collect` (default: data/crafter)")
+    p.add_argument("--episodes", type=positive_int, default=64,
+                   help="held-out episodes, one window each, as `worldsim eval` picks them (default: 64)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="the eval's --seed: which windows, and sampling")
+    p.add_argument("--temperature", type=nonneg_float, default=None,
                    help="default: the bundle's own (0.8 for a bundle that records none)")
-    p.add_argument("--decoder", default="block_diffusion:4")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decoder", default="block_diffusion:4",
+                   help="NAME[:STEPS], as `worldsim eval --decoders` takes it (default: block_diffusion:4)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
 
 
 @dataclass

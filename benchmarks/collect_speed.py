@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 
+from worldsim.commands._args import positive_int
 from worldsim.data.collect import collect_crafter
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=positive_int, default=3000, help="game steps to time (default: 3000)")
     args = p.parse_args()
     import crafter
 

@@ -19,7 +19,8 @@ import time
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from worldsim.model import WorldModel, preset_config
+from worldsim.commands._args import positive_int
+from worldsim.model import PRESETS, WorldModel, preset_config
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import prefill
 from worldsim.inference.engine import DECODERS, DecoderSettings
@@ -38,11 +39,12 @@ class CountOps(TorchDispatchMode):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="mineworld-300m")
-    p.add_argument("--decoder", default="block_diffusion", choices=list(DECODERS))
-    p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame")
-    p.add_argument("--sessions", type=int, default=1)
-    p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--preset", default="mineworld-300m", choices=list(PRESETS),
+                   help="the model shape whose host work to time (default: mineworld-300m)")
+    p.add_argument("--decoder", default="block_diffusion", choices=list(DECODERS), help="default: block_diffusion")
+    p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame (default: 4)")
+    p.add_argument("--sessions", type=positive_int, default=1, help="sessions stepped as one batch (default: 1)")
+    p.add_argument("--frames", type=positive_int, default=20, help="frames to time (default: 20)")
     args = p.parse_args()
     objective = DECODERS[args.decoder].OBJECTIVE
     full = preset_config(args.preset, objective=objective)

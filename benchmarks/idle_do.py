@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from worldsim import bundle
+from worldsim.commands._args import existing_dir, nonneg_float, nonneg_int, positive_int
 from worldsim.data.store import EpisodeStore
 from worldsim.evaluation import run as ev
 from worldsim.evaluation.episodes import held_out_ids
@@ -58,13 +59,15 @@ def grass_facing_contexts(store: EpisodeStore, ids: list[str], codec: ev.Codec, 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", action="append", default=None, help="repeat to compare (default: the shipped model)")
-    p.add_argument("--data", default="data/crafter")
-    p.add_argument("--contexts", type=int, default=1024, help="grass-facing steps to dream from (default: 1024)")
-    p.add_argument("--temperature", type=float, default=None, help="default: each bundle's own")
-    p.add_argument("--decoder", default="block_diffusion:4")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bundle", type=existing_dir, action="append", default=None,
+                   help="repeat to compare (default: the shipped model)")
+    p.add_argument("--data", type=existing_dir, default="data/crafter",
+                   help="a Crafter store from `worldsim collect` (default: data/crafter)")
+    p.add_argument("--contexts", type=positive_int, default=1024, help="grass-facing steps to dream from (default: 1024)")
+    p.add_argument("--temperature", type=nonneg_float, default=None, help="default: each bundle's own")
+    p.add_argument("--decoder", default="block_diffusion:4", help="NAME[:STEPS] (default: block_diffusion:4)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     paths = [str(bundle.find_bundle(b, "model to measure")) for b in (args.bundle or [None])]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worldsim.commands._args import device as device_name, existing_dir, out_file, positive_float, positive_int
+
 
 def preset_bundle(folder: Path, preset: str, objective: str) -> Path:
     """A bundle with random weights for a preset (speed does not depend on weights)."""
@@ -213,20 +215,23 @@ def many_processes(url: str, sessions: int, seconds: float, ahead: int, procs: i
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle")
-    src.add_argument("--preset", help="crafter: random weights")
-    p.add_argument("--objective", default="block_diffusion", help="for --preset (default: block_diffusion)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--steps", type=int, default=4, help="block-diffusion passes per frame (default: 4)")
-    p.add_argument("--frames", type=int, default=64, help="frames for the latency run (default: 64)")
-    p.add_argument("--sessions", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=20.0, help="length of the many-session run (default: 20)")
-    p.add_argument("--ahead", type=int, default=2,
+    src.add_argument("--bundle", type=existing_dir, help="a trained bundle")
+    src.add_argument("--preset", choices=["crafter"], help="crafter: random weights")
+    p.add_argument("--objective", default="block_diffusion", choices=["ar", "block_diffusion"],
+                   help="for --preset (default: block_diffusion)")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda | auto (default: cpu)")
+    p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame (default: 4)")
+    p.add_argument("--frames", type=positive_int, default=64, help="frames for the latency run (default: 64)")
+    p.add_argument("--sessions", type=positive_int, default=16, help="sessions of the many-client run (default: 16)")
+    p.add_argument("--seconds", type=positive_float, default=20.0, help="length of the many-session run (default: 20)")
+    p.add_argument("--ahead", type=positive_int, default=2,
                    help="actions each of the many sessions keeps sent ahead of its frames (default: 2)")
-    p.add_argument("--client-procs", type=int, default=4, help="processes for the many clients (default: 4)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--client-procs", type=positive_int, default=4, help="processes for the many clients (default: 4)")
+    p.add_argument("--json", type=out_file, default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
+    from worldsim.device import pick_device
 
+    args.device = str(pick_device(args.device))  # "auto" made concrete: the server and engine take it
     with tempfile.TemporaryDirectory() as tmp:
         bundle_dir = Path(args.bundle) if args.bundle else preset_bundle(Path(tmp) / "bundle", args.preset, args.objective)
         print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; device {args.device}", flush=True)

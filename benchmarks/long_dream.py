@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from _windows import CONTEXT, DAY, add_options, load, plain_share, training_matcher
 from worldsim import metrics
+from worldsim.commands._args import out_file, positive_int
 from worldsim.evaluation import run as ev
 from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, facing_before, target_tile, way_counts
 from worldsim.inference.common import prefill
@@ -140,17 +141,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
     p.set_defaults(episodes=32, threads=2)
-    p.add_argument("--horizon", type=int, default=150, help="dreamed steps (default: 150; Crafter "
+    p.add_argument("--horizon", type=positive_int, default=150, help="dreamed steps (default: 150; Crafter "
                    "episodes from `worldsim collect --steps 200` hold up to 200)")
-    p.add_argument("--bucket", type=int, default=25, help="steps per row of the table (default: 25)")
-    p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
-    p.add_argument("--out", default=None, help="write the figures to this JSON file")
+    p.add_argument("--bucket", type=positive_int, default=25, help="steps per row of the table (default: 25)")
+    p.add_argument("--library-episodes", type=positive_int, default=120,
+                   help="training episodes for the tile matcher (default: 120)")
+    p.add_argument("--out", type=out_file, default=None, help="write the figures to this JSON file")
     p.add_argument("--exact-window", action="store_true",
                    help="rebuild each session's cache from its own last frames before every step, as "
                         "training reads a window (slow: checks the rolling cache)")
     args = p.parse_args()
-    if args.horizon < 1 or args.bucket < 1:
-        raise SystemExit("--horizon and --bucket must be at least 1")
     w = load(args, "model to measure", horizon=args.horizon)
     real, B, H, C = w.real, len(w.windows), args.horizon, CONTEXT
     if real.light is None:

@@ -10,17 +10,19 @@ import torch
 
 from worldsim.envs.minerl_space import MINERL_SPACE
 from worldsim.envs.crafter import CRAFTER_SPACE
-from worldsim.model import WorldModel, preset_config
+from worldsim.commands._args import positive_int
+from worldsim.model import PRESETS, WorldModel, preset_config
 from worldsim.tokenizers.action import make_action_tokenizer
 from worldsim.inference.engine import DecoderSettings, Engine
 from worldsim.inference.sampling import GREEDY
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--preset", default="mineworld-300m")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--steps", type=int, default=4)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="mineworld-300m", choices=list(PRESETS),
+                   help="the model shape to profile (default: mineworld-300m)")
+    p.add_argument("--frames", type=positive_int, default=16, help="frames to profile (default: 16)")
+    p.add_argument("--steps", type=positive_int, default=4, help="block-diffusion passes per frame (default: 4)")
     p.add_argument("--graphs", action="store_true", help="replay passes as CUDA graphs")
     args = p.parse_args()
     dev = torch.device("cuda")

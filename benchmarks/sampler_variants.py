@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from _windows import CONTEXT, HORIZON, add_options, load
 from worldsim import metrics
+from worldsim.commands._args import fraction, nonneg_float, out_file
 from worldsim.evaluation import run as ev
 from worldsim.inference import decode_block_diffusion, sampling
 from worldsim.inference.engine import Engine
@@ -82,12 +83,12 @@ def main() -> None:
     p.add_argument("--draws", default="0,1,2,3", help="sampling draws, comma list (default: 0,1,2,3)")
     p.add_argument("--pass-temperatures", default=None,
                    help="one temperature per block-diffusion pass, comma list (default: --temperature for all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: 1.0, off)")
+    p.add_argument("--top-p", type=fraction, default=1.0, help="nucleus sampling (default: 1.0, off)")
     p.add_argument("--order", default="confidence", choices=("confidence", "random", "gumbel"),
                    help="which drawn tokens a block-diffusion pass keeps (default: confidence, the engine's)")
-    p.add_argument("--choice-temperature", type=float, default=1.0,
+    p.add_argument("--choice-temperature", type=nonneg_float, default=1.0,
                    help="--order gumbel: the noise scale at the first pass (default: 1.0)")
-    p.add_argument("--out", default=None, help="append one JSON line per draw to this file")
+    p.add_argument("--out", type=out_file, default=None, help="append one JSON line per draw to this file")
     args = p.parse_args()
     w = load(args, "model to measure")
     d = w.decoder

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from worldsim import bundle, metrics
+from worldsim.commands._args import existing_dir, nonneg_int, positive_int
 from worldsim.data.store import EpisodeStore
 from worldsim.envs.crafter import CrafterEnv
 from worldsim.evaluation.game import VIEW, replay, twin
@@ -72,14 +73,15 @@ class WorldPool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/crafter", help="a store written by `worldsim collect`")
-    p.add_argument("--bundle", default=None, help="the model whose held-out episodes to use "
+    p.add_argument("--data", type=existing_dir, default="data/crafter", help="a store written by `worldsim collect`")
+    p.add_argument("--bundle", type=existing_dir, default=None, help="the model whose held-out episodes to use "
                    "(default: the shipped model)")
-    p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="the eval's --seed: which windows")
-    p.add_argument("--draws", type=int, default=4, help="twins per window, each with other dice and world")
-    p.add_argument("--horizon", type=int, default=15)
-    p.add_argument("--pool", type=int, default=32, help="fresh worlds to draw unseen terrain from")
+    p.add_argument("--episodes", type=positive_int, default=64,
+                   help="held-out episodes, one window each, as `worldsim eval` picks them (default: 64)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="the eval's --seed: which windows")
+    p.add_argument("--draws", type=positive_int, default=4, help="twins per window, each with other dice and world")
+    p.add_argument("--horizon", type=positive_int, default=15, help="steps played from the context frame (default: 15)")
+    p.add_argument("--pool", type=positive_int, default=32, help="fresh worlds to draw unseen terrain from")
     args = p.parse_args()
     store = EpisodeStore(args.data)
     if store.info.env != "crafter" or store.info.source.get("collector") != "explorer":

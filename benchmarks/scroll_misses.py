@@ -33,6 +33,7 @@ from tqdm import tqdm
 from _windows import (CONTEXT, HORIZON, PLAYER, STEP, TARGET_TILE, add_options, load, plain_share,
                       scroll_visible, training_matcher)
 from worldsim import metrics
+from worldsim.commands._args import positive_int
 from worldsim.evaluation import run as ev
 from worldsim.inference.engine import Engine
 
@@ -40,7 +41,8 @@ from worldsim.inference.engine import Engine
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
-    p.add_argument("--library-episodes", type=int, default=120, help="training episodes for the tile matcher")
+    p.add_argument("--library-episodes", type=positive_int, default=120,
+                   help="training episodes for the tile matcher (default: 120)")
     args = p.parse_args()
     w = load(args, "model to measure")
     windows, real, codec = w.windows, w.real, w.codec

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from _windows import add_options, load
 from worldsim import metrics
+from worldsim.commands._args import positive_int
 from worldsim.evaluation import run as ev
 from worldsim.inference.engine import Engine
 
@@ -71,8 +72,8 @@ def dream(engine: Engine, real: ev.Real, steps: list[tuple[int, int]], stalled: 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
-    p.add_argument("--draws", type=int, default=2, help="samples of each dream (sampling seeds)")
-    p.add_argument("--batch", type=int, default=64, help="dreams per engine step")
+    p.add_argument("--draws", type=positive_int, default=2, help="samples of each dream (sampling seeds; default: 2)")
+    p.add_argument("--batch", type=positive_int, default=64, help="dreams per engine step (default: 64)")
     args = p.parse_args()
     w = load(args, "model to probe")
     if w.model.cfg.frames < 3:
