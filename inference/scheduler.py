@@ -190,7 +190,10 @@ class Scheduler:
         return self._queue(run)
 
     def submit(self, sid: int, action: Any, seq: int, received: float | None = None) -> None:
-        """The player's input (a full action of the space). Returns at once."""
+        """The player's input (a full action of the space). Returns at once; an action the space
+        does not hold raises ValueError here, not in the batch it would have failed with its
+        partners."""
+        self.space.to_array([action])  # the check only; a bad action raises ValueError
         with self._cv:
             slot = self._slots.get(sid)
             if slot is None or slot.closed:

@@ -295,3 +295,33 @@ def test_a_command_whose_waiter_gave_up_leaves_the_worker_serving():
         assert sched.configure(sid, steps=3).result(30).steps == 3
     finally:
         sched.stop()
+
+
+def test_an_action_the_space_does_not_hold_is_refused_at_submit_and_the_batch_goes_on():
+    """Submit took any action; the batch it joined then failed in the engine, and the scheduler
+    closed every session of that batch."""
+    import queue
+
+    from worldsim.inference.scheduler import Scheduler, Start
+
+    model = tiny("block_diffusion")
+    e = engine(model, DecoderSettings("block_diffusion", sampling=GREEDY), max_sessions=2)
+    sched = Scheduler(e, CRAFTER_SPACE, 0).start()
+    try:
+        outs = [queue.Queue(), queue.Queue()]
+        sids = []
+        for i in range(2):
+            f, a = context(model.cfg, seed=i)
+            sid, opened = sched.open(Start(f.numpy(), a, seed=i), outs[i].put)
+            opened.result(30)
+            assert outs[i].get(timeout=30).seq == -1
+            sids.append(sid)
+        for bad in (99, -1, 2.5, "up"):
+            with pytest.raises(ValueError, match="crafter actions"):
+                sched.submit(sids[0], bad, 5)
+        with sched._cv:  # both in before the worker looks: one batch
+            sched.submit(sids[0], 3, 6)
+            sched.submit(sids[1], 4, 6)
+        assert [outs[i].get(timeout=30).seq for i in range(2)] == [6, 6]
+    finally:
+        sched.stop()
