@@ -42,8 +42,8 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise BundleError(f"{folder} is not a worldsim bundle (no config.json)")
-    try:
-        cfg = json.loads(path.read_text())
+    try:  # JSON is UTF-8 whatever the locale says (a BOM, as some editors write, is allowed)
+        cfg = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
@@ -95,6 +95,7 @@ def load_weights(folder: str | os.PathLike, component: str, module: torch.nn.Mod
         sd = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise BundleError(f"cannot read {path}: {e}") from e
+    _check_dtypes(path, sd, module)
     try:
         missing, unexpected = module.load_state_dict(sd, strict=False, assign=True)
     except RuntimeError as e:  # torch lists every size mismatch, one per line: name the first
@@ -106,6 +107,22 @@ def load_weights(folder: str | os.PathLike, component: str, module: torch.nn.Mod
         raise BundleError(f"{path} does not match the config: missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]}")
     return module
+
+
+def _check_dtypes(path: Path, sd: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """The weights take the file's dtype (the shipped model is bfloat16), so the file must hold
+    one floating dtype, and integers only where the module keeps integers: else the model loads
+    and its first forward fails (float32 beside float64 in one attention)."""
+    want = module.state_dict()
+    floating = sorted({str(t.dtype).removeprefix("torch.") for t in sd.values() if t.is_floating_point()})
+    if len(floating) > 1:
+        raise BundleError(f"{path} mixes weights of {' and '.join(floating)}; a component's weights "
+                          "share one floating dtype")
+    for name, t in sd.items():
+        if name in want and t.is_floating_point() != want[name].is_floating_point():
+            raise BundleError(f"{path} does not match the config: {name} is "
+                              f"{str(t.dtype).removeprefix('torch.')}, not "
+                              f"{str(want[name].dtype).removeprefix('torch.')}")
 
 
 def build_component(folder: str | os.PathLike, component: str, build: Callable[[], T]) -> T:
@@ -125,7 +142,11 @@ def recorded_temperature(folder: str | os.PathLike) -> float | None:
     """The sampling temperature the bundle plays at (config.json's "decoding": {"temperature":
     T}, chosen on held-out windows: a sharper model scrolls best at a hotter sampler), or None
     where it records none."""
-    t = (read_config(folder).get("decoding") or {}).get("temperature")
+    decoding = read_config(folder).get("decoding") or {}
+    if not isinstance(decoding, dict):
+        raise BundleError(f"{Path(folder) / 'config.json'}: decoding must be a JSON object, not "
+                          f"{type(decoding).__name__}")
+    t = decoding.get("temperature")
     if t is None:
         return None
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 10:
@@ -199,12 +220,17 @@ def load_image_tokenizer(folder: str | os.PathLike, device: str | torch.device =
     cfg = read_config(folder).get("image_tokenizer")
     if cfg is None:
         raise BundleError(f"bundle {folder} has no image tokenizer")
+    if not isinstance(cfg, dict):
+        raise BundleError(f"{Path(folder) / 'config.json'}: bad image_tokenizer config: it must be a "
+                          f"JSON object, not {type(cfg).__name__}")
     cfg = dict(cfg)
     kind = cfg.pop("kind", "vq")
     if kind not in IMAGE_TOKENIZER_LOADERS:
         raise BundleError(f"bundle {folder} has an image tokenizer of unknown kind {kind!r}; "
                           f"this worldsim reads {', '.join(IMAGE_TOKENIZER_LOADERS)}")
-    return IMAGE_TOKENIZER_LOADERS[kind](cfg, folder).to(device).eval()
+    # Image tokenizers compute in float32 (frames become float32): a file saved in half
+    # precision loads as float32, which holds its weights exactly.
+    return IMAGE_TOKENIZER_LOADERS[kind](cfg, folder).float().to(device).eval()
 
 
 # -- the shipped model -------------------------------------------------------------------------

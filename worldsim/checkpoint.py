@@ -104,9 +104,13 @@ def read_checkpoint_state(path: str | os.PathLike) -> dict[str, Any]:
 
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {}).get("state", "{}"))
+            state = json.loads((f.metadata() or {}).get("state", "{}"))
     except Exception as e:  # safetensors raises its own error types for torn or foreign files
         raise WorldsimError(f"cannot read the checkpoint {path}: {e}; delete it to start the run over") from e
+    if not isinstance(state, dict):  # a foreign file's "state": callers look keys up in it
+        raise WorldsimError(f"{path} is not a worldsim checkpoint (its state is a JSON "
+                            f"{type(state).__name__}, not an object); choose another --out")
+    return state
 
 
 def checkpoint_exists(path: str | os.PathLike) -> bool:

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         # The filesystem said no (a read-only or full disk, a path that cannot be made): the
         # user can fix that, and a traceback would hide the one line that says what happened.
         where = f": {e.filename}" if e.filename else ""
+        if e.filename2:  # a rename: the second name is the file asked for, the first an atomic
+            where = f": {e.filename2}"  # write's temporary, removed by now
         print(f"worldsim {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,12 +17,12 @@ from worldsim.errors import WorldsimError
 if TYPE_CHECKING:
     import torch
 
-_NAME_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_NAME_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # fullmatch: "$" would let "cuda\n" in
 
 
 def device_problem(name: str) -> str | None:
     """Why `name` cannot be used on this machine (one line, without the name), or None."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         return "must be auto, cpu, cuda, cuda:N or mps"
     if name in ("auto", "cpu"):
         return None

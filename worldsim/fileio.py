@@ -63,13 +63,20 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary sibling of `path` for writing; on success rename it to `path`."""
+    """Open a temporary sibling of `path` for writing; on success rename it to `path`. Text is
+    written as UTF-8 whatever the locale, so that another machine reads what this one wrote."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with deferred_signals():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # The temporary's name is the final one's (cut short: with ".", "." and 12 more characters
+        # a name near the filesystem's 255-byte limit would no longer fit) and mkstemp's random part.
+        prefix = "." + os.fsdecode(os.fsencode(path.name)[:200]) + "."
         try:
-            with os.fdopen(fd, mode) as f:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        except OSError as e:  # a read-only folder: name the file asked for, not a random temporary
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
                 yield f
                 f.flush()
                 if hasattr(os, "fchmod"):  # POSIX
@@ -77,9 +84,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)  # the rename itself outlives a power cut only once its folder is on disk
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+                # A full disk (no name) or a refused rename (the temporary's name, removed just
+                # now): the line the user reads names the file that was not written.
+                raise OSError(e.errno, e.strerror, str(path)) from e
             raise
 
 

@@ -34,7 +34,7 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not math.isfinite(x):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return x
+    return x + 0.0  # -0 (or -1e-400) is 0: a negative zero would print as "-0" wherever it is shown
 
 
 def positive_int(text: str) -> int:
@@ -83,6 +83,9 @@ def out_dir(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
     parent = path
     while not parent.exists():
+        if parent.is_symlink():  # a link to nowhere: making the folder fails with "File exists"
+            raise argparse.ArgumentTypeError(f"cannot make {text}: {parent} is a link to a missing "
+                                             f"{os.readlink(parent)}")
         parent = parent.parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"cannot make {text}: {parent} is a file, not a folder")
@@ -108,6 +111,8 @@ def out_file(text: str) -> str:
 
 def existing_dir(text: str) -> str:
     """A folder that must already exist (what it holds is checked by whoever reads it)."""
+    if not text:  # Path("") is the working folder: --data "" would read whatever is there
+        raise argparse.ArgumentTypeError("must name a folder, got ''")
     path = Path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such folder: {text}")

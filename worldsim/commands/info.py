@@ -36,18 +36,25 @@ def _available(module: str) -> bool:
 
 def describe_bundle(folder: str) -> str:
     """One line: objective, game, size, memory, training and the temperature it plays at."""
-    from worldsim.bundle import PLAY_TEMPERATURE, read_config, recorded_temperature
+    from worldsim.bundle import PLAY_TEMPERATURE, BundleError, read_config, recorded_temperature
+    from worldsim.model import ModelConfig
 
     cfg = read_config(folder)
     model, metrics = cfg.get("model") or {}, cfg.get("model_metrics") or {}
+    for key, value in (("model", model), ("model_metrics", metrics)):
+        if not isinstance(value, dict):
+            raise BundleError(f"{Path(folder) / 'config.json'}: {key} must be a JSON object, not "
+                              f"{type(value).__name__}")
+    # A key the model config lacks (a bundle from before it existed) loads as its default.
+    model = {"objective": ModelConfig.objective, "frames": ModelConfig.frames, **model} if model else {}
     game = cfg.get("env", "an unnamed game")
     if not model:  # nothing to play: say what the bundle holds instead
         held = [name for key, name in (("idm", "an inverse dynamics model"), ("image_tokenizer", "an image tokenizer"))
                 if cfg.get(key)]
         return f"{folder}: no world model; {' and '.join(held) or 'nothing worldsim reads'} for {game}"
-    parts = [f"{model.get('objective', 'no world model')} on {game}"]
+    parts = [f"{model['objective']} on {game}"]
     if not (Path(folder) / "model.safetensors").is_file():
-        parts.append("its weights (model.safetensors) missing")
+        parts.append(_no_weights(Path(folder)))
     if metrics.get("params"):
         parts.append(f"{metrics['params'] / 1e6:.1f}M parameters")
     if model.get("frames"):
@@ -63,6 +70,23 @@ def describe_bundle(folder: str) -> str:
     parts.append(f"plays at temperature {t:g}" if t is not None
                  else f"records no temperature (plays at {PLAY_TEMPERATURE:g})")
     return f"{folder}: " + ", ".join(parts)
+
+
+def _no_weights(folder: Path) -> str:
+    """What a bundle without model.safetensors is: a run training into it (or stopped before it
+    wrote them) has a checkpoint; anything else lost its weights."""
+    from worldsim.checkpoint import read_checkpoint_state
+    from worldsim.errors import WorldsimError
+    from worldsim.trainer import STATE_FILE
+
+    if (folder / STATE_FILE).is_file():
+        try:
+            step = read_checkpoint_state(folder / STATE_FILE).get("step")
+        except WorldsimError:
+            step = None
+        at = f" (its checkpoint is at step {step:,})" if isinstance(step, int) else ""
+        return f"no weights yet: a training run that has not finished{at}"
+    return "its weights (model.safetensors) missing"
 
 
 def run(args: argparse.Namespace) -> int:
