@@ -963,3 +963,20 @@ def test_ship_model_finds_a_parent_recorded_relative_to_another_working_folder(t
     assert ship.main([str(root / "runs" / "child"), "--out", str(tmp_path / "end0"), "--interpolate", "0"]) == 0
     got, want = load_file(str(tmp_path / "end0" / "model.safetensors")), load_file(str(root / "runs" / "parent" / "model.safetensors"))
     assert all(torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want if want[k].is_floating_point())
+
+
+def test_a_torn_tokenizer_copy_in_the_run_is_made_again_on_resume(tiny_tokens, tmp_path):
+    """The run's copy of the image tokenizer was written in place and kept if it existed: a kill
+    during the copy left a bundle whose tokenizer was torn for good."""
+    from worldsim.fileio import file_sha256
+
+    tok, shards = tiny_tokens
+    s = TrainSettings(steps=1, batch=2, val_every=1000, val_batches=1, warmup=1)
+    train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny", settings=s, progress=False)
+    copy = tmp_path / "wm" / "image_tokenizer.safetensors"
+    data = copy.read_bytes()
+    copy.write_bytes(data[: len(data) // 2])  # as a kill mid-copy left it
+    train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny",
+          settings=TrainSettings(steps=2, batch=2, val_every=1000, val_batches=1, warmup=1), progress=False)
+    assert file_sha256(copy) == file_sha256(tok / "image_tokenizer.safetensors")
+    assert not list((tmp_path / "wm").glob(".*.tmp"))

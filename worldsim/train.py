@@ -269,9 +269,12 @@ class WorldModelRun(TrainingRun):
         if "image_tokenizer" not in tok_cfg:
             raise WorldsimError(f"{self.tokenizer} has no image tokenizer")
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / "image_tokenizer.safetensors").exists():
-            shutil.copyfile(Path(self.tokenizer) / "image_tokenizer.safetensors",
-                            out / "image_tokenizer.safetensors")
+        src, dst = Path(self.tokenizer) / "image_tokenizer.safetensors", out / "image_tokenizer.safetensors"
+        # Copied whole or not at all; and a copy that differs from the tokenizer's (torn by a kill
+        # under an older version) is made again, since the codes are checked against its hash.
+        if not dst.exists() or file_sha256(dst) != file_sha256(src):
+            with open(src, "rb") as f, atomic_open(dst, "wb") as g:
+                shutil.copyfileobj(f, g)
         bundle.update_config(
             out, image_tokenizer=tok_cfg["image_tokenizer"],
             action_tokenizer=index["action_tokenizer"], model=self.cfg.to_dict(),
