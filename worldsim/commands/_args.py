@@ -51,6 +51,18 @@ def nonneg_int(text: str) -> int:
     return n
 
 
+def seed(text: str) -> int:
+    """A random seed: a whole number in [0, 2**31 - 1]. Seeds go to torch and numpy generators,
+    some offset or multiplied on the way (a worker's, a draw's): 31 bits leave room for that,
+    and are what the wire protocol carries."""
+    from worldsim.protocol import MAX_SEED
+
+    n = nonneg_int(text)
+    if n > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED}, got {text}")
+    return n
+
+
 def positive_float(text: str) -> float:
     x = _float(text)
     if x <= 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import device, existing_dir, nonneg_float, nonneg_int, out_dir, positive_int
+from worldsim.commands._args import device, existing_dir, nonneg_float, nonneg_int, out_dir, positive_int, seed
 
 HELP = """\
 Dream from real context frames with the recorded actions, on every decoder, and judge the dream
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: every decoder valid for the model)")
     p.add_argument("--idm", type=existing_dir, help="inverse dynamics model from `worldsim train-idm`")
     p.add_argument("--out", type=out_dir, help="report folder (default: BUNDLE-eval beside the bundle)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="episodes, starts and sampling (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="episodes, starts and sampling (default: 0)")
     p.add_argument("--draws", type=positive_int, default=1,
                    help="sampling draws of every rollout and of the game, pooled: one draw of 64 windows "
                         "moves scroll agreement by about 3 points (default: 1)")

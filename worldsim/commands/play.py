@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import nonneg_int, out_dir, out_file, positive_int
+from worldsim.commands._args import nonneg_int, out_dir, out_file, positive_int, seed
 from worldsim.commands.serve import add_engine_args
 
 HELP = """\
@@ -23,21 +23,12 @@ E inventory, Q drop, P pause. F1 HUD, F2 decoder, F3/F4 steps, F5 reset, F8 paus
 F12 screenshot, Esc releases the mouse, then quits."""
 
 
-def seed(text: str) -> int:
-    """A game seed as hello carries one: checked now, not by the server once a model loaded."""
-    from worldsim.protocol import MAX_SEED
-
-    n = nonneg_int(text)
-    if n > MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SEED}, got {text}")
-    return n
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="play a model in a pygame window",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", default=None, help="join this server (ws://HOST:PORT) instead of starting one")
     p.add_argument("--token", default=None, help="the server's token, if it asks for one")
+    # hello carries a seed of at most 31 bits: checked now, not by the server once a model loaded
     p.add_argument("--seed", type=seed, default=None, help="the game's seed (default: random)")
     p.add_argument("--ground-truth", action="store_true",
                    help="also step the real game with your actions and show it beside the dream")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from worldsim.commands._args import (device, existing_dir, fraction, nonneg_float, nonneg_int,
-                                     out_dir, positive_float, positive_int)
+                                     out_dir, positive_float, positive_int, seed)
 
 HELP = """\
 Train the world model on token shards and write a playable bundle.
@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a trained bundle to start from: its model and weights, with a fresh optimizer "
                         "(to go on training a shipped model on new data); the bundle records it, and "
                         "plays at its temperature until one is chosen for it (default: random weights)")
-    p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")

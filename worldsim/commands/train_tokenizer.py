@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from worldsim.commands._args import (device, existing_dir, nonneg_float, nonneg_int, out_dir,
-                                     positive_float, positive_int)
+                                     positive_float, positive_int, seed)
 from worldsim.errors import WorldsimError
 
 HELP = """\
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="load at most this many training frames (default: all)")
     p.add_argument("--eval-frames", type=positive_int, default=None,
                    help=f"held-out frames for the final metrics (default: {S.eval_frames})")
-    p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=nonneg_float, default=None,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
     p.add_argument("--device", type=device, default=None, help="cpu | cuda | auto (default: auto)")
