@@ -8,7 +8,9 @@
 4. Block-diffusion passes replayed as CUDA graphs give the same greedy frames as eager passes
    (tiny fp32, and the crafter preset in bf16), with sessions joining and leaving.
 5. A block-diffusion frame makes no host sync before its end (CUDA's sync debug mode).
-Prints one line per check and exits non-zero if any fails.
+Prints one line per check and exits non-zero if any fails; a check that raises (a CUDA error, an
+out-of-memory) is one FAIL line, and the checks after it still run. Without a CUDA device it
+says so in one line and exits 2.
 """
 
 import sys
@@ -85,10 +87,7 @@ def count_syncs() -> int:
     return max(0, len(syncs) - 4)
 
 
-def main() -> int:
-    assert torch.cuda.is_available(), "no CUDA device"
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def check_decoders() -> int:
     failures = 0
     for objective, decoders in (("ar", ["ar", "diagonal"]), ("block_diffusion", ["block_diffusion"])):
         torch.manual_seed(0)
@@ -101,6 +100,11 @@ def main() -> int:
             ok = same > 0.95  # greedy argmax may flip on near-ties between devices
             failures += not ok
             print(f"{'ok' if ok else 'FAIL'}  {d}: CUDA and CPU greedy frames agree on {same:.1%} of tokens")
+    return failures
+
+
+def check_training() -> int:
+    failures = 0
     for objective in ("ar", "block_diffusion"):
         torch.manual_seed(0)
         model = WorldModel(preset_config("tiny", objective=objective)).cuda().train()
@@ -119,13 +123,21 @@ def main() -> int:
         ok = losses[-1] < losses[0] * 0.5
         failures += not ok
         print(f"{'ok' if ok else 'FAIL'}  train {objective} on CUDA bf16: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    return failures
+
+
+def check_tokenizer() -> int:
     tok = ImageTokenizer(PRESETS["crafter"]).cuda().eval()
     frames = np.random.default_rng(0).integers(0, 256, (8, 72, 72, 3), dtype=np.uint8)
     codes = tok.encode(frames)
     out = tok.decode(codes)
     ok = codes.shape == (8, 81) and out.shape == (8, 72, 72, 3) and out.is_cuda
-    failures += not ok
     print(f"{'ok' if ok else 'FAIL'}  image tokenizer on CUDA: codes {tuple(codes.shape)}, frames {tuple(out.shape)}")
+    return int(not ok)
+
+
+def check_graphs() -> int:
+    failures = 0
     for preset, dtype in (("tiny", torch.float32), ("crafter", torch.bfloat16)):
         torch.manual_seed(0)
         model = WorldModel(preset_config(preset, objective="block_diffusion")).eval().to("cuda", dtype)
@@ -136,10 +148,35 @@ def main() -> int:
         failures += not ok
         print(f"{'ok' if ok else 'FAIL'}  {preset} block_diffusion: CUDA graphs and eager frames agree "
               f"on {same:.2%} of tokens")
+    return failures
+
+
+def check_syncs() -> int:
     n_syncs = count_syncs()
     ok = n_syncs == 0
-    failures += not ok
     print(f"{'ok' if ok else 'FAIL'}  block_diffusion frame: {n_syncs} host syncs before its end")
+    return int(not ok)
+
+
+CHECKS = (check_decoders, check_training, check_tokenizer, check_graphs, check_syncs)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print(f"cuda_check: no CUDA device (torch {torch.__version__}, built for CUDA "
+              f"{torch.version.cuda}): nothing checked", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    failures = 0
+    for check in CHECKS:
+        try:
+            failures += check()
+        except Exception as e:  # one check's crash must not hide the others' results
+            failures += 1
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"FAIL  {check.__name__}: {type(e).__name__}: {first}", flush=True)
+            torch.cuda.empty_cache()  # an out-of-memory's leftovers, before the next check
     print(f"{failures} failed")
     return 1 if failures else 0
 

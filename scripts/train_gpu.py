@@ -4,8 +4,8 @@ Three steps, the middle one on the GPU machine:
 
     python scripts/train_gpu.py prepare --shards data/tokens-mix --tokenizer assets/models/crafter \\
         --data data/crafter                       # here: pack the inputs into .gpu/ (< 64 MiB)
-    python scripts/train_gpu.py run --minutes 7   # there, from the repository root: train,
-                                                  # evaluate, bench; results into $OUT
+    python3 scripts/train_gpu.py run --minutes 7  # there, from the repository root (carry .gpu,
+                                                  # timeout_s 600): train, evaluate, bench; into $OUT
     python scripts/train_gpu.py unpack --results DIR --out runs/wm-gpu   # here: rebuild the bundle
 
     python scripts/train_gpu.py smoke             # all three on this CPU, tiny, in about a minute
@@ -23,9 +23,13 @@ which travels too.
 `run` installs nothing: it maps the snapshot's packages with PYTHONPATH, trains with
 `worldsim train` under bf16 autocast for `--minutes` of training time (the learning-rate schedule
 runs on that clock, so the cosine ends when the time does), evaluates the bundle on the carried
-episodes with `worldsim eval` when the snapshot has it, and benches the decoders. What comes
-back fits the device's limits (at most 8 files of at most 16 MiB): the weights in bf16, split if
-they must be, the config, the training log, the eval report and the bench.
+episodes with `worldsim eval` when the snapshot has it, and benches the decoders. It ends within
+`--budget` minutes of wall clock, however slow the machine: training still running a minute
+before then is stopped (it checkpoints on the way out), and the eval and the bench get what is
+left, or are skipped. Training that stops early or fails after a checkpoint still brings back
+the checkpoint's weights. What comes back fits the device's limits (at most 8 files of at most
+16 MiB): the weights in bf16, split if they must be, the config, the training log, the eval
+report and the bench.
 """
 
 from __future__ import annotations
@@ -54,11 +58,27 @@ CODE = ("pyproject.toml", "setup.py", "worldsim", "tokenizers", "inference", "cl
 # again, so that a mistyped folder is refused rather than emptied. origin.json comes first.
 CARRY = {"origin.json", "src.tar", "shards", "tokenizer", "val"}
 WORK = {"src", "shards", "bundle", "report"}
+# Seconds of `run`'s --budget kept for what follows each step: after training, to bring the
+# weights back (from its checkpoint if it was stopped); after the eval, for the bench.
+AFTER_TRAIN, AFTER_EVAL = 60, 45
+GRACE = 30  # seconds a stopped child gets to checkpoint and exit before it is killed
 
 
-def sh(cmd: list[str], **kw) -> int:
+def sh(cmd: list[str], timeout: float | None = None, **kw) -> int:
+    """Run `cmd`; past `timeout` seconds it is stopped with SIGTERM (a training run then
+    checkpoints), and killed if it has not ended GRACE seconds later."""
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, **kw)
+    with subprocess.Popen(cmd, **kw) as p:
+        try:
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print(f"stopped after {timeout:.0f} s: the rest of --budget is kept for what follows", flush=True)
+            p.terminate()
+            try:
+                return p.wait(timeout=GRACE)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                return p.wait()
 
 
 # -- here ------------------------------------------------------------------------------------
@@ -83,7 +103,9 @@ def prepare(args: argparse.Namespace) -> None:
     (dest / "origin.json").write_text(json.dumps({"shards": str(shards.resolve())}))
     (dest / "src.tar").write_bytes(archive)
     for name in ("frames.npy", "actions.npy"):
-        with open(shards / name, "rb") as f, gzip.open(dest / "shards" / f"{name}.gz", "wb", 6) as g:
+        # mtime 0: the same inputs pack to the same bytes
+        with open(shards / name, "rb") as f, open(dest / "shards" / f"{name}.gz", "wb") as raw, \
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as g:
             shutil.copyfileobj(f, g)
     shutil.copy(shards / "index.json", dest / "shards" / "index.json")
     # `worldsim train --tokenizer` reads config.json and image_tokenizer.safetensors alone.
@@ -121,9 +143,9 @@ def _git(*args: str, what: str) -> bytes:
     return r.stdout
 
 
-def _clear(folder: Path, ours: set[str], option: str, what: str) -> None:
+def _clear(folder: Path, ours: set[str], option: str, what: str, delete: bool = True) -> None:
     """Delete `folder` to start again, where it is empty or holds only what this script writes
-    there; any other folder is refused with nothing deleted."""
+    there; any other folder is refused with nothing deleted. `delete=False` only checks."""
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir():
@@ -132,7 +154,8 @@ def _clear(folder: Path, ours: set[str], option: str, what: str) -> None:
     if names - ours:
         raise Refused(f"{option} {folder} holds {', '.join(sorted(names - ours)[:3])}: not {what}; "
                       "name a new or empty folder (nothing was deleted)")
-    shutil.rmtree(folder)
+    if delete:
+        shutil.rmtree(folder)
 
 
 def checkout_size() -> int:
@@ -165,6 +188,9 @@ def unpack(args: argparse.Namespace) -> None:
     cfg = json.loads((res / "config.json").read_text())
     sent = cfg.pop("transfer", None)  # how the weights were split, to check them by
     parts = sorted(res.glob("model.safetensors.part*"))
+    if not parts:
+        raise Refused(f"{res} holds no weight parts (model.safetensors.part*): training wrote no "
+                      "weights there, or they were not brought back; nothing was unpacked")
     weights = b"".join(p.read_bytes() for p in parts)
     if sent is not None and (len(parts) != sent["parts"] or hashlib.sha256(weights).hexdigest() != sent["sha256"]):
         raise Refused(f"{res} holds {len(parts)} of the {sent['parts']} weight parts `run` wrote, or "
@@ -174,8 +200,7 @@ def unpack(args: argparse.Namespace) -> None:
         tok = inputs / "tokenizer" / "image_tokenizer.safetensors"
         _need([tok], "--inputs: the carry `prepare` wrote (for the image tokenizer)")
     out.mkdir(parents=True, exist_ok=True)
-    if parts:
-        (out / "model.safetensors").write_bytes(weights)
+    (out / "model.safetensors").write_bytes(weights)
     shutil.copy(tok, out / "image_tokenizer.safetensors")
     for p in res.iterdir():
         if not p.name.startswith("model.safetensors.part") and p.name != "config.json":
@@ -210,15 +235,29 @@ def game_args() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    deadline = time.monotonic() + args.budget * 60  # the whole of `run`, however slow the machine
+
+    def left(keep: float = 0.0) -> float:
+        return deadline - time.monotonic() - keep
+
+    if args.minutes * 60 + AFTER_TRAIN + AFTER_EVAL > args.budget * 60:
+        raise Refused(f"--minutes {args.minutes:g} of training leaves no room for the eval and the bench "
+                      f"in --budget {args.budget:g}; train for at most {args.budget - 2:g} minutes, or "
+                      "raise --budget (below the device call's timeout_s)")
+    work = Path(args.work).resolve()
+    _clear(work, WORK, "--work", "a work folder that `run` made", delete=False)
     inputs = Path(args.inputs).resolve()
+    _need([inputs / "src.tar", inputs / "tokenizer" / "image_tokenizer.safetensors"]
+          + [inputs / "shards" / n for n in ("frames.npy.gz", "actions.npy.gz", "index.json")],
+          "--inputs: the carry `prepare` wrote (name .gpu in the device call's carry)")
     out = Path(args.out if getattr(args, "force_out", False) else os.environ.get("OUT") or args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work).resolve()
     _clear(work, WORK, "--work", "a work folder that `run` made")
     src = work / "src"
     src.mkdir(parents=True)
     with tarfile.open(inputs / "src.tar") as t:
-        t.extractall(src)
+        # Python 3.12+ warns without a filter; the snapshot holds plain files alone
+        t.extractall(src, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     # No install: the three top-level packages map into the worldsim namespace by links.
     for d in ("tokenizers", "inference", "client"):
         (src / "worldsim" / d).symlink_to(f"../{d}")
@@ -241,27 +280,56 @@ def run(args: argparse.Namespace) -> int:
                   "--warmup", str(args.warmup), "--steps", str(args.steps),
                   "--max-minutes", str(args.minutes), "--val-every", str(args.val_every),
                   "--dtype", args.dtype, "--device", args.device, "--no-progress"] + args.train_args,
-            env=env, cwd=work)
+            timeout=max(1.0, left(AFTER_TRAIN)), env=env, cwd=work)
     print(f"train: exit {rc} after {time.time() - t0:.0f} s", flush=True)
-    if not (bundle / "model.safetensors").exists():
+    if (bundle / "train_log.jsonl").exists():  # the curve comes back whatever happens next
+        shutil.copy(bundle / "train_log.jsonl", out / "train_log.jsonl")
+    if not (bundle / "model.safetensors").exists() and not _weights_of_checkpoint(bundle):
         return rc or 1
     _bring_back(bundle, out, args.keep_fp32)
     val = inputs / "val"
     if val.exists() and (src / "worldsim" / "commands" / "eval.py").exists():
-        report = work / "report"
-        rc_e = sh(py + ["eval", "--bundle", str(bundle), "--data", str(val), "--episodes",
-                        str(args.eval_episodes), "--out", str(report), "--device", args.device]
-                  + game_args() + args.eval_args, env=env, cwd=work)
-        for name in ("report.json", "report.md"):
-            if (report / name).exists():
-                shutil.copy(report / name, out / f"eval_{name}")
-        print(f"eval: exit {rc_e}", flush=True)
-    if args.bench:
+        if left(AFTER_EVAL) < 20:
+            print("eval: skipped, --budget is spent", flush=True)
+        else:
+            report = work / "report"
+            rc_e = sh(py + ["eval", "--bundle", str(bundle), "--data", str(val), "--episodes",
+                            str(args.eval_episodes), "--out", str(report), "--device", args.device,
+                            "--no-progress"] + game_args() + args.eval_args,
+                      timeout=left(AFTER_EVAL), env=env, cwd=work)
+            for name in ("report.json", "report.md"):
+                if (report / name).exists():
+                    shutil.copy(report / name, out / f"eval_{name}")
+            print(f"eval: exit {rc_e}", flush=True)
+    if args.bench and left(5) < 15:
+        print("bench: skipped, --budget is spent", flush=True)
+    elif args.bench:
         with open(out / "bench.txt", "w") as f:
             sh(py + ["bench", "--bundle", str(bundle), "--device", args.device, "--dtype", args.dtype,
                      "--frames", "32", "--sessions", "1,16", "--json", str(out / "bench.json")],
-               env=env, stdout=f, stderr=subprocess.STDOUT, cwd=work)
-    return _fit_files(out)
+               timeout=left(5), env=env, stdout=f, stderr=subprocess.STDOUT, cwd=work)
+    return _fit_files(out) or (rc and 4)
+
+
+def _weights_of_checkpoint(bundle: Path) -> bool:
+    """A run stopped by --budget, or failed after a checkpoint, left its weights only in
+    train_state.safetensors: write them into the bundle as its model (the last checkpoint's
+    weights, its moving average where it kept one). Whether the bundle now has weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    state, cfg = bundle / "train_state.safetensors", bundle / "config.json"
+    if not (state.is_file() and cfg.is_file() and "model" in json.loads(cfg.read_text())):
+        return False
+    with safe_open(str(state), "pt") as f:
+        step = json.loads((f.metadata() or {}).get("state", "{}")).get("step")
+    tensors = load_file(str(state))
+    ema = {k[len("ema.module."):]: v for k, v in tensors.items() if k.startswith("ema.module.")}
+    weights = ema or {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    save_file(weights, str(bundle / "model.safetensors"))
+    print(f"training stopped before writing its bundle: bringing back its checkpoint's weights "
+          f"(step {step})", flush=True)
+    return True
 
 
 def _fit_files(out: Path) -> int:
@@ -303,8 +371,6 @@ def _bring_back(bundle: Path, out: Path, keep_fp32: bool) -> None:
     cfg = json.loads((bundle / "config.json").read_text())
     cfg["transfer"] = {"parts": n, "sha256": hashlib.sha256(data).hexdigest()}
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    if (bundle / "train_log.jsonl").exists():
-        shutil.copy(bundle / "train_log.jsonl", out / "train_log.jsonl")
 
 
 # -- smoke -----------------------------------------------------------------------------------
@@ -331,10 +397,11 @@ def smoke(args: argparse.Namespace) -> int:
     prepare(argparse.Namespace(dest=str(dest), ref=args.ref, shards=str(shards), tokenizer=str(tok),
                                data=str(store), val_episodes=2))
     results = tmp / "results"
+    # The device run's paths: bf16 autocast, the eval, the bench, all under a --budget.
     rc = run(argparse.Namespace(inputs=str(dest), out=str(results), force_out=True, work=str(tmp / "work"),
                                 preset="tiny", frames=4, batch=2, lr=1e-3, warmup=2, steps=6,
-                                minutes=0.5, val_every=3, dtype="fp32", device="cpu",
-                                keep_fp32=False, eval_episodes=2, bench=False, train_args=[],
+                                minutes=0.5, budget=5.0, val_every=3, dtype="bf16", device="cpu",
+                                keep_fp32=False, eval_episodes=2, bench=True, train_args=[],
                                 eval_args=["--horizon", "3", "--context", "1"]))
     if rc:
         return rc
@@ -383,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="scratch folder for the code, shards and bundle, replaced on each run; only an "
                         "empty one or one `run` made is deleted (default: /tmp/worldsim-gpu)")
     r.add_argument("--minutes", type=float, default=7.0, help="training time (default: 7)")
+    r.add_argument("--budget", type=float, default=9.0,
+                   help="wall-clock minutes for the whole run: training still running a minute before "
+                        "is stopped and brings back its checkpoint, and the eval and the bench get what "
+                        "is left; keep it under the device call's timeout_s (default: 9)")
     r.add_argument("--preset", default="crafter", help="model preset for `worldsim train` (default: crafter)")
     r.add_argument("--frames", type=int, default=8, help="frames per training window (default: 8)")
     r.add_argument("--batch", type=int, default=64, help="windows per step (default: 64)")
