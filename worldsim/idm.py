@@ -244,6 +244,17 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
     if not 0 < s.val_fraction < 1:  # scored on held-out episodes, trained on the rest: both needed
         raise WorldsimError(f"val_fraction must be above 0 and below 1, got {s.val_fraction}: the model "
                             "is trained on some episodes and scored on the held-out others")
+    state_path = out / STATE_FILE
+    trained = ((bundle.read_config(out).get("idm_training") or {})
+               if state_path.exists() and (out / "config.json").exists() else {})
+    # A resume on another split (or store) would train on episodes the model was scored on as
+    # held out before, or score it on episodes it trained on: its held-out scores would lie.
+    for key, now, flag in (("val_fraction", s.val_fraction, "--val-fraction"),
+                           ("data_path", str(Path(data).resolve()), "--data")):
+        if trained.get(key) is not None and trained[key] != now:
+            shown = trained.get("data", trained[key]) if key == "data_path" else trained[key]
+            raise WorldsimError(f"{out} was trained with {flag} {shown}; resume it with {flag} {shown} "
+                                f"(its held-out episodes must stay held out), or choose another --out")
     train_ids, val_ids = store.split(s.val_fraction)
     if not val_ids or not train_ids:
         n = len(train_ids) + len(val_ids)
@@ -259,12 +270,12 @@ def train_idm(data: str | Path, out: str | Path, settings: IDMTrainSettings | No
     bundle.update_config(out, idm=cfg.to_dict(), action_tokenizer=tok.to_config(),
                          action_space=space.to_dict(), env=store.info.env,
                          frame_size=[h, w], idm_training={**asdict(s), "data": str(data),
+                                                          "data_path": str(Path(data).resolve()),
                                                           "train_pairs": len(starts)})
     torch.manual_seed(s.seed)
     model = InverseDynamics(cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     step, elapsed = 0, 0.0
-    state_path = out / STATE_FILE
     clean_stale_temps(out)  # a checkpoint write a kill cut short
     if state_path.exists():
         st = load_checkpoint(state_path, model, opt)

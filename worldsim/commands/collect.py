@@ -28,24 +28,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="game to play with the exploration policy (default: crafter)")
     src.add_argument("--from-vpt", metavar="DIR", type=existing_dir,
                      help="convert VPT contractor recordings (NAME.mp4 + NAME.jsonl) instead")
-    p.add_argument("--episodes", type=positive_int, default=20, help="number of episodes (default: 20)")
-    p.add_argument("--steps", type=positive_int, default=200,
+    # The game's options default to None here, so that one given with --from-vpt (which plays
+    # nothing) is refused rather than ignored; CRAFTER_DEFAULTS fills in the rest.
+    p.add_argument("--episodes", type=positive_int, help="number of episodes (default: 20)")
+    p.add_argument("--steps", type=positive_int,
                    help="steps per episode; an episode ends early if the player dies (default: 200)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="base seed; episode i is fixed by (seed, i)")
+    p.add_argument("--seed", type=nonneg_int, help="base seed; episode i is fixed by (seed, i) (default: 0)")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size: N for crafter (a multiple of 9 from 18 up, default 72), HxW "
                         "for VPT (default 224x384, MineWorld's)")
-    p.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=positive_int,
                    help="parallel game processes (default: up to 4, one per core)")
-    p.add_argument("--idle-do", type=float, default=0.0, metavar="P",
+    p.add_argument("--idle-do", type=float, metavar="P",
                    help="crafter: the chance of pressing `do` facing grass, sand or path, where the game "
-                        "changes nothing in view, so that a model learns that too (default: 0, the "
+                        "changes nothing in view (but for a sapling in the inventory, one press on grass in "
+                        "ten), so that a model learns that too (default: 0, the "
                         "policy the shipped model's store was collected with; 0.05 is suggested for new "
                         "stores, see benchmarks/idle_do.py)")
     p.add_argument("--integer-camera", action="store_true",
                    help="VPT: truncate camera degrees to integers, as MineWorld does")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
+
+
+CRAFTER_DEFAULTS = {"episodes": 20, "steps": 200, "seed": 0, "workers": min(4, os.cpu_count() or 1),
+                    "idle_do": 0.0}
 
 
 def frame_size(text: str) -> tuple[int, int]:
@@ -64,7 +71,15 @@ def frame_size(text: str) -> tuple[int, int]:
 
 def run(args: argparse.Namespace) -> int:
     if args.from_vpt:
+        given = [k for k in CRAFTER_DEFAULTS if getattr(args, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise WorldsimError(f"{flag} applies to playing Crafter; --from-vpt converts every "
+                                "recording in its folder as it is")
         return _run_vpt(args)
+    for key, value in CRAFTER_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     # Crafter: the options that depend on the source are checked before anything is loaded
     if args.integer_camera:
         raise WorldsimError("--integer-camera applies to VPT recordings (--from-vpt); Crafter's "

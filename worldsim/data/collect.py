@@ -9,10 +9,13 @@ episodes in flight.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -102,6 +105,35 @@ def run_episode(job: CollectJob) -> tuple[str, int, int]:
     return episode_id(job.index), t + 1, path.stat().st_size
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the workers leave it to the main
+    # process, which stops them, instead of each dying with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_workers(jobs: list[CollectJob], workers: int) -> Iterator[tuple[str, int, int]]:
+    """run_episode over `jobs` in worker processes, results as they finish. A worker that dies
+    (killed, or out of memory) raises StoreError: multiprocessing.Pool would wait for its episode
+    forever. However the loop ends, the workers are stopped before this returns."""
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_ignore_sigint)
+    futures = [ex.submit(run_episode, job) for job in jobs]
+    try:
+        for f in as_completed(futures):
+            try:
+                yield f.result()
+            except BrokenProcessPool:
+                raise StoreError("a collection worker died (out of memory, or killed); the finished "
+                                 "episodes are kept, run again to resume") from None
+    finally:
+        for f in futures:
+            f.cancel()
+        # The executor cannot stop a running episode itself: its workers (ignoring Ctrl-C) are
+        # terminated, and an episode file being written is finished first (fileio holds SIGTERM).
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            proc.terminate()
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
 def _check_resume(store: EpisodeStore, defaults: dict[str, float] | None = None, **wanted: float) -> None:
     """Episode i is fixed by (seed, i) at a given length and policy: resuming with another --steps,
     --seed or --idle-do would mix two collections in one store, so it is refused. (The size is
@@ -136,6 +168,11 @@ def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, s
                                 frame_size=(size, size), fps=CRAFTER_FPS,
                                 source={"collector": "explorer", "seed": seed, "size": size,
                                         "steps": steps, "idle_do": idle_do})
+    if store.info.source.get("collector") != "explorer":
+        # A store of `worldsim play` recordings, say: its episodes have no (seed, index), and the
+        # collection's seed would never be recorded, so the collected ones could not be replayed.
+        raise StoreError(f"{out} holds episodes that `worldsim collect` did not collect; "
+                         "choose another --out")
     _check_resume(store, {"idle_do": 0.0}, steps=steps, seed=seed, idle_do=idle_do)
     todo = [i for i in range(episodes) if not store.has_valid(episode_id(i))]
     jobs = [CollectJob(str(out), i, steps, seed, size, idle_do) for i in todo]
@@ -144,12 +181,8 @@ def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, s
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), unit="ep", desc="collect", disable=not progress or not jobs)
     try:
-        if workers <= 1 or len(jobs) <= 1:
-            results = map(run_episode, jobs)
-            pool = None
-        else:
-            pool = mp.get_context("spawn").Pool(min(workers, len(jobs)))
-            results = pool.imap_unordered(run_episode, jobs)
+        results = (map(run_episode, jobs) if workers <= 1 or len(jobs) <= 1
+                   else _in_workers(jobs, min(workers, len(jobs))))
         try:
             for _eid, n, nbytes in results:
                 summary["episodes"] += 1
@@ -159,9 +192,8 @@ def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, s
                 bar.update(1)
                 bar.set_postfix(frames=summary["frames"], fps=f"{summary['frames'] / dt:.0f}")
         finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+            if not isinstance(results, map):
+                results.close()  # the workers stop before the store is recounted
     finally:
         bar.close()
         summary["seconds"] = time.perf_counter() - t0

@@ -7,13 +7,15 @@ itself imports neither numpy nor imageio (a client installs light; this is the n
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from worldsim.data.store import EpisodeStore
+from worldsim.data.store import EpisodeStore, StoreError
 from worldsim.envs.base import ActionSpace
 
 
@@ -26,11 +28,11 @@ def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: 
                     actions: list[Any], action_space: dict[str, Any], fps: int,
                     source: dict[str, Any]) -> list[Path]:
     """An episode under OUT/recordings (the store format) and OUT/worldsim-STAMP.mp4; returns
-    the files written. Without ffmpeg the episode is still kept."""
+    the files written. Without ffmpeg the episode is still kept. A recording that does not fit
+    OUT/recordings (another game, frame size or source) goes to OUT/recordings-2, -3, ..."""
     video = rgb_frames(frames, height, width)
     space = ActionSpace.from_dict(action_space)
-    store = EpisodeStore.create(out_dir / "recordings", env=space.name, action_space=space,
-                                frame_size=(height, width), fps=fps, source=source)
+    store = _recordings_store(Path(out_dir), space, (height, width), fps, source)
     stamp = base = time.strftime("%Y%m%d-%H%M%S")
     n = 1
     # Two recordings in one second (or a clock set back) must not overwrite each other.
@@ -48,6 +50,27 @@ def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: 
     except (ImportError, RuntimeError, OSError) as e:  # no ffmpeg: the episode is still kept
         print(f"worldsim play: no mp4 ({e}); the episode is in {store.root}")
     return written
+
+
+def _recordings_store(out_dir: Path, space: ActionSpace, frame_size: tuple[int, int], fps: int,
+                      source: dict[str, Any]) -> EpisodeStore:
+    """OUT/recordings, or the first OUT/recordings-N that is new or holds recordings of the same
+    kind. A store has one frame size and one source: a session at another size was refused
+    at its end (the recording lost), and one of dreamed frames was filed under a store whose
+    source says its frames are the real game's."""
+    want = (space.name, space, tuple(frame_size), int(fps), json.loads(json.dumps(source)))
+    for n in itertools.count(1):
+        root = out_dir / ("recordings" if n == 1 else f"recordings-{n}")
+        if not (root / "dataset.json").exists():
+            break
+        try:
+            old = EpisodeStore(root).info
+        except StoreError:  # unreadable: not ours to write into
+            continue
+        if (old.env, old.action_space, old.frame_size, old.fps, old.source) == want:
+            break
+    return EpisodeStore.create(root, env=space.name, action_space=space, frame_size=frame_size,
+                               fps=fps, source=source)
 
 
 def write_gif(path: Path, frames: Iterable[bytes], height: int, width: int, fps: float) -> int:

@@ -102,9 +102,10 @@ class ExplorerPolicy:
     `do` aimed at trees, stone, water and creatures.
 
     `p_idle_do`: the chance of `do` facing grass, sand or path, where the game changes nothing in
-    view. A player presses it there all the time; a model that never saw it draws something in
-    front (a table, on the shipped model, benchmarks/idle_do.py). 0 keeps the policy, and so the
-    episodes of a seed, as they were before the option.
+    view (but for a sapling in the inventory, one press on grass in ten). A player presses it
+    there all the time; a model that never saw it draws something in front (a table, on the
+    shipped model, benchmarks/idle_do.py). 0 keeps the policy, and so the episodes of a seed, as
+    they were before the option.
     """
 
     def __init__(self, seed: int, min_run: int = 2, max_run: int = 8,
