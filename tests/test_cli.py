@@ -216,9 +216,20 @@ def test_main_leaves_the_callers_handlers_as_they_were(capsys):
     "train --shards {d} --tokenizer {d} --out {d}/o --seed {big}",
     "train-tokenizer --data {d} --out {d}/o --seed {big}",
     "play --seed {big}",
+    "collect --out {d}/o --seed {big}",
+    "train-idm --data {d} --out {d}/o --seed {big}",
 ])
 def test_a_seed_past_31_bits_is_refused_at_parse_time(argv, tmp_path, capsys):
     """Seeds reach torch and numpy generators, some offset on the way: one past 2**64 failed
     with an overflow traceback once the data had loaded."""
     line = one_line_error(argv.format(big=2**64, d=tmp_path).split(), capsys)
     assert "--seed" in line and "at most 2147483647" in line
+
+
+def test_building_every_command_parser_imports_no_torch():
+    """`worldsim --help` must be instant: train-idm's parser read its defaults from the module
+    that holds the model, which imports torch (some 2 s)."""
+    code = "import sys; from worldsim.cli import build_parser; build_parser(); print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -42,6 +42,7 @@ from worldsim.errors import WorldsimError
 from worldsim.fileio import clean_stale_temps, deferred_signals
 from worldsim.metrics import precision_recall_f1
 from worldsim.tokenizers.action import ActionTokenizer, action_tokenizer_from_config, make_action_tokenizer
+from worldsim.train_settings import IDMTrainSettings  # noqa: F401 (its home before; imported from here)
 
 STATE_FILE = "train_state.safetensors"
 MOVES = ("none", "left", "right", "up", "down")  # Crafter's movement group
@@ -67,19 +68,6 @@ class IDMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IDMConfig":
         return strict_from_dict(cls, d, "inverse dynamics model")
-
-
-@dataclass
-class IDMTrainSettings:
-    steps: int = 1500
-    batch: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.05  # the episode store's split rule, as the world model's training
-    max_frames: int = 30000  # training frames held in memory
-    eval_pairs: int = 4096
-    seed: int = 0
-    checkpoint_seconds: float = 60.0
 
 
 class InverseDynamics(nn.Module):

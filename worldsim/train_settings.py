@@ -63,3 +63,18 @@ class TokenizerTrainSettings:
     eval_frames: int = 4096
     seed: int = 0
     checkpoint_seconds: float = 120.0
+
+
+@dataclass
+class IDMTrainSettings:
+    """The inverse dynamics model's training (worldsim.idm)."""
+
+    steps: int = 1500
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.05  # the episode store's split rule, as the world model's training
+    max_frames: int = 30000  # training frames held in memory
+    eval_pairs: int = 4096
+    seed: int = 0
+    checkpoint_seconds: float = 60.0

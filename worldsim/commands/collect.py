@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from worldsim.commands._args import existing_dir, nonneg_int, out_dir, positive_int
+from worldsim.commands._args import existing_dir, out_dir, positive_int, seed
 from worldsim.errors import WorldsimError
 
 HELP = """\
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=positive_int, help="number of episodes (default: 20)")
     p.add_argument("--steps", type=positive_int,
                    help="steps per episode; an episode ends early if the player dies (default: 200)")
-    p.add_argument("--seed", type=nonneg_int, help="base seed; episode i is fixed by (seed, i) (default: 0)")
+    p.add_argument("--seed", type=seed, help="base seed; episode i is fixed by (seed, i) (default: 0)")
     p.add_argument("--size", type=frame_size, default=None,
                    help="frame size: N for crafter (a multiple of 9 from 18 up, default 72), HxW "
                         "for VPT (default 224x384, MineWorld's)")

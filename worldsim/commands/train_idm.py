@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from worldsim.commands._args import device, existing_dir, fraction, nonneg_int, out_dir, positive_float, positive_int
+from worldsim.commands._args import device, existing_dir, fraction, out_dir, positive_float, positive_int, seed
 
 HELP = """\
 Train a small inverse dynamics model on consecutive real frame pairs of an episode store: it
@@ -20,7 +20,7 @@ ends with the held-out scores, also written into OUT/config.json."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from worldsim.idm import IDMTrainSettings as S
+    from worldsim.train_settings import IDMTrainSettings as S  # no torch: --help stays instant
 
     p = sub.add_parser("train-idm", help="train an inverse dynamics model (action from two frames)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"the model is scored on them and trained on the rest (default: {S.val_fraction})")
     p.add_argument("--max-frames", type=positive_int, default=S.max_frames,
                    help=f"training frames held in memory (default: {S.max_frames})")
-    p.add_argument("--seed", type=nonneg_int, default=S.seed, help="random seed (default: 0)")
+    p.add_argument("--seed", type=seed, default=S.seed, help="random seed (default: 0)")
     p.add_argument("--checkpoint-seconds", type=positive_float, default=S.checkpoint_seconds,
                    help=f"seconds between checkpoints (default: {S.checkpoint_seconds:.0f})")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
