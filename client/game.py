@@ -77,7 +77,8 @@ class Recorder:
         self.welcome = welcome
         self.frames: list[bytes] = []  # RGB, (H, W, 3) each: the stretch being recorded
         self.actions: list[Any] = []
-        self.stretches: list[tuple[list[bytes], list[Any]]] = []  # the finished ones
+        self.steps: list[int] = []  # each frame's game step: its daylight, for Crafter
+        self.stretches: list[tuple[list[bytes], list[Any], list[int]]] = []  # the finished ones
         self.count = 0  # frames recorded in all
         self.last_step: int | None = None
         self.real = welcome.ground_truth  # the real game's frames make better training data
@@ -90,13 +91,14 @@ class Recorder:
         if self.frames:  # `sent`: a server that does not say which action it applied
             self.actions.append(frame.action if frame.action is not None else sent)
         self.frames.append(pygame.image.tobytes(surface, "RGB"))
+        self.steps.append(frame.step)
         self.last_step = frame.step
         self.count += 1
 
     def _cut(self) -> None:
         if len(self.frames) >= 2:
-            self.stretches.append((self.frames, self.actions))
-        self.frames, self.actions = [], []
+            self.stretches.append((self.frames, self.actions, self.steps))
+        self.frames, self.actions, self.steps = [], [], []
 
     def stop(self, out_dir: Path) -> list[Path]:
         self._cut()
@@ -105,9 +107,10 @@ class Recorder:
         from worldsim.data.recording import write_recording  # numpy and imageio: only now
 
         w = self.welcome
-        return [path for frames, actions in self.stretches
+        return [path for frames, actions, steps in self.stretches
                 for path in write_recording(out_dir, frames, w.height, w.width, actions, w.action_space,
-                                            int(w.fps or 10), {"recorder": "worldsim play", "real": self.real})]
+                                            int(w.fps or 10), {"recorder": "worldsim play", "real": self.real},
+                                            steps=steps)]
 
 
 class Autopilot:

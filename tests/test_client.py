@@ -276,6 +276,13 @@ def test_a_recording_keeps_the_actions_the_frames_were_made_with_and_one_game_pe
     eps = [store.load(e) for e in store.episode_ids()]
     assert rec.count == 8 and len(eps) == 2 and len(written) == 4  # the lone frame at step 7 is no episode
     assert sorted(ep.actions.tolist() for ep in eps) == [[1, 1], [5, 2, 2]]
+    # Each Crafter frame records its daylight, from the game step it was shown at: without it
+    # the tile tokenizer reads a night recording as day.
+    from worldsim.envs.crafter import crafter_daylight
+
+    by_actions = {tuple(ep.actions.tolist()): ep for ep in eps}
+    np.testing.assert_array_equal(by_actions[(1, 1)].daylight, crafter_daylight(np.arange(0, 3)))
+    np.testing.assert_array_equal(by_actions[(5, 2, 2)].daylight, crafter_daylight(np.arange(3, 7)))
 
 
 class _FakeConn:

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from worldsim.config import strict_from_dict
+from worldsim.envs.crafter import CRAFTER_DAY_STEPS, crafter_daylight  # noqa: F401 (the game's clock)
 
 LIGHTS = ("none", "crafter")
 # Crafter's night: colour kept by `ImageEnhance.Color(...).enhance(0.4)`, then a 50% tint.
@@ -46,13 +47,6 @@ _SATURATION, _TINT_AMOUNT = 0.4, 0.5
 _TINT = (0.0, 16.0, 64.0)
 _NOISE_MEAN = (32.0 + 127.0) / 2  # the noise is uniform on [32, 127)
 _LUMA = (0.299, 0.587, 0.114)  # PIL's "L" conversion
-CRAFTER_DAY_STEPS = 300
-
-
-def crafter_daylight(step: int | np.ndarray) -> np.ndarray:
-    """Crafter's daylight at a game step (1.0 at noon; below 0.5 the night noise starts)."""
-    progress = (np.asarray(step, np.float64) / CRAFTER_DAY_STEPS) % 1 + 0.3
-    return (1 - np.abs(np.cos(np.pi * progress)) ** 3).astype(np.float32)
 
 
 @dataclass

@@ -26,12 +26,21 @@ def rgb_frames(frames: Sequence[bytes], height: int, width: int) -> np.ndarray:
 
 def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: int,
                     actions: list[Any], action_space: dict[str, Any], fps: int,
-                    source: dict[str, Any]) -> list[Path]:
+                    source: dict[str, Any], steps: Sequence[int] | None = None) -> list[Path]:
     """An episode under OUT/recordings (the store format) and OUT/worldsim-STAMP.mp4; returns
     the files written. Without ffmpeg the episode is still kept. A recording that does not fit
-    OUT/recordings (another game, frame size or source) goes to OUT/recordings-2, -3, ..."""
+    OUT/recordings (another game, frame size or source) goes to OUT/recordings-2, -3, ...
+    `steps`: each frame's game step; a Crafter episode then records its daylight, which the
+    tile tokenizer needs (without it a night frame would be read as day)."""
     video = rgb_frames(frames, height, width)
     space = ActionSpace.from_dict(action_space)
+    daylight = None
+    if steps is not None and space.name == "crafter":
+        from worldsim.envs.crafter import crafter_daylight
+
+        if len(steps) != len(video):
+            raise ValueError(f"{len(steps)} steps for {len(video)} frames")
+        daylight = crafter_daylight(np.asarray(steps))
     store = _recordings_store(Path(out_dir), space, (height, width), fps, source)
     stamp = base = time.strftime("%Y%m%d-%H%M%S")
     n = 1
@@ -39,7 +48,7 @@ def write_recording(out_dir: Path, frames: Sequence[bytes], height: int, width: 
     while store.episode_path(stamp).exists() or (out_dir / f"worldsim-{stamp}.mp4").exists():
         n += 1
         stamp = f"{base}-{n}"
-    written = [store.write_episode(stamp, video, space.to_array(actions))]
+    written = [store.write_episode(stamp, video, space.to_array(actions), daylight=daylight)]
     store.refresh()
     try:
         import imageio.v2 as imageio

@@ -27,6 +27,16 @@ CRAFTER_FPS = 10
 # drawn at 0.8 of a tile, round to 0 pixels and PIL refuses to resize to them.
 CRAFTER_MIN_SIZE = 18
 
+# Crafter's day: its world's daylight follows the step count, a day every 300 steps.
+CRAFTER_DAY_STEPS = 300
+
+
+def crafter_daylight(step: int | np.ndarray) -> np.ndarray:
+    """Crafter's daylight at a game step (1.0 at noon; below 0.5 the night noise starts)."""
+    progress = (np.asarray(step, np.float64) / CRAFTER_DAY_STEPS) % 1 + 0.3
+    return (1 - np.abs(np.cos(np.pi * progress)) ** 3).astype(np.float32)
+
+
 _MOVES = (1, 2, 3, 4)  # move_left, move_right, move_up, move_down
 _PLACE_OR_CRAFT = tuple(range(7, 17))
 _BORING = {"grass", "sand", "path"}  # facing these, `do` does nothing worth showing
