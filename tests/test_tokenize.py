@@ -256,3 +256,19 @@ def test_action_ids_past_uint16_are_refused_not_wrapped(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "do not fit uint16 shards" in err and "17 action ids" in err
     assert not (tmp_path / "sh" / "actions.npy").exists()
+
+
+def test_episodes_without_daylight_are_tokenized_as_day_with_a_warning(tmp_path):
+    from worldsim.envs.crafter import CRAFTER_SPACE
+    from worldsim.fit_tiles import fit_tile_tokenizer
+
+    store = EpisodeStore.create(tmp_path / "s", env="crafter", action_space=CRAFTER_SPACE,
+                                frame_size=(32, 32), fps=10)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        store.write_episode(f"{i:06d}", rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8),
+                            rng.integers(0, 17, 5).astype(np.int16), np.linspace(1, 0.6, 6) if i else None)
+    store.refresh()
+    fit_tile_tokenizer(store.root, tmp_path / "tok", preset="tiny", progress=False)
+    with pytest.warns(UserWarning, match="1 episode.s. record no daylight"):
+        tokenize_store(store.root, tmp_path / "tok", tmp_path / "sh", progress=False)

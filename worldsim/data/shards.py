@@ -105,7 +105,7 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
         clean_stale_temps(folder)  # a killed run's half-written arrays and parts
     todo = [i for i in ids if not _part_ok(parts / f"{i}.npz", made_from[i])]
     t0 = time.perf_counter()
-    n_frames = corrupt = 0
+    n_frames = corrupt = unlit = 0
     bar = tqdm(todo, desc="tokenize", unit="ep", disable=not progress or not todo)
     for eid in bar:
         st, local = source[eid]
@@ -116,6 +116,7 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
             corrupt += 1
             continue
         if getattr(image_tok, "uses_light", False):  # a tile tokenizer takes the recorded daylight
+            unlit += ep.daylight is None
             light = ep.daylight if ep.daylight is not None else np.ones(len(ep.frames), np.float32)
             codes = [image_tok.encode(ep.frames[i:i + batch], light[i:i + batch]).cpu()
                      for i in range(0, len(ep.frames), batch)]
@@ -127,6 +128,9 @@ def tokenize_store(data: str | Path | Sequence[str | Path], tokenizer_bundle: st
                         source=np.array(made_from[eid] or ""))
         n_frames += len(frames_TN)
         bar.set_postfix(fps=f"{n_frames / (time.perf_counter() - t0):.0f}")
+    if unlit:
+        warnings.warn(f"{unlit} episode(s) record no daylight and were tokenized as full day: a night "
+                      "frame among them gets the codes of another tile", stacklevel=2)
     index = _pack(out, ids, header, made_from)
     return {"episodes": len(index["episodes"]), "tokenized": len(todo) - corrupt, "corrupt": corrupt,
             "frames": index["frames"], "new_frames": n_frames, "seconds": time.perf_counter() - t0}
