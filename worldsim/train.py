@@ -163,6 +163,12 @@ class WorldModelRun(TrainingRun):
                  device: str = "auto", progress: bool = True) -> None:
         self.s = s = settings or TrainSettings()
         require_positive(s, "steps", "batch", "val_every", "val_batches", "log_every")
+        # Refused before anything is read or written (the objective refuses them only once the
+        # model is built, after --out has been written to).
+        augment = [f"--context-{k}" for k in ("noise", "dreams", "stalls") if getattr(s, f"context_{k}")]
+        if augment and objective != "block_diffusion":
+            raise WorldsimError(f"{', '.join(augment)} work with --objective block_diffusion only, "
+                                f"not {objective}")
         self.ddp = Distributed()
         super().__init__(out, s.steps, s.checkpoint_seconds, s.log_every, s.max_minutes * 60,
                          progress, is_main=self.ddp.main)
@@ -173,6 +179,7 @@ class WorldModelRun(TrainingRun):
         self.last_val: float | None = None
         self.last_ema_val: float | None = None  # the moving average's, where the run keeps one
         self.last_val_step = -1  # the step whose weights last_val (and last_ema_val) measured
+        self.last_lr = 0.0  # the learning rate of the last step taken (what the log reports)
         # Under torchrun, the seconds of training every rank agreed on at the last agreement
         # (see out_of_time): the clock's share of the schedule, the same on every rank.
         self.agreed_elapsed: float | None = None
@@ -227,8 +234,12 @@ class WorldModelRun(TrainingRun):
     def window_of_resumed(self, cfg: ModelConfig) -> ModelConfig:
         """A bundle that is resumed keeps its window unless --frames names another. No weight
         depends on the window, so training may go on with longer windows (the shipped model's
-        last leg did), and the bundle then records the new one: play attends to that many."""
-        old = bundle.read_config(self.out).get("model") if (self.out / "config.json").exists() else None
+        last leg did), and the bundle then records the new one: play attends to that many.
+        A config beside no weights and no checkpoint holds nothing to go on from (see check_out):
+        a new run there takes the preset's window."""
+        holds_weights = (self.out / "model.safetensors").exists() or self.state_path.exists()
+        old = (bundle.read_config(self.out).get("model")
+               if holds_weights and (self.out / "config.json").exists() else None)
         if not old or "frames" not in old:
             return cfg
         if not self.s.frames:
@@ -298,6 +309,11 @@ class WorldModelRun(TrainingRun):
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
         self.check_saved_run()
+        if (self.out / "model.safetensors").exists() and not self.state_path.exists():
+            # Nothing to resume from: a run here would start from random weights and write them
+            # over the trained ones at its end.
+            raise WorldsimError(f"{self.out} holds a trained model but no training state to go on "
+                                f"from ({STATE_FILE}); start a new --out from it with --init {self.out}")
         # A config beside no weights and no checkpoint is a run that stopped before saving
         # anything (its loss turned NaN first): nothing there to keep, so another model may start.
         holds_weights = (self.out / "model.safetensors").exists() or self.state_path.exists()
@@ -325,8 +341,14 @@ class WorldModelRun(TrainingRun):
         afresh, and a moving average from these weights)."""
         from safetensors.torch import load_file
 
-        sd = load_file(str(Path(self.s.init) / "model.safetensors"))
-        self.model.load_state_dict(sd)  # copies, so bf16 weights become the model's float32
+        path = Path(self.s.init) / "model.safetensors"
+        try:
+            sd = load_file(str(path))
+            self.model.load_state_dict(sd)  # copies, so bf16 weights become the model's float32
+        except Exception as e:  # safetensors' own errors for a torn file; RuntimeError for shapes
+            first = str(e).strip().splitlines()[:2]
+            raise WorldsimError(f"--init {self.s.init}: cannot load its weights into the model its config "
+                                f"describes ({' '.join(ln.strip() for ln in first)})") from None
         if self.is_main:
             print(f"starting from the weights of {self.s.init}")
 
@@ -366,7 +388,10 @@ class WorldModelRun(TrainingRun):
     def train_step(self) -> torch.Tensor:
         s = self.s
         fr, ac, g = self.batch_at(self.step, self.ddp.rank, self.train_starts, self.train_shards, s.batch)
-        self.set_lr(self.lr(self.step))
+        # Kept for the log: with a time budget the schedule moves with the clock, so computing it
+        # again at the log would report a later time's rate than the step used.
+        self.last_lr = self.lr(self.step)
+        self.set_lr(self.last_lr)
         with autocast_for(self.dev, s.dtype):
             loss, _ = self.objective_mod(fr, ac, g)
         self.opt.zero_grad(set_to_none=True)
@@ -416,7 +441,7 @@ class WorldModelRun(TrainingRun):
                              tok_s=f"{tps:.0f}")
         if self.is_main:
             line = {"step": self.step, "loss": loss.item(), "val_loss": last_val,
-                    "grad_norm": float(self.grad_norm), "lr": self.lr(self.step - 1),
+                    "grad_norm": float(self.grad_norm), "lr": self.last_lr,
                     "tokens_per_s": tps, "seconds": self.elapsed}
             if self.ema is not None:
                 line["ema_val_loss"] = self.last_ema_val

@@ -1,0 +1,128 @@
+"""Review of the world model's training loop: bugs found and fixed, one test each."""
+
+import itertools
+import json
+
+import pytest
+
+from worldsim.bundle import read_config
+from worldsim.train import STATE_FILE, TrainSettings, train
+
+
+def _args(tiny_tokens, out, *extra):
+    tok, shards = tiny_tokens
+    return ["train", "--shards", str(shards), "--tokenizer", str(tok), "--out", str(out),
+            "--preset", "tiny", "--no-progress", "--batch", "2", "--val-every", "1000", *extra]
+
+
+def _one_line(err: str) -> bool:
+    return err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_context_augmentations_with_ar_are_refused_in_one_line_before_out_is_written(tiny_tokens, tmp_path, capsys):
+    """--context-noise (dreams, stalls) with --objective ar raised the objective's ValueError as
+    a traceback, once the bundle's config and tokenizer had been written into --out."""
+    from worldsim.cli import main
+
+    out = tmp_path / "wm"
+    assert main(_args(tiny_tokens, out, "--objective", "ar", "--steps", "1", "--context-noise", "0.1",
+                      "--context-stalls", "0.2")) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and "--context-noise, --context-stalls" in err and "block_diffusion" in err
+    assert not out.exists()
+    # the same flags with block_diffusion train
+    assert main(_args(tiny_tokens, out, "--objective", "block_diffusion", "--steps", "1",
+                      "--context-noise", "0.1", "--context-stalls", "0.2")) == 0
+
+
+def test_a_run_that_saved_nothing_does_not_give_the_next_run_its_window(tiny_tokens, tmp_path, monkeypatch):
+    """A run that stopped before saving anything leaves only its config, and the folder is free
+    for another model; that model took the dead run's --frames instead of its preset's."""
+    from worldsim.train import WorldModelRun
+    from worldsim.trainer import NonFiniteLoss
+
+    tok, shards = tiny_tokens
+    out = tmp_path / "wm"
+    real_step = WorldModelRun.train_step
+    monkeypatch.setattr(WorldModelRun, "train_step", lambda self: real_step(self) * float("nan"))
+    s = TrainSettings(steps=2, batch=2, val_every=1000, val_batches=1, checkpoint_seconds=1e9)
+    with pytest.raises(NonFiniteLoss):
+        train(shards, tok, out, preset="tiny", settings=TrainSettings(**{**s.__dict__, "frames": 6}),
+              progress=False)
+    assert read_config(out)["model"]["frames"] == 6 and not (out / STATE_FILE).exists()
+    monkeypatch.setattr(WorldModelRun, "train_step", real_step)
+    train(shards, tok, out, preset="tiny", settings=s, progress=False)
+    assert read_config(out)["model"]["frames"] == 4  # the tiny preset's
+
+
+def test_the_logged_learning_rate_is_the_one_its_step_used(tiny_tokens, tmp_path, monkeypatch):
+    """With --max-minutes the schedule moves with the clock; the log computed the rate again
+    after the step, at a later time, and reported the next step's rate, not the one used."""
+    import worldsim.trainer as trainer
+    from worldsim.train import WorldModelRun
+
+    tok, shards = tiny_tokens
+    clock = itertools.count(0.0, 7.0)  # each reading of the loop's clock is 7 s after the last
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(trainer, "time", Clock)
+    applied: dict[int, float] = {}
+    real_set = WorldModelRun.set_lr
+
+    def spy(self, lr):
+        applied[self.step + 1] = lr  # the step about to be taken, as the log counts it
+        real_set(self, lr)
+
+    monkeypatch.setattr(WorldModelRun, "set_lr", spy)
+    s = TrainSettings(steps=100, batch=2, warmup=1, val_every=1000, val_batches=1, log_every=1,
+                      max_minutes=1.0, checkpoint_seconds=1e9)
+    train(shards, tok, tmp_path / "wm", preset="tiny", settings=s, progress=False)
+    log = [json.loads(ln) for ln in (tmp_path / "wm" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) >= 3 and len({e["lr"] for e in log}) == len(log)  # the clock moved the rate
+    for e in log:
+        assert e["lr"] == applied[e["step"]]
+
+
+def test_init_whose_weights_do_not_fit_its_config_is_one_line(tiny_tokens, tmp_path, capsys):
+    """--init from a bundle whose weights are not those of the model its config describes (or
+    are torn) printed load_state_dict's traceback."""
+    import shutil
+
+    from worldsim.cli import main
+
+    base = ["--objective", "block_diffusion", "--steps", "1"]
+    assert main(_args(tiny_tokens, tmp_path / "p48", *base, "--width", "48")) == 0
+    assert main(_args(tiny_tokens, tmp_path / "p64", *base)) == 0
+    parent = tmp_path / "p64"
+    shutil.copy(tmp_path / "p48" / "model.safetensors", parent / "model.safetensors")
+    capsys.readouterr()
+    assert main(_args(tiny_tokens, tmp_path / "child", *base, "--init", str(parent))) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and f"--init {parent}: cannot load its weights" in err and "size mismatch" in err
+    (parent / "model.safetensors").write_bytes(b"\x00" * 16)  # torn
+    assert main(_args(tiny_tokens, tmp_path / "child2", *base, "--init", str(parent))) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and f"--init {parent}: cannot load its weights" in err
+
+
+def test_a_bundle_without_training_state_is_not_trained_again_from_random_weights(tiny_tokens, tmp_path, capsys):
+    """A trained bundle without its checkpoint (deleted to save space, or a copied shipped
+    model) was trained again from random weights, which then overwrote the trained ones."""
+    from worldsim.cli import main
+
+    out = tmp_path / "wm"
+    assert main(_args(tiny_tokens, out, "--objective", "block_diffusion", "--steps", "2")) == 0
+    (out / STATE_FILE).unlink()
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(_args(tiny_tokens, out, "--objective", "block_diffusion", "--steps", "3")) == 2
+    err = capsys.readouterr().err
+    assert _one_line(err) and "no training state" in err and f"--init {out}" in err
+    assert (out / "model.safetensors").read_bytes() == weights
+    # what the message says works
+    assert main(_args(tiny_tokens, tmp_path / "ft", "--objective", "block_diffusion", "--steps", "1",
+                      "--init", str(out))) == 0
