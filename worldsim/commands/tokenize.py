@@ -19,9 +19,12 @@ on all of them (a new collection beside an old one):
   worldsim tokenize --data data/crafter --data data/crafter-idle5 --tokenizer runs/tok --out data/mix
 
 The first store's episodes keep their ids, so its held-out episodes stay the ones `worldsim eval`
-judges; another store's are named <its folder name>/<id>, and keep their own held-out split.
+judges (but a store of a few dozen episodes or fewer, which holds out only its lowest-scoring one,
+may hold out another or none among the others'); another store's are named <its folder name>/<id>
+and are held out by those names, not as in that store alone.
 Stores collected with the same --seed are refused: episode i of each plays the same world, so
-one store's held-out worlds would be trained on through the other's (collect with --seed 5).
+one store's held-out worlds would be trained on through the other's (collect with --seed 5);
+so are VPT stores that hold one recording (a copy of a store, a folder converted twice).
 
 Resumable: an episode already tokenized from the same file with the same tokenizer is kept;
 one that differs (written again, or another store's under the same id) is done again. Corrupt

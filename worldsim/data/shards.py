@@ -17,8 +17,9 @@ Layout of a shards folder:
 
 Shards may hold several stores of one game (`worldsim tokenize --data A --data B`): the first
 store's episodes keep their ids and `data` names it, so its validation split, and every reader
-of `data`, stay as with that store alone; a further store's episodes are named
-`<its folder name>/<id>`, and `more_data` lists those stores with their prefixes.
+of `data`, stay as with that store alone (unless the store is so small that its one held-out
+episode is the fallback of `split_ids`, chosen among all the stores' episodes); a further store's
+episodes are named `<its folder name>/<id>`, and `more_data` lists those stores with their prefixes.
 
 `TokenShards` memory-maps the two arrays and draws random windows of F consecutive frames
 with their F actions, with vectorised indexing (no per-token Python loops).
@@ -151,7 +152,8 @@ def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -
     the further ones must have distinct folder names (their episodes' prefixes). Two stores
     collected with the same seed are refused: `worldsim collect` plays episode i of both in the
     same world, and the split draws `000017` and `other/000017` apart, so the first store's
-    held-out worlds would be trained on through their twins."""
+    held-out worlds would be trained on through their twins. So are two VPT stores that hold
+    one recording (converted episodes are named after their recordings)."""
     roots = [st.root.resolve() for st in stores]
     twice = next((paths[i] for i, r in enumerate(roots) if r in roots[:i]), None)
     if twice is not None:
@@ -175,6 +177,20 @@ def _check_alike(paths: list, stores: list[EpisodeStore], prefixes: list[str]) -
                     "play the same worlds one for one, so held-out episodes of one would be trained "
                     "on through the other's; collect one of them again with another --seed")
             seeds[seed] = str(p)
+    # A VPT episode is named after its recording: two stores that hold one name hold one
+    # recording (a copy of a store, or folders converted twice), split apart as two episodes.
+    recordings: dict[str, str] = {}
+    for p, st in zip(paths, stores):
+        if (st.info.source or {}).get("kind") != "vpt":
+            continue
+        ids = st.episode_ids()
+        shared = next((eid for eid in ids if eid in recordings), None)
+        if shared is not None:
+            raise WorldsimError(
+                f"{p} and {recordings[shared]} both hold the VPT recording {shared!r}: held-out "
+                "episodes of one would be trained on through the other's copy; tokenize each "
+                "recording from one store only")
+        recordings.update(dict.fromkeys(ids, str(p)))
 
 
 def _made_from(tokenizer_sha256: str, store: EpisodeStore, episode_id: str) -> str | None:

@@ -81,6 +81,9 @@ class StoreInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str) -> "StoreInfo":
+        if not isinstance(d, dict):  # valid JSON, but a list or a number
+            raise StoreError(f"{where} is not a worldsim episode store (a JSON {type(d).__name__}, "
+                             "not an object)")
         if d.get("format") != FORMAT:
             raise StoreError(f"{where} is not a worldsim episode store (format {d.get('format')!r})")
         if d.get("version") != VERSION:
@@ -256,6 +259,17 @@ class EpisodeStore:
         if actions.shape != want:
             raise ValueError(f"episode {eid}: actions must have shape {list(want)} for "
                              f"{frames.shape[0]} frames, got {list(actions.shape)}")
+        # Actions the space cannot hold (an id past its last action, a NaN camera): the action
+        # tokenizer would refuse them mid-run, so such an episode is corrupt too.
+        if actions.dtype.kind not in "iubf":
+            raise ValueError(f"episode {eid}: actions must be numbers, got {actions.dtype}")
+        if actions.size and space.kind == "discrete":
+            a = actions.astype(np.float64)
+            if not (np.all(np.mod(a, 1) == 0) and a.min() >= 0 and a.max() < space.n):
+                raise ValueError(f"episode {eid}: actions must be integers in [0, {space.n}), "
+                                 f"got values in [{a.min()}, {a.max()}]")
+        elif not np.isfinite(actions).all():
+            raise ValueError(f"episode {eid}: actions must be finite, got NaN or infinity")
         if daylight is None:
             return
         light = np.asarray(daylight, np.float64)
