@@ -122,9 +122,11 @@ def _same_episodes(store: EpisodeStore, trained: list[dict[str, Any]], sample: i
     return True
 
 
-def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int, seed: int) -> list[Window]:
+def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int, seed: int,
+                   need: str = "(context + horizon); lower --horizon or --context") -> list[Window]:
     """Up to `count` windows of `length` frames, one per episode, episodes and starts drawn with
-    `seed`. Corrupt episodes are skipped with a warning that names them; short ones silently."""
+    `seed`. Corrupt episodes are skipped with a warning that names them; short ones silently.
+    `need` follows the length in the error where no episode is long enough: why, and what to do."""
     rng = np.random.default_rng(seed)
     order = [ids[i] for i in rng.permutation(len(ids))]
     out: list[Window] = []
@@ -137,8 +139,7 @@ def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int,
         if len(out) == count:
             break
     if not out:
-        raise WorldsimError(f"no readable episode in {store.root} has {length} frames "
-                            f"(context + horizon); lower --horizon or --context")
+        raise WorldsimError(f"no readable episode in {store.root} has {length} frames {need}")
     if len(out) < count:
         warnings.warn(f"only {len(out)} episodes of {store.root} have {length} frames; "
                       f"evaluating on {len(out)} instead of {count}", stacklevel=2)

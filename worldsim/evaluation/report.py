@@ -328,4 +328,30 @@ def compare(paths: Sequence[str | Path]) -> str:
             ["code flicker, day"] + [_pct(_get(r, "tokenizer", "day", "flicker")) for _, r, _ in cols]]
     legend = "\n".join(f"{i + 1}: {p} ({r['bundle']}, {r['episodes']['count']} episodes, "
                        f"horizon {r['settings']['horizon']})" for i, (p, r) in enumerate(reports))
+    differ = _differing_settings([r for _, r in reports])
+    if differ:
+        legend += ("\nsettings that differ between the reports: "
+                   + "; ".join(f"{k} ({', '.join(v)})" for k, v in differ.items()))
     return legend + "\n\n" + _table(["metric"] + [c[0] for c in cols], rows + sens)
+
+
+# The settings that change what a report's figures measure: (name, how to read it).
+_COMPARED_SETTINGS = (
+    ("data", lambda r: r.get("data")),
+    ("episodes", lambda r: _get(r, "episodes", "count")),
+    ("context", lambda r: _get(r, "settings", "context")),
+    ("horizon", lambda r: _get(r, "settings", "horizon")),
+    ("temperature", lambda r: _get(r, "settings", "temperature")),
+    ("draws", lambda r: _get(r, "settings", "draws") or 1),
+    ("seed", lambda r: _get(r, "settings", "seed")),
+)
+
+
+def _differing_settings(reports: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """{setting: each report's value} for the settings that are not the same in all reports."""
+    out = {}
+    for name, get in _COMPARED_SETTINGS:
+        values = [get(r) for r in reports]
+        if any(v != values[0] for v in values):
+            out[name] = [str(v) for v in values]
+    return out

@@ -509,11 +509,23 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
         if idm_model.space != store.info.action_space:
             raise WorldsimError(f"the inverse dynamics model in {idm} predicts {idm_model.space.name} "
                                 f"actions, not {store.info.action_space.name}")
+        # Its pooled trunk reads frames of any size: one trained at another size scores them silently wrong.
+        icfg = idm_model.model.cfg
+        if (icfg.height, icfg.width) != tuple(store.info.frame_size):
+            raise WorldsimError(f"the inverse dynamics model in {idm} takes {icfg.height}x{icfg.width} frames "
+                                f"but {data} holds {store.info.frame_size[0]}x{store.info.frame_size[1]}")
 
     C, H = s.context, s.horizon
     ids, source_note = held_out_ids(store, cfg, bundle_dir)
+    if not ids:  # every episode of the store was trained on
+        raise WorldsimError(f"{data} holds no episode held out from the training of {bundle_dir} "
+                            f"({source_note}); evaluate on a store collected with another --seed")
     # Windows long enough for the rollout and for one whole model window (the action gap).
-    windows = select_windows(store, ids, s.episodes, max(C + H, model.cfg.frames), s.seed)
+    F = model.cfg.frames  # frames per model window
+    need = ("(context + horizon); lower --horizon or --context" if C + H >= F else
+            f"(the model's window, which the action gap reads; context + horizon is {C + H}); "
+            "use a store with longer episodes")
+    windows = select_windows(store, ids, s.episodes, max(C + H, F), s.seed, need=need)
     real = _real(windows, codec, action_tok, tcfg.grid[0], store.info.env, C, H)
     B = len(windows)
     ways_note = _attach_ways(real, store, windows)
