@@ -126,3 +126,20 @@ def test_a_bundle_without_training_state_is_not_trained_again_from_random_weight
     # what the message says works
     assert main(_args(tiny_tokens, tmp_path / "ft", "--objective", "block_diffusion", "--steps", "1",
                       "--init", str(out))) == 0
+
+
+def test_a_resume_without_ema_says_it_drops_the_checkpoints_average(tiny_tokens, tmp_path, capsys):
+    """Resuming an --ema run without --ema dropped its moving average without a word: the bundle
+    then held the last step's weights, and the next checkpoint no longer kept the average."""
+    from worldsim.train import TrainSettings, train
+
+    tok, shards = tiny_tokens
+    base = dict(batch=2, val_every=1000, val_batches=1, warmup=1, checkpoint_seconds=1e9)
+    train(shards, tok, tmp_path / "wm", preset="tiny", settings=TrainSettings(steps=1, ema=0.9, **base),
+          progress=False)
+    capsys.readouterr()
+    train(shards, tok, tmp_path / "wm", preset="tiny", settings=TrainSettings(steps=2, **base), progress=False)
+    assert "moving average of the weights that this run, without --ema, drops" in capsys.readouterr().out
+    train(shards, tok, tmp_path / "wm", preset="tiny", settings=TrainSettings(steps=3, ema=0.9, **base),
+          progress=False)
+    assert "drops" not in capsys.readouterr().out

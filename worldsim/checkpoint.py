@@ -54,7 +54,8 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     ema: torch.nn.Module | None = None) -> dict[str, Any]:
     """Restore model (and optimizer, and the weights' moving average) in place; returns the
-    saved state dict, with `ema_restored` saying whether the checkpoint held an average."""
+    saved state dict, with `ema_saved` saying whether the checkpoint held an average and
+    `ema_restored` whether it went into `ema`."""
     state = read_checkpoint_state(path)
     try:
         tensors = load_file(str(path))
@@ -77,6 +78,7 @@ def load_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
             raise WorldsimError(f"{path}: its optimizer state does not fit this model's parameters "
                                 f"({e}); start a new run in another folder") from None
     ema_sd = _part(tensors, "ema")
+    state["ema_saved"] = bool(ema_sd)
     state["ema_restored"] = ema is not None and bool(ema_sd)
     if state["ema_restored"]:
         ema.load_state_dict(ema_sd)

@@ -157,6 +157,11 @@ class TrainingRun:
             print(f"resuming from step {self.step} ({self.state_path})")
             if self.ema is not None and not st["ema_restored"]:
                 print("the checkpoint holds no moving average of the weights: it starts from them")
+            elif self.ema is None and st["ema_saved"]:
+                # Said, since the bundle then holds the last step's weights and the next
+                # checkpoint no longer keeps the average.
+                print("the checkpoint keeps a moving average of the weights that this run, without "
+                      "--ema, drops: give --ema again to keep it")
         return True
 
     def forget_logs_after(self, step: int) -> None:
