@@ -108,17 +108,25 @@ def test_vq_flags_still_reach_the_vq_run_and_the_rest_keep_their_defaults(tmp_pa
     assert cfg["image_tokenizer_metrics"]["steps"] == 2
 
 
-def test_tile_fit_names_an_episode_with_broken_daylight(tmp_path, capsys):
+def test_tile_fit_skips_an_episode_with_broken_daylight_and_names_it(tmp_path, capsys):
+    """A NaN daylight was counted as neither day nor night, without a word; such an episode is
+    corrupt (the store refuses to write one), and the fit skips it with a warning."""
+    from worldsim.cli import main
     from worldsim.data.store import EpisodeStore
+    from worldsim.fileio import atomic_save_npz
 
     data = _store(tmp_path / "s")
-    ep = EpisodeStore(data).load("000001")
+    store = EpisodeStore(data)
+    ep = store.load("000001")
     bad = ep.daylight.copy()
     bad[2] = np.nan
-    EpisodeStore(data).write_episode("000001", ep.frames, ep.actions, bad)
-    line = one_line_error(["train-tokenizer", "--kind", "tile", "--data", str(data),
-                           "--out", str(tmp_path / "tok"), "--preset", "tiny", "--no-progress"], capsys)
-    assert "000001" in line and "daylight" in line, line
+    with pytest.raises(ValueError, match="daylight"):
+        store.write_episode("000001", ep.frames, ep.actions, bad)
+    atomic_save_npz(store.episode_path("000001"), frames=ep.frames, actions=ep.actions, daylight=bad)
+    assert main(["train-tokenizer", "--kind", "tile", "--data", str(data), "--out", str(tmp_path / "tok"),
+                 "--preset", "tiny", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "000001" in err and "daylight" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("objective", ["ar", "block_diffusion"])
