@@ -30,6 +30,15 @@ class ConnectionFailed(Exception):
     """The server could not be reached, refused the session, or went away (one-line message)."""
 
 
+class ActionRefused(ValueError):
+    """The server answered an action with an error (outside the action space, malformed, or over
+    the rate limit): no frame will include it. The session goes on."""
+
+
+# The errors that answer an action message: the action was not applied.
+_ACTION_ERRORS = frozenset({P.BAD_ACTION, P.BAD_FIELD, P.BAD_MESSAGE, P.RATE_LIMITED})
+
+
 class Connection:
     def __init__(self, url: str, *, encoding: str = "jpeg", quality: int = 85, seed: int | None = None,
                  ground_truth: bool = False, token: str | None = None, window: int = 2,
@@ -41,6 +50,7 @@ class Connection:
         self.welcome: P.Welcome | None = None
         self.first_frame: P.Frame | None = None
         self.errors: deque[P.Error] = deque(maxlen=64)
+        self.errors_received = 0  # all of them, those the deque has dropped included
         self.frames_received = 0
         self.closed_reason: str | None = None
         self._seq = -1
@@ -129,11 +139,19 @@ class Connection:
         self._send(P.Config(decoder=decoder, steps=steps, paused=paused))
 
     def step(self, action: int | dict[str, Any], timeout: float | None = None) -> P.Frame:
-        """Send an action and wait for the first frame that includes it."""
+        """Send an action and wait for the first frame that includes it. An action the server
+        refuses raises ActionRefused with its reason at once (no frame would include it)."""
+        with self._cv:
+            seen = self.errors_received
         seq = self.send_action(action)
         deadline = time.monotonic() + (timeout or self.timeout)
         with self._cv:
             while not (self._newest is not None and self._newest.seq >= seq):
+                new = list(self.errors)[-min(self.errors_received - seen, len(self.errors)):] \
+                    if self.errors_received > seen else []
+                refused = next((e for e in new if e.code in _ACTION_ERRORS), None)
+                if refused is not None:
+                    raise ActionRefused(f"{self.url} refused the action: {refused.message}")
                 self._wait(deadline)
             self._frame = None
             return self._newest
@@ -198,6 +216,8 @@ class Connection:
                 elif isinstance(msg, P.Error):
                     with self._cv:
                         self.errors.append(msg)
+                        self.errors_received += 1
+                        self._cv.notify_all()  # a step waiting on a refused action
         except ConnectionClosed as e:
             rcvd = e.rcvd
             reason = f"{rcvd.code} {rcvd.reason}".strip() if rcvd else "connection lost"

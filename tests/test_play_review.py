@@ -259,3 +259,18 @@ def test_play_help_says_p_pauses_only_where_p_is_no_game_key(tmp_path):
             assert window.paused
         finally:
             window.close()
+
+
+def test_an_action_the_server_refuses_raises_its_reason_and_the_session_goes_on(bundle):
+    """step() waited its whole timeout for a frame that would never come, then said no frame
+    came in time; the server's reason lay unread in `errors`."""
+    from worldsim.client.connection import ActionRefused, Connection
+
+    with running_server(bundle, fps=0, max_sessions=1) as s:
+        with Connection(s.url, seed=1, timeout=20) as c:
+            with pytest.raises(ActionRefused, match="refused the action: a crafter action is an integer"):
+                c.step(99)
+            with pytest.raises(ActionRefused, match="refused the action"):
+                c.step("left")
+            frame = c.step(3)
+            assert frame.action == 3 and frame.seq == 2  # the third action sent (from 0): it goes on
