@@ -172,3 +172,25 @@ def test_a_crafter_store_of_another_size_gets_one_token_per_game_tile(tmp_path):
     cfg = bundle.read_config(tmp_path / "tok")["image_tokenizer"]
     assert cfg["patch"] == 4 and [cfg["height"], cfg["width"]] == [36, 36]
     assert m["day_psnr_pooled"] > 40 and m["day_flicker"] < 0.01
+
+
+def test_a_tile_tokenizer_is_fitted_once_per_out(tmp_path, capsys):
+    """Run again, the fit overwrote the tokenizer that shards and models were made with (they
+    check its weights' hash): with the same store it is now done, with another refused."""
+    pytest.importorskip("crafter")
+    from worldsim.cli import main
+    from worldsim.data.collect import collect_crafter
+    from worldsim.fileio import file_sha256
+
+    collect_crafter(tmp_path / "a", episodes=3, steps=20, seed=0, size=36, workers=1, progress=False)
+    collect_crafter(tmp_path / "b", episodes=3, steps=20, seed=1, size=36, workers=1, progress=False)
+    argv = ["train-tokenizer", "--kind", "tile", "--data", str(tmp_path / "a"), "--out", str(tmp_path / "tok"),
+            "--no-progress"]
+    assert main(argv) == 0
+    weights = tmp_path / "tok" / "image_tokenizer.safetensors"
+    sha, first = file_sha256(weights), capsys.readouterr().out
+    assert main(argv) == 0
+    assert file_sha256(weights) == sha and capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+    argv[4] = str(tmp_path / "b")
+    assert main(argv) == 2
+    assert "fit into another --out" in capsys.readouterr().err and file_sha256(weights) == sha

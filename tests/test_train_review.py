@@ -143,3 +143,28 @@ def test_a_resume_without_ema_says_it_drops_the_checkpoints_average(tiny_tokens,
     train(shards, tok, tmp_path / "wm", preset="tiny", settings=TrainSettings(steps=3, ema=0.9, **base),
           progress=False)
     assert "drops" not in capsys.readouterr().out
+
+
+def test_shards_of_a_tokenizer_fitted_again_since_say_so(tiny_tokens, tmp_path, capsys):
+    """The refusal named the same folder twice: "tokenized with another image tokenizer (X)
+    than --tokenizer X's"."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from worldsim.cli import main
+
+    tok, shards = tiny_tokens
+    mine, sh = tmp_path / "tok", tmp_path / "shards"
+    shutil.copytree(tok, mine)
+    shutil.copytree(shards, sh)
+    index = json.loads((sh / "index.json").read_text())
+    (sh / "index.json").write_text(json.dumps({**index, "tokenizer": str(mine)}))
+    sd = load_file(str(mine / "image_tokenizer.safetensors"))
+    name = next(k for k, v in sd.items() if v.is_floating_point())
+    save_file({**sd, name: sd[name] + 1}, str(mine / "image_tokenizer.safetensors"))  # fitted again
+    assert main(["train", "--shards", str(sh), "--tokenizer", str(mine), "--out", str(tmp_path / "wm"),
+                 "--preset", "tiny", "--no-progress", "--steps", "1", "--batch", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not those it holds now" in err and "tokenize again" in err

@@ -62,9 +62,25 @@ def fit_tile_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter
         raise WorldsimError(str(e)) from e
     out = Path(out)
     if (out / "config.json").exists():
-        old = bundle.read_config(out).get("image_tokenizer")
+        held = bundle.read_config(out)
+        old = held.get("image_tokenizer")
         if old is not None and old != cfg.to_dict():
             raise WorldsimError(f"{out} holds a tokenizer with another config; choose another --out")
+        fitted = held.get("tokenizer_training") or {}
+        if old is not None and (out / "image_tokenizer.safetensors").is_file() and fitted.get("kind") == "tile":
+            # Fitted already: shards and models made with it check its weights' hash, so a fit
+            # again (another store, or the same grown since) would orphan them. Run again with
+            # the same inputs, it is done; with others, it is refused.
+            same = (Path(str(fitted.get("data"))).resolve() == Path(data).resolve()
+                    and fitted.get("seed") == seed and fitted.get("val_fraction") == val_fraction
+                    and isinstance(held.get("image_tokenizer_metrics"), dict))
+            if not same:
+                raise WorldsimError(f"{out} holds a tile tokenizer fitted on {fitted.get('data')} (seed "
+                                    f"{fitted.get('seed')}); shards and models made with it need it as "
+                                    "it is: fit into another --out")
+            if progress:
+                print(f"nothing to do: {out} holds the tile tokenizer fitted on {data}")
+            return dict(held["image_tokenizer_metrics"])
     train_ids, val_ids = store.split(val_fraction)
     if not val_ids:
         raise WorldsimError(f"{data} needs at least 2 episodes for a held-out split")

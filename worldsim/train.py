@@ -149,6 +149,9 @@ def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenize
             return
         recorded = file_sha256(old)
     if recorded != file_sha256(weights):
+        if Path(made_by).resolve() == Path(tokenizer).resolve():  # the same folder, fitted again since
+            raise WorldsimError(f"{shards_dir} was tokenized with the weights {tokenizer} held then, not "
+                                "those it holds now (it was fitted or trained again since); tokenize again")
         raise WorldsimError(f"{shards_dir} was tokenized with another image tokenizer ({made_by}) than "
                             f"{option} {tokenizer}'s; pass that one, or tokenize again with this one")
 
