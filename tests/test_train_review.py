@@ -168,3 +168,20 @@ def test_shards_of_a_tokenizer_fitted_again_since_say_so(tiny_tokens, tmp_path, 
                  "--preset", "tiny", "--no-progress", "--steps", "1", "--batch", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not those it holds now" in err and "tokenize again" in err
+
+
+def test_a_resume_names_the_model_config_it_differs_in_and_the_settings_it_changes(tiny_tokens, tmp_path, capsys):
+    """"holds a model with another config" did not say which; and a resume that left out
+    --context-noise trained on without it, recording the change over the run's first value."""
+    from worldsim.cli import main
+
+    tok, shards = tiny_tokens
+    base = ["train", "--shards", str(shards), "--tokenizer", str(tok), "--out", str(tmp_path / "wm"),
+            "--objective", "block_diffusion", "--no-progress", "--batch", "2", "--val-every", "1000"]
+    assert main(base + ["--preset", "tiny", "--steps", "1", "--context-noise", "0.05"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--steps", "2"]) == 2  # the preset left out: crafter's, not tiny's
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another config (" in err and "dim 64 there, 256 asked" in err
+    assert main(base + ["--preset", "tiny", "--steps", "2"]) == 0
+    assert "--context-noise 0.05 -> 0.0" in capsys.readouterr().out

@@ -127,10 +127,21 @@ def _build_config(preset: str, shards: TokenShards, objective: str, frames: int,
 
 def _same_config(old: dict[str, Any], cfg: ModelConfig) -> bool:
     """Whether a bundle's model config is `cfg` but for the window, which no weight depends on."""
+    return not _config_differences(old, cfg)
+
+
+def _config_differences(old: dict[str, Any], cfg: ModelConfig) -> str:
+    """How a bundle's model config differs from `cfg` but for the window ("dim 64 here, 256
+    asked"), or "" where it does not."""
     try:
-        return replace(ModelConfig.from_dict(old), frames=cfg.frames) == cfg
-    except ValueError:  # keys this code does not know, or values it refuses
-        return False
+        held = replace(ModelConfig.from_dict(old), frames=cfg.frames)
+    except ValueError as e:  # keys this code does not know, or values it refuses
+        return str(e)
+    if held == cfg:
+        return ""
+    a, b = held.to_dict(), cfg.to_dict()
+    diff = [f"{k} {a[k]} there, {b[k]} asked" for k in a if a[k] != b[k]]
+    return "; ".join(diff[:4]) + ("; ..." if len(diff) > 4 else "")
 
 
 def check_shards_tokenizer(shards: TokenShards, shards_dir: str | Path, tokenizer: str | Path,
@@ -289,6 +300,8 @@ class WorldModelRun(TrainingRun):
         if not dst.exists() or file_sha256(dst) != file_sha256(src):
             with open(src, "rb") as f, atomic_open(dst, "wb") as g:
                 shutil.copyfileobj(f, g)
+        if self.saved_state() is not None:
+            self.say_changed_settings(bundle.read_config(out).get("training") or {})
         bundle.update_config(
             out, image_tokenizer=tok_cfg["image_tokenizer"],
             action_tokenizer=index["action_tokenizer"], model=self.cfg.to_dict(),
@@ -309,6 +322,18 @@ class WorldModelRun(TrainingRun):
                 # (scripts/pick_temperature.py --write)
                 bundle.update_config(out, decoding={"temperature": t, "inherited_from": self.s.init})
 
+    # What a resume may change and the bundle then records in place of the run's first values:
+    # said, since a resume that leaves an option out takes its default.
+    _RESUME_SETTINGS = ("batch", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "dtype",
+                        "context_noise", "context_dreams", "context_stalls", "seed", "val_fraction")
+
+    def say_changed_settings(self, old: dict[str, Any]) -> None:
+        now = asdict(self.s)
+        changed = [f"--{k.replace('_', '-')} {old[k]} -> {now[k]}" for k in self._RESUME_SETTINGS
+                   if k in old and old[k] != now[k]]
+        if changed:
+            print(f"resuming with other settings than the run had: {', '.join(changed)}")
+
     def check_out(self) -> None:
         check_shards_tokenizer(self.all_shards, self.shards_dir, self.tokenizer)
         self.check_saved_run()
@@ -324,8 +349,10 @@ class WorldModelRun(TrainingRun):
             old = bundle.read_config(self.out).get("model")
             # Read through ModelConfig: a bundle written before a config key existed holds its
             # default implicitly, and resumes.
-            if old is not None and not _same_config(old, self.cfg):
-                raise WorldsimError(f"{self.out} holds a model with another config; choose another --out")
+            differs = _config_differences(old, self.cfg) if old is not None else ""
+            if differs:  # named: a resume that left out --preset or --width would not see why
+                raise WorldsimError(f"{self.out} holds a model with another config ({differs}); resume it "
+                                    "with the options it was trained with, or choose another --out")
         self.s = replace(self.s, optimizer=self.optimizer_of_resumed())
 
     def setup(self) -> None:
