@@ -185,3 +185,18 @@ def test_a_resume_names_the_model_config_it_differs_in_and_the_settings_it_chang
     assert err.count("\n") == 1 and "another config (" in err and "dim 64 there, 256 asked" in err
     assert main(base + ["--preset", "tiny", "--steps", "2"]) == 0
     assert "--context-noise 0.05 -> 0.0" in capsys.readouterr().out
+
+
+def test_a_time_budgeted_run_shows_a_bar_that_ends_with_the_budget(tiny_tokens, tmp_path, capsys):
+    """Under --max-minutes the bar counted to --steps (100,000 in the recipe): its ETA read 71
+    hours for a 75-minute run, and it stopped at a few percent."""
+    import re
+
+    from worldsim.train import TrainSettings, train
+
+    tok, shards = tiny_tokens
+    s = TrainSettings(steps=100000, max_minutes=0.05, batch=2, val_every=100000, val_batches=1, warmup=1,
+                      checkpoint_seconds=1e9)
+    r = train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny", settings=s, progress=True)
+    totals = [int(t) for t in re.findall(r"\d+/(\d+) \[", capsys.readouterr().err)]
+    assert totals and totals[-1] < 100000 and abs(totals[-1] - r["steps"]) <= max(2, r["steps"] // 5)

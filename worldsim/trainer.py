@@ -213,7 +213,7 @@ class TrainingRun:
         self.bar = tqdm(total=self.steps, initial=self.step, desc=self.desc, unit="step",
                         disable=not (self.progress and self.is_main))
         t_start = t_ckpt = time.perf_counter()
-        self.t_start, elapsed0 = t_start, self.elapsed
+        self.t_start, elapsed0, step0 = t_start, self.elapsed, self.step
         try:
             while self.step < self.steps:
                 if self.max_seconds and self.out_of_time():
@@ -233,6 +233,12 @@ class TrainingRun:
                 self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
                 now = time.perf_counter()
                 self.elapsed = elapsed0 + now - t_start
+                if self.max_seconds:
+                    # The bar ends where the time budget will, at this pace (not at --steps,
+                    # which a budgeted run sets far out: its ETA read days).
+                    per_step = (self.elapsed - elapsed0) / (self.step - step0)
+                    ahead = max(0.0, self.max_seconds - self.elapsed) / max(per_step, 1e-9)
+                    self.bar.total = max(self.step, min(self.steps, self.step + round(ahead)))
                 self.bar.update(1)
                 self.after_step(loss)
                 if self.log_due():
