@@ -120,7 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="record the choice in the bundle's config.json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
+    import warnings
 
+    with warnings.catch_warnings():  # restored after: main() also runs inside other programs
+        # One line per warning, and once: every judgement evaluates the same windows, and says so.
+        warnings.simplefilter("once")
+        warnings.showwarning = lambda message, *_a, **_k: print(f"pick_temperature: warning: {message}",
+                                                              file=sys.stderr)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from worldsim.bundle import find_bundle, update_config
     from worldsim.errors import WorldsimError
     from worldsim.fileio import atomic_write_json

@@ -103,3 +103,29 @@ def test_compare_names_the_settings_two_reports_differ_in(tmp_path):
     assert "horizon (" not in out and "draws (" not in out
     same = compare([a, _report(tmp_path / "c")])
     assert "differ" not in same
+
+
+def test_too_few_windows_are_blamed_on_what_limits_them(tmp_path):
+    """The warning said "only 2 episodes of S have 16 frames" where every episode had 60 frames
+    and only 2 were held out from training."""
+    import warnings
+
+    import numpy as np
+
+    from worldsim.data.store import EpisodeStore
+    from worldsim.envs.crafter import CRAFTER_SPACE
+    from worldsim.evaluation.episodes import select_windows
+
+    store = EpisodeStore.create(tmp_path / "s", env="crafter", action_space=CRAFTER_SPACE,
+                                frame_size=(8, 8), fps=10)
+    rng = np.random.default_rng(0)
+    for i, t in enumerate((20, 20, 6)):
+        store.write_episode(f"{i:06d}", rng.integers(0, 256, (t, 8, 8, 3), dtype=np.uint8),
+                            rng.integers(0, 17, t - 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(select_windows(store, ["000000", "000001"], 4, 10, seed=0)) == 2
+        assert len(select_windows(store, ["000000", "000001", "000002"], 4, 10, seed=0)) == 2
+    said = [str(w.message) for w in caught]
+    assert "only 2 of its episodes are held out from training" in said[0]
+    assert "only 2 of its 3 held-out episodes have 10 frames" in said[1]

@@ -141,6 +141,9 @@ def select_windows(store: EpisodeStore, ids: list[str], count: int, length: int,
     if not out:
         raise WorldsimError(f"no readable episode in {store.root} has {length} frames {need}")
     if len(out) < count:
-        warnings.warn(f"only {len(out)} episodes of {store.root} have {length} frames; "
-                      f"evaluating on {len(out)} instead of {count}", stacklevel=2)
+        # Said by what limits it: the held-out episodes, or their length.
+        why = (f"{len(ids)} of its episodes are held out from training" if len(ids) < count and len(out) == len(ids)
+               else f"{len(out)} of its {len(ids)} held-out episodes have {length} frames")
+        warnings.warn(f"only {why} in {store.root}; evaluating on {len(out)} instead of {count}",
+                      stacklevel=2)
     return out
