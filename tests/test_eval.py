@@ -467,3 +467,10 @@ def test_a_one_step_horizon_reports_no_drift_and_says_its_timing_includes_warm_u
     assert one["all"]["drift"]["psnr"] is None and one["all"]["overall"]["frames"] == 2
     two = summarise(stats((1, 2)), np.zeros((1, 2), bool))
     assert two["all"]["drift"]["psnr"] == pytest.approx(10.0)  # 10 dB: a tenth of the error
+
+
+def test_eval_says_greedy_draws_repeat_one_dream(tiny_bundle, unseen_store, tmp_path, capsys):
+    """--draws N at temperature 0 did N times the work for N copies of one dream, without a word."""
+    assert _eval(tiny_bundle, unseen_store, tmp_path / "g", "--no-teacher-forced", "--videos", "0",
+                 "--no-game", "--draws", "2") == 0
+    assert "at temperature 0 (greedy) draws the model's dream the same each time" in capsys.readouterr().err

@@ -76,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
 
     args.bundle = find_bundle(args.bundle, "model to evaluate")
     temperature = play_temperature(args.bundle, args.temperature, default=0.0)
+    if args.draws > 1 and temperature == 0:
+        import warnings
+
+        warnings.warn(f"--draws {args.draws} at temperature 0 (greedy) draws the model's dream the same "
+                      "each time; only the game column's draws differ (give --temperature to sample)",
+                      stacklevel=2)
     import torch
 
     from worldsim.evaluation import EvalSettings, evaluate, summary_line
