@@ -940,7 +940,8 @@ def test_a_large_seed_trains_and_a_short_run_still_reaches_its_learning_rate(tin
     from worldsim.trainer import lr_at
 
     assert _tiny_run(tiny_tokens, tmp_path / "seed", 2, seed=2**40)["steps"] == 2
-    assert lr_at(49, 1e-3, warmup=100, steps=50) == pytest.approx(1e-3)  # the warmup cut to the run
+    # the warmup cut to half the run: the peak is reached, then the rate decays
+    assert lr_at(24, 1e-3, warmup=100, steps=50) == pytest.approx(1e-3)
 
 
 def test_ship_model_finds_a_parent_recorded_relative_to_another_working_folder(tiny_tokens, tmp_path, monkeypatch):

@@ -200,3 +200,14 @@ def test_a_time_budgeted_run_shows_a_bar_that_ends_with_the_budget(tiny_tokens, 
     r = train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny", settings=s, progress=True)
     totals = [int(t) for t in re.findall(r"\d+/(\d+) \[", capsys.readouterr().err)]
     assert totals and totals[-1] < 100000 and abs(totals[-1] - r["steps"]) <= max(2, r["steps"] // 5)
+
+
+def test_a_run_shorter_than_its_warmup_still_decays():
+    """The warmup was cut to the whole run: a 60-step run under the default warmup of 100 ended
+    at its peak learning rate, never decaying."""
+    from worldsim.trainer import lr_at
+
+    rates = [lr_at(i, 1.0, 100, 60, 0.1) for i in range(60)]
+    assert max(rates) == pytest.approx(1.0) and rates.index(max(rates)) == 29
+    assert rates[-1] < 0.15
+    assert [lr_at(i, 1.0, 4, 100) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]  # a short warmup is kept

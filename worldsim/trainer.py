@@ -44,8 +44,9 @@ def lr_at(step: int, lr: float, warmup: int, steps: int, min_ratio: float = 0.1,
     `steps`. `step` is the 0-based index of the step about to be taken. A run with a time budget
     passes the fraction of it spent: the decay then follows whichever of steps and time is
     further along, so a run that its budget ends still ends its cosine. A warmup longer than
-    the run is cut to it, so the run still reaches `lr`."""
-    warmup = min(warmup, steps)
+    half the run is cut to half, so that a short run reaches `lr` and still decays (cut to the
+    whole run, a run of the default warmup's length or less ended at its peak rate)."""
+    warmup = min(warmup, max(1, steps // 2))
     if step < warmup:
         return lr * (step + 1) / warmup
     t = min(1.0, max((step - warmup) / max(1, steps - warmup), time_fraction))

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=window_frames, default=S.frames, help="frames per window; a resumed bundle may go on with another window, "
                         "which no weight depends on (default: the preset's, or a resumed bundle's)")
     p.add_argument("--lr", type=positive_float, default=S.lr, help=f"peak learning rate (default: {S.lr})")
-    p.add_argument("--warmup", type=nonneg_int, default=S.warmup, help=f"warmup steps (default: {S.warmup})")
+    p.add_argument("--warmup", type=nonneg_int, default=S.warmup,
+                   help=f"warmup steps, at most half of --steps (default: {S.warmup})")
     p.add_argument("--dtype", default=S.dtype, choices=["auto", "bf16", "fp32"],
                    help="autocast dtype; auto uses bf16 where the device runs it fast (default: auto)")
     p.add_argument("--val-every", type=positive_int, default=S.val_every, help=f"steps between validations (default: {S.val_every})")
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from worldsim.train import TrainSettings, train
 
     s = TrainSettings(steps=args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
-                      warmup=min(args.warmup, args.steps), dtype=args.dtype, val_every=args.val_every,
+                      warmup=min(args.warmup, max(1, args.steps // 2)), dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
                       context_dreams=args.context_dreams, context_stalls=args.context_stalls,
