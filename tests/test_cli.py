@@ -233,3 +233,9 @@ def test_building_every_command_parser_imports_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_a_mistyped_option_points_at_its_commands_help(capsys):
+    """argparse said it from the top parser: "(see `worldsim --help`)", which lists commands only."""
+    line = one_line_error(["eval", "--bundel", "x"], capsys)
+    assert "unrecognized arguments: --bundel x" in line and "(see `worldsim eval --help`)" in line

@@ -52,7 +52,10 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, which points at its own --help
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     # Set for the command's run only: main() also runs inside other programs (the tests).
     old_showwarning, old_sigterm = warnings.showwarning, signal.signal(signal.SIGTERM, _terminate)
     warnings.showwarning = _warning_line

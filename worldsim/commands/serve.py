@@ -95,9 +95,11 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("websockets").setLevel(logging.WARNING)
     bundle, dev, server = build_server(args, settings)
     sched = server.scheduler
-    print(f"worldsim serve: {bundle} on {dev}, {sched.decoder.name} decoder, "
+    n = settings.max_sessions
+    print(f"worldsim serve: {bundle} on {dev}, {sched.decoder.name} decoder at temperature "
+          f"{sched.decoder.sampling.temperature:g}, "
           f"{'a frame per input' if sched.fps == 0 else f'{sched.fps:g} fps'}, "
-          f"up to {settings.max_sessions} sessions (Ctrl-C stops)", flush=True)
+          f"up to {n} session{'s' if n != 1 else ''} (Ctrl-C stops)", flush=True)
     t0 = time.monotonic()
     try:
         asyncio.run(server.serve())
