@@ -129,3 +129,16 @@ def test_too_few_windows_are_blamed_on_what_limits_them(tmp_path):
     said = [str(w.message) for w in caught]
     assert "only 2 of its episodes are held out from training" in said[0]
     assert "only 2 of its 3 held-out episodes have 10 frames" in said[1]
+
+
+def test_compare_shows_the_models_figures_under_its_decoders_only(tmp_path):
+    """The action gap and the tokenizer's flicker were repeated under the game and copy-last
+    columns, as if those had them."""
+    a = _report(tmp_path / "a")
+    r = json.loads((a / "report.json").read_text())
+    r["action_sensitivity"] = {"all": {"gap": 0.7966}}
+    (a / "report.json").write_text(json.dumps(r))
+    gap_row = next(line for line in compare([a, _report(tmp_path / "b")]).splitlines()
+                   if line.startswith("| action gap"))
+    cells = [c.strip() for c in gap_row.strip("|").split("|")][1:]
+    assert cells == ["0.7966", "", "-", ""]  # a's ar, a's copy-last, b's ar (no gap), b's copy-last

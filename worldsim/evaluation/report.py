@@ -324,8 +324,12 @@ def compare(paths: Sequence[str | Path]) -> str:
         for src in [s for s in sources(r) if s != "tokenizer"]:  # its round trip is in report.md
             cols.append((f"{i + 1}:{name} {src}", r, src))
     rows = [[metric] + [fmt(get(r, src)) for _, r, src in cols] for metric, get, fmt in _headline_rows()]
-    sens = [["action gap (nats)"] + [_num(_get(r, "action_sensitivity", "all", "gap"), ".4f") for _, r, _ in cols],
-            ["code flicker, day"] + [_pct(_get(r, "tokenizer", "day", "flicker")) for _, r, _ in cols]]
+    # The model's (action gap) and the tokenizer's (flicker) figures: under each report's
+    # decoders, not repeated under its baselines as if the game or copy-last had them.
+    sens = [["action gap (nats)"] + [_num(_get(r, "action_sensitivity", "all", "gap"), ".4f")
+                                     if src not in BASELINES else "" for _, r, src in cols],
+            ["code flicker, day"] + [_pct(_get(r, "tokenizer", "day", "flicker"))
+                                     if src not in BASELINES else "" for _, r, src in cols]]
     legend = "\n".join(f"{i + 1}: {p} ({r['bundle']}, {r['episodes']['count']} episodes, "
                        f"horizon {r['settings']['horizon']})" for i, (p, r) in enumerate(reports))
     differ = _differing_settings([r for _, r in reports])
