@@ -30,11 +30,14 @@ def test_bench_with_bundle_and_data_reports_psnr(crafter_store, tiny_tokens, tmp
     train(shards, tok, tmp_path / "wm", objective="block_diffusion", preset="tiny",
           settings=TrainSettings(steps=2, batch=2, val_every=1000, val_batches=1, warmup=1), progress=False)
     out = tmp_path / "b.json"
-    assert main(["bench", "--bundle", str(tmp_path / "wm"), "--data", str(crafter_store), "--frames", "4",
-                 "--sessions", "1", "--threads", "1", "--json", str(out)]) == 0
+    assert main(["bench", "--bundle", str(tmp_path / "wm"), "--data", str(crafter_store), "--frames", "10",
+                 "--sessions", "1,2", "--session-frames", "1", "--threads", "1", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     rows = {row["decoder"]: row for row in r["rows"]}
     assert set(rows) == {"ar", "block_diffusion"} and rows["ar"]["speed_only"]
+    # ar times the ratios' baseline only: one session (not --sessions), at most 8 frames
+    assert rows["ar"]["frames"] == 8 and set(rows["ar"]["sessions_fps"]) == {"1"}
+    assert rows["block_diffusion"]["frames"] == 10 and set(rows["block_diffusion"]["sessions_fps"]) == {"1", "2"}
     bd = rows["block_diffusion"]
     assert not bd["speed_only"] and bd["image_decode"] and bd["decode_ms"] > 0
     assert 0 < bd["psnr"] < 100 and 0 < bd["copy_last_psnr"]
