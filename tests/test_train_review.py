@@ -211,3 +211,25 @@ def test_a_run_shorter_than_its_warmup_still_decays():
     assert max(rates) == pytest.approx(1.0) and rates.index(max(rates)) == 29
     assert rates[-1] < 0.15
     assert [lr_at(i, 1.0, 4, 100) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]  # a short warmup is kept
+
+
+def test_a_run_its_time_budget_ended_is_done_when_run_again(tiny_tokens, tmp_path, capsys):
+    """Run again, a --max-minutes run resumed, validated and wrote its bundle over itself."""
+    from worldsim.cli import main
+    from worldsim.fileio import file_sha256
+
+    tok, shards = tiny_tokens
+    argv = ["train", "--shards", str(shards), "--tokenizer", str(tok), "--out", str(tmp_path / "wm"),
+            "--preset", "tiny", "--objective", "block_diffusion", "--no-progress", "--batch", "2",
+            "--steps", "100000", "--max-minutes", "0.02", "--val-every", "100000"]
+    assert main(argv) == 0
+    weights = tmp_path / "wm" / "model.safetensors"
+    sha = file_sha256(weights)
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "--max-minutes 0.02" in out and "resuming" not in out
+    assert file_sha256(weights) == sha
+    argv[argv.index("0.02")] = "0.04"
+    assert main(argv) == 0
+    assert "resuming from step" in capsys.readouterr().out

@@ -276,14 +276,20 @@ class WorldModelRun(TrainingRun):
     def finished(self) -> dict[str, Any] | None:
         """The metrics of a bundle already trained to `steps`, or None if there is work to do."""
         state = self.saved_state()
-        if state is None or int(state.get("step", 0)) < self.steps:
+        if state is None:
+            return None
+        # A run its --max-minutes ended is done too: run again, it would only validate and
+        # write the same bundle over itself.
+        spent = bool(self.max_seconds) and float(state.get("seconds", 0.0)) >= self.max_seconds
+        if int(state.get("step", 0)) < self.steps and not spent:
             return None
         if not (self.out / "model.safetensors").is_file():
             return None  # trained, but stopped before the bundle was written: write it now
         metrics = bundle.read_config(self.out).get("model_metrics")
         if metrics is None or metrics.get("steps") != int(state["step"]):
             return None  # no bundle yet, or an earlier leg's: this leg's weights are still to write
-        return {**metrics, "steps": int(state["step"]), "finished": True, "rank": self.ddp.rank}
+        return {**metrics, "steps": int(state["step"]), "finished": True, "rank": self.ddp.rank,
+                "budget_spent": spent and int(state["step"]) < self.steps}
 
     def write_bundle_config(self) -> None:
         """Check --out can take this model and record what it is trained on (rank 0 only)."""

@@ -122,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
                       width=args.width, depth=args.depth, init=str(args.init or ""), log_every=args.log_every)
     r = train(args.shards, args.tokenizer, args.out, objective=args.objective, preset=args.preset,
               settings=s, device=args.device, progress=not args.no_progress)
-    if r.get("rank", 0) == 0 and r.get("finished"):
+    if r.get("rank", 0) == 0 and r.get("budget_spent"):
+        print(f"nothing to do: {args.out} has trained its --max-minutes {args.max_minutes:g} ({r['steps']} "
+              f"steps, val loss {r['val_loss']:.4f}); raise --max-minutes to train it further, or "
+              "choose another --out")
+    elif r.get("rank", 0) == 0 and r.get("finished"):
         print(f"nothing to do: {args.out} is already trained to {r['steps']} steps (val loss "
               f"{r['val_loss']:.4f}); raise --steps to train it further, or choose another --out")
     elif r.get("rank", 0) == 0:
