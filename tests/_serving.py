@@ -72,3 +72,15 @@ def running_server(bundle_dir: Path, fps: float = 0, max_sessions: int = 4, scen
         yield thread
     finally:
         thread.stop()
+
+
+def wait_until(cond, timeout: float) -> bool:
+    """Poll `cond` until it holds or `timeout` seconds pass; its last answer."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from _scripts import caught_parser
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 # cuda_check.py runs the GPU checks without options; _windows.py is their shared part.
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("_windows", "cuda_check"))
@@ -19,21 +21,8 @@ def _parser(name: str, monkeypatch) -> argparse.ArgumentParser:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    caught = []
-
-    class Caught(Exception):
-        pass
-
-    def grab(self, args=None, namespace=None):
-        caught.append(self)
-        raise Caught
-
-    with monkeypatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", grab)
-        m.setattr(sys, "argv", [f"{name}.py"])
-        with pytest.raises(Caught):
-            mod.main()
-    return caught[0]
+    monkeypatch.setattr(sys, "argv", [f"{name}.py"])
+    return caught_parser(mod.main)
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

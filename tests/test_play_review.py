@@ -3,7 +3,6 @@
 
 import os
 import threading
-import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -14,7 +13,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 from worldsim import protocol as P  # noqa: E402
 from worldsim.envs.crafter import CRAFTER_SPACE  # noqa: E402
 
-from _serving import SIZE, running_server, tiny_bundle  # noqa: E402
+from _serving import SIZE, running_server, tiny_bundle, wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +44,6 @@ def play(ws, seq, action):
             ws.send(P.pack(P.Ack(index=msg.index)))
             if msg.seq >= seq:
                 return msg
-
-
-def wait_until(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_a_session_that_fails_while_its_config_waits_leaves_the_scheduler_serving_others(bundle):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _scripts import load_script
+from _scripts import caught_parser, load_script
 from _serving import tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,20 +21,7 @@ def _one_line(err: str) -> bool:
 
 def _parser(mod, argv: list[str]) -> argparse.ArgumentParser:
     """The parser `mod.main` builds, caught as it is asked to parse `argv`."""
-    caught = []
-
-    class Caught(Exception):
-        pass
-
-    def grab(self, args=None, namespace=None):
-        caught.append(self)
-        raise Caught
-
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(argparse.ArgumentParser, "parse_args", grab)
-        with pytest.raises(Caught):
-            mod.main(argv)
-    return caught[0]
+    return caught_parser(lambda: mod.main(argv))
 
 
 def _undocumented(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:

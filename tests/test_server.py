@@ -20,7 +20,7 @@ from worldsim.cli import main
 from worldsim.data.store import EpisodeStore
 from worldsim.inference.server import Game, ServeError, ServerSettings
 
-from _serving import SIZE, running_server, scene_store, tiny_bundle
+from _serving import SIZE, running_server, scene_store, tiny_bundle, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +80,6 @@ def jpeg_pixels(data):
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def wait_until(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_a_session_plays_50_frames_with_ground_truth(server):
