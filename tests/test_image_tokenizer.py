@@ -105,3 +105,20 @@ def test_killed_training_resumes_from_checkpoint(crafter_store, tmp_path):
     assert f"resuming from step {killed_at}" in r.stdout
     assert f"{target} steps" in r.stdout
     assert read_config(out)["image_tokenizer_metrics"]["steps"] == target
+
+
+def test_the_mineworld_preset_has_mineworlds_token_shape():
+    """DESIGN.md's MineRL layout: 224x384 frames as 14x24 = 336 tokens of an 8192-code book, the
+    shape the mineworld-300m model preset reads."""
+    from worldsim.model import preset_config
+
+    cfg = PRESETS["mineworld"]
+    model = preset_config("mineworld-300m")
+    assert cfg.grid == model.grid == (14, 24) and cfg.tokens_per_frame == model.tokens_per_frame == 336
+    assert cfg.codebook_size == model.codebook_size == 8192
+    torch.manual_seed(0)
+    tok = ImageTokenizer(cfg).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (1, 224, 384, 3), dtype=np.uint8)
+    codes = tok.encode(frames)
+    assert codes.shape == (1, 336) and int(codes.max()) < 8192
+    assert tuple(tok.decode(codes).shape) == (1, 224, 384, 3)

@@ -72,6 +72,9 @@ PRESETS: dict[str, ImageTokenizerConfig] = {
                                  dec_blocks=1, codebook_size=64, code_dim=8),
     # The default Crafter tokenizer: 72x72 -> 9x9 tokens, 1024 codes.
     "crafter": ImageTokenizerConfig(),
+    # MineWorld's token shape (DESIGN.md): 224x384 MineRL frames -> 14x24 = 336 tokens of 8192
+    # codes, which the `mineworld-300m` model preset reads.
+    "mineworld": ImageTokenizerConfig(height=224, width=384, patch=16, codebook_size=8192),
 }
 
 

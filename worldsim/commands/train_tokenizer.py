@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tile: codebook size (default: the preset's, 256 for crafter)")
     p.add_argument("--data", type=existing_dir, required=True, help="episode store folder (from `worldsim collect`)")
     p.add_argument("--out", type=out_dir, required=True, help="bundle folder to write (resumes if it has a checkpoint)")
-    p.add_argument("--preset", default="crafter", help="tokenizer preset: tiny | crafter (default: crafter)")
+    p.add_argument("--preset", default="crafter",
+                   help="tokenizer preset: tiny | crafter (72x72 -> 9x9 tokens) | mineworld (VQ only: MineRL's "
+                        "224x384 -> 14x24 = 336 tokens of 8192 codes, MineWorld's shape) (default: crafter)")
     # The VQ-only flags default to None, so that one given with --kind tile is refused, not ignored.
     p.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default: {S.steps})")
     p.add_argument("--batch", type=positive_int, default=None, help=f"frames per step (default: {S.batch})")
