@@ -159,6 +159,10 @@ class GameWindow:
         self.motion = [0.0, 0.0]  # mouse motion since the last action sent
         self.last_sent: Any = None
         self.last_message = time.monotonic()  # when the window last sent the server anything
+        # While paused, a message often enough that the server's announced idle timeout (a
+        # third of it, so that one late message still keeps the game) never closes the game.
+        idle = (w.limits or {}).get("idle_timeout_s") or 0
+        self.keepalive_s = min(KEEPALIVE_S, idle / 3) if idle > 0 else KEEPALIVE_S
         self.new_frame = True  # a frame arrived since the last action was sent
         self.paused = self.hud = self.quit = False
         self.mouse_captured = False
@@ -204,7 +208,7 @@ class GameWindow:
                         break
                     if not self.paused:
                         self._send_input()
-                    elif time.monotonic() - self.last_message > KEEPALIVE_S:
+                    elif time.monotonic() - self.last_message > self.keepalive_s:
                         self.conn.configure(paused=True)  # a paused player is not an idle one
                         self.last_message = time.monotonic()
                 except ConnectionFailed:

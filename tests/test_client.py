@@ -395,3 +395,14 @@ def test_no_display_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["play", "--frames", "1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot open a window" in err and "SDL_VIDEODRIVER=dummy" in err
+
+
+def test_a_paused_window_keeps_the_game_within_the_servers_idle_timeout(tmp_path):
+    """The window sent its keep-alive every 30 s whatever the server announced: a server with
+    --idle-timeout 5 closed a paused game."""
+    for limits, every in (({"idle_timeout_s": 5.0}, 5.0 / 3), ({}, 30.0), ({"idle_timeout_s": 600.0}, 30.0)):
+        window = GameWindow(_FakeConn(_welcome(limits=limits)), out_dir=tmp_path)
+        try:
+            assert window.keepalive_s == pytest.approx(every)
+        finally:
+            window.close()
