@@ -317,6 +317,8 @@ class Connection:
     dropped_messages: int = 0
     close_code: int = CLOSE_NORMAL
     close_reason: str = ""
+    closed_by: str = "client"  # or "server": who sent the close first
+    last_seq: int | None = None  # of the last action taken: seq must increase
 
     def summary(self) -> str:
         span = (self.last_frame - self.first_frame) if self.frames > 1 else 0.0
@@ -325,9 +327,14 @@ class Connection:
         lat_s = (f"latency median {statistics.median(lat):.1f} ms p95 {float(np.percentile(lat, 95)):.1f} ms"
                  if lat else "latency -")
         sess = f"session {self.sid}" if self.sid is not None else "no session"
-        return (f"{self.peer} {sess}: {self.frames} frames in {time.monotonic() - self.opened:.1f} s "
-                f"({fps:.1f} fps), {lat_s}, {self.errors} errors; closed {self.close_code} "
-                f"{self.close_reason or '(client)'}")
+        return (f"{self.peer} {sess}: {self.frames} frames in {time.monotonic() - self.opened:.1f} s open "
+                f"({fps:.1f} fps while frames came), {lat_s}, {self.errors} errors; closed {self.close_code}"
+                f"{' ' + self.close_reason if self.close_reason else ''} by the {self.closed_by}")
+
+
+def ws_url(host: str, port: int) -> str:
+    """The address a client dials: an IPv6 host goes in brackets (ws://[::1]:8765)."""
+    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
 
 
 def encode_image(image: np.ndarray, encoding: str, quality: int) -> bytes:
@@ -368,7 +375,7 @@ class FrameServer:
         async with server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
-            log.info("listening on ws://%s:%d", s.host, self.port)
+            log.info("listening on %s", ws_url(s.host, self.port))
             if ready is not None:
                 ready.set()
             await self._stop.wait()
@@ -406,17 +413,22 @@ class FrameServer:
             await self._open(conn, hello)
             await self._play(conn)
         except Closing as c:
-            conn.close_code, conn.close_reason = c.code, c.reason
+            conn.close_code, conn.close_reason, conn.closed_by = c.code, c.reason, "server"
             if c.error is not None:
                 await self._send_quietly(conn, c.error)
             await self._close(ws, c.code, c.reason)
         except websockets.ConnectionClosed as e:
-            rcvd = e.rcvd
-            conn.close_code = rcvd.code if rcvd else ws.close_code or CLOSE_GOING_AWAY
-            conn.close_reason = (rcvd.reason if rcvd else "") or ("message too big" if conn.close_code == 1009 else "")
+            rcvd, sent = e.rcvd, e.sent
+            if sent is not None and (rcvd is None or e.rcvd_then_sent is False):
+                # The server closed first: a message over the size limit, or a shutdown.
+                conn.closed_by, frame = "server", sent
+            else:
+                frame = rcvd
+            conn.close_code = frame.code if frame else ws.close_code or CLOSE_GOING_AWAY
+            conn.close_reason = (frame.reason if frame else "") or ("message too big" if conn.close_code == 1009 else "")
         except Exception as e:  # a fault of the server's or its game's: the client hears why
             log.exception("the session of %s failed", conn.peer)
-            conn.close_code, conn.close_reason = CLOSE_INTERNAL, "internal error"
+            conn.close_code, conn.close_reason, conn.closed_by = CLOSE_INTERNAL, "internal error", "server"
             await self._send_quietly(conn, P.Error(P.INTERNAL, f"the server failed: {type(e).__name__}: {e}"))
             await self._close(ws, CLOSE_INTERNAL, "internal error")
         finally:
@@ -561,7 +573,12 @@ class FrameServer:
         if isinstance(msg, P.Ack):
             conn.outbox.ack(msg.index)
         elif isinstance(msg, P.Action):
+            if conn.last_seq is not None and msg.seq <= conn.last_seq:
+                # Frames carry the seq of the last action they include: one that went back would
+                # make a client's "first frame with seq >= s" wrong.
+                raise P.ProtocolError(P.BAD_FIELD, f"field 'seq' must increase: {msg.seq} after {conn.last_seq}")
             action = P.check_action(msg.action, self.game.space.to_dict())
+            conn.last_seq = msg.seq
             self.scheduler.submit(conn.sid, action, msg.seq, received)
         elif isinstance(msg, P.Reset):
             if msg.seed is not None:
@@ -685,7 +702,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.server.settings.host}:{self.server.port}"
+        return ws_url(self.server.settings.host, self.server.port)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.server.stop()

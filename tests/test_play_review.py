@@ -264,3 +264,41 @@ def test_an_action_the_server_refuses_raises_its_reason_and_the_session_goes_on(
                 c.step("left")
             frame = c.step(3)
             assert frame.action == 3 and frame.seq == 2  # the third action sent (from 0): it goes on
+
+
+def test_an_action_whose_seq_goes_back_is_refused_and_the_session_goes_on(bundle):
+    """A seq that went back was taken, and frames carried it: a client's "first frame with
+    seq >= s" then read a frame that did not include its action."""
+    with running_server(bundle, fps=0, max_sessions=1) as s:
+        ws, _ = join(s.url)
+        try:
+            assert play(ws, 5, 3).seq == 5
+            ws.send(P.pack(P.Action(seq=2, action=4)))
+            err = recv(ws)
+            while isinstance(err, P.Frame):  # a frame already on its way
+                ws.send(P.pack(P.Ack(index=err.index)))
+                err = recv(ws)
+            assert isinstance(err, P.Error) and err.code == P.BAD_FIELD and "'seq' must increase" in err.message
+            assert play(ws, 6, 4).seq == 6
+        finally:
+            ws.close()
+
+
+def test_the_server_log_says_who_closed_and_an_ipv6_url_dials(bundle, caplog):
+    """A message over the size limit, which the server closes on, was logged "closed 1006
+    (client)"; an IPv6 address was printed as ws://::1:PORT, which no client can dial."""
+    import logging
+
+    from worldsim.inference.server import ws_url
+
+    assert ws_url("::1", 8765) == "ws://[::1]:8765" and ws_url("127.0.0.1", 8765) == "ws://127.0.0.1:8765"
+    with caplog.at_level(logging.INFO, logger="worldsim.server"):
+        with running_server(bundle, fps=0, max_sessions=1) as s:
+            ws, _ = join(s.url)
+            ws.send(b"\x00" * (P.MAX_CLIENT_MESSAGE + 100))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    recv(ws)
+            assert wait_until(lambda: any("closed 1009" in r.message for r in caplog.records), 10)
+    line = next(r.message for r in caplog.records if "closed 1009" in r.message)
+    assert line.endswith("by the server"), line

@@ -343,10 +343,10 @@ def test_minerl_button_actions(tmp_path):
         assert welcome.action_space == MINERL_SPACE.to_dict() and first.step == 0
         frame = play(ws, 0, {"forward": 1, "jump": True, "camera": [5.0, -3.0]})
         assert frame.seq == 0 and frame.step == 1
-        for bad in ({"fly": 1}, 3):
+        for i, bad in enumerate(({"fly": 1}, 3)):  # seq increases with every action
             errors = []
-            ws.send(P.pack(P.Action(seq=1, action=bad)))
-            play(ws, 2, {}, errors)
+            ws.send(P.pack(P.Action(seq=1 + 2 * i, action=bad)))
+            play(ws, 2 + 2 * i, {}, errors)
             assert [e.code for e in errors] == [P.BAD_ACTION]
         ws.close()
 
