@@ -142,3 +142,20 @@ def test_compare_shows_the_models_figures_under_its_decoders_only(tmp_path):
                    if line.startswith("| action gap"))
     cells = [c.strip() for c in gap_row.strip("|").split("|")][1:]
     assert cells == ["0.7966", "", "-", ""]  # a's ar, a's copy-last, b's ar (no gap), b's copy-last
+
+
+def test_a_report_on_another_game_leaves_out_crafters_rows_and_says_why(tmp_path, capsys):
+    """On a MineRL store the scroll and own-world rows were dashes, and tiles from nowhere a
+    figure that reads Crafter's tile map, with no word of why."""
+    from _serving import scene_store, tiny_bundle
+    from worldsim.cli import main
+
+    bundle = tiny_bundle(tmp_path / "b", game="minerl")
+    store = scene_store(tmp_path / "s", game="minerl", steps=12)
+    assert main(["eval", "--bundle", str(bundle), "--data", str(store), "--episodes", "1", "--horizon", "3",
+                 "--videos", "0", "--no-teacher-forced", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "(minerl) the rows that read Crafter's view are left out" in md
+    headline = md.split("## Headline")[1].split("\n\n")[1]
+    assert "PSNR dB" in headline and "scroll agreement" not in headline and "tiles from nowhere" not in headline

@@ -73,6 +73,12 @@ def _headline_rows() -> list[tuple[str, Any, Any]]:
     ]
 
 
+# Headline rows that read Crafter's tile map (left out of a report on another game).
+_CRAFTER_ROWS = frozenset({"scroll agreement (real scrolls)", "scroll agreement, 1 step", "false scroll (real still)",
+                           "keys followed on an open way, own world", "walks through a wall, own world",
+                           "tiles from nowhere per frame, day (tokenizer: the game's own)"})
+
+
 def _idm(r: dict[str, Any], src: str) -> float | None:
     if not isinstance(r.get("idm"), dict) or src in ("copy-last", "tokenizer"):
         return None
@@ -146,8 +152,15 @@ def markdown(r: dict[str, Any]) -> str:
         out += [f"Every rollout (and the game) was drawn {draws} times with other sampling seeds; the "
                 "rollout figures pool the draws. IDM scores, the videos and the one-step figures are "
                 "from the first draw.", ""]
+    crafter = r.get("env", "crafter") == "crafter"
+    if not crafter:
+        out += [f"On this store's game ({r.get('env')}) the rows that read Crafter's view are left out: scroll "
+                "agreement and false scrolls (its map scrolls by whole tiles under a player at its centre), "
+                "the own-world rows, tiles from nowhere, and the game column (only Crafter episodes replay "
+                "as games). The IDM scores are the ones its report names.", ""]
     out += ["## Headline", ""]
-    rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()]
+    rows = [[name] + [fmt(get(r, src)) for src in srcs] for name, get, fmt in _headline_rows()
+            if crafter or name not in _CRAFTER_ROWS]
     out += [_table(["metric"] + srcs, rows), ""]
     per = [src for src in srcs if _get(r, "quality", src, "rollout_draws")]
     if per:
