@@ -302,3 +302,20 @@ def test_info_on_a_training_run_in_progress(tmp_path, capsys):
     row = info_row(folder, capsys)
     assert "no weights yet: a training run that has not finished (its checkpoint is at step 1,200)" in row
     assert "missing" not in row
+
+
+def test_json_files_hold_no_nan(tmp_path):
+    """An IDM's metrics (an F1 of a key group never pressed) went into config.json as `NaN`,
+    which is no JSON: every reader but Python's refuses the file."""
+    import json
+    import math
+
+    from worldsim.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "c.json", {"f1": {"drop": math.nan, "jump": 0.5}, "x": [math.inf, 1.0]})
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    assert json.loads((tmp_path / "c.json").read_text(), parse_constant=refuse) == \
+        {"f1": {"drop": None, "jump": 0.5}, "x": [None, 1.0]}

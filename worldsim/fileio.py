@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import tempfile
@@ -109,9 +110,21 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """`obj` as JSON, a NaN or infinity written as null: JSON has no such numbers, and Python's
+    `NaN` in a file is refused by every other reader (a browser, jq, another language)."""
     with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(_finite(obj), f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def atomic_save_npz(path: str | os.PathLike, compress: bool = True, **arrays: np.ndarray) -> None:
