@@ -129,3 +129,16 @@ def test_idm_error_inside_a_step_is_not_saved(crafter_store, tmp_path, monkeypat
 
     a, b = (load_file(str(tmp_path / d / "idm.safetensors")) for d in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_idm_says_the_camera_error_of_a_minerl_idm(monkeypatch, tmp_path, capsys):
+    """The help promised MineRL's camera bin error; the summary line left it out."""
+    import worldsim.idm
+    from worldsim.cli import main
+
+    held = {"forward|back": {"macro_f1": 0.5}, "camera_bin_error": 0.267, "headline": 0.5}
+    monkeypatch.setattr(worldsim.idm, "train_idm", lambda *a, **k: {
+        "steps": 3, "seconds": 6.0, "heldout_pairs": 10, "heldout": held})
+    (tmp_path / "d").mkdir()
+    assert main(["train-idm", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 0
+    assert "forward|back F1 0.500, camera 0.267 bins off" in capsys.readouterr().out

@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
                   progress=not args.no_progress)
     h = r["heldout"]
     groups = ", ".join(f"{k} F1 {v['macro_f1']:.3f}" for k, v in h.items() if isinstance(v, dict))
+    if h.get("camera_bin_error") is not None:  # MineRL: how far its camera is off, in bins
+        groups += f", camera {h['camera_bin_error']:.3f} bins off"
     print(f"idm: {r['steps']} steps in {r['seconds'] / 60:.1f} min; held-out {r['heldout_pairs']} pairs: "
           f"{groups} -> {args.out}")
     return 0
