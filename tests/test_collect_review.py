@@ -206,3 +206,15 @@ def test_collect_crafter_defaults_are_unchanged(tmp_path, monkeypatch):
     assert main(["collect", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     assert seen == {"episodes": 20, "steps": 200, "seed": 0, "size": 72,
                     "workers": min(4, os.cpu_count() or 1), "idle_do": 0.0}
+
+
+@pytest.mark.parametrize("size", ["64x95", "36", "100x60"])
+def test_collect_from_vpt_refuses_a_size_no_tokenizer_reads(size, tmp_path, capsys):
+    """A 64x95 store converted fine, then every image tokenizer refused it (8-pixel patches):
+    hours of conversion for frames nothing reads."""
+    from _cli import one_line_error
+
+    (tmp_path / "vpt").mkdir()
+    line = one_line_error(["collect", "--from-vpt", str(tmp_path / "vpt"), "--size", size,
+                           "--out", str(tmp_path / "o")], capsys)
+    assert "multiples of 8" in line and not (tmp_path / "o").exists()

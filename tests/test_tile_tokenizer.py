@@ -194,3 +194,18 @@ def test_a_tile_tokenizer_is_fitted_once_per_out(tmp_path, capsys):
     argv[4] = str(tmp_path / "b")
     assert main(argv) == 2
     assert "fit into another --out" in capsys.readouterr().err and file_sha256(weights) == sha
+
+
+def test_a_tile_fit_on_another_game_says_the_vq_tokenizer_fits_it(tmp_path):
+    from worldsim.data.store import EpisodeStore
+    from worldsim.envs.minerl_space import MINERL_SPACE
+    from worldsim.fit_tiles import fit_tile_tokenizer
+
+    store = EpisodeStore.create(tmp_path / "s", env="minerl", action_space=MINERL_SPACE, frame_size=(32, 32), fps=20)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        store.write_episode(f"{i:06d}", rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
+                            np.zeros((4, MINERL_SPACE.width), np.float32))
+    store.refresh()
+    with pytest.warns(UserWarning, match=r"for minerl frames the VQ tokenizer \(--kind vq\) is the one"):
+        fit_tile_tokenizer(store.root, tmp_path / "tok", preset="tiny", progress=False)

@@ -52,6 +52,12 @@ def fit_tile_tokenizer(data: str | Path, out: str | Path, preset: str = "crafter
         over["light"] = light
     elif store.info.env != "crafter":
         over["light"] = "none"  # only Crafter's light model is known
+    if store.info.env != "crafter":
+        import warnings
+
+        warnings.warn(f"the tile tokenizer gives one code per fixed {over.get('patch', PRESETS[preset].patch)}-pixel "
+                      f"tile, which fits a game drawn in tiles (Crafter); for {store.info.env} frames the VQ "
+                      "tokenizer (--kind vq) is the one", stacklevel=2)
     if store.info.env == "crafter" and preset == "crafter" and h == w and h % 9 == 0:
         # Crafter draws its view 9 tiles across at any size: one token per game tile (8 pixels
         # at 72x72), where the preset's 8-pixel patch would straddle tiles of another size.

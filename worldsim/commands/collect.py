@@ -114,6 +114,10 @@ def _run_vpt(args: argparse.Namespace) -> int:
 
     from worldsim.data.vpt import VPTWarning, convert_vpt, find_recordings
 
+    h, w = args.size or (224, 384)
+    if h % 8 or w % 8:  # said before hours of video are converted into frames nothing reads
+        raise WorldsimError(f"--size {h}x{w}: the image tokenizers read frames in 8-pixel patches (16 for "
+                            "--preset mineworld); give sides that are multiples of 8, as the default 224x384")
     with warnings.catch_warnings():  # convert_vpt names unpaired files itself
         warnings.simplefilter("ignore", VPTWarning)
         found = len(find_recordings(args.from_vpt))
