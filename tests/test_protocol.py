@@ -56,10 +56,10 @@ def raw(d):
 
 
 @pytest.mark.parametrize("data, code, words", [
-    (b"\xc1", P.BAD_MESSAGE, "not a msgpack"),  # 0xc1 is never used in msgpack
-    (raw({"type": "ack", "index": 1}) + b"\x00", P.BAD_MESSAGE, "ExtraData"),
+    (b"\xc1", P.BAD_MESSAGE, "do not decode as msgpack"),  # 0xc1 is never used in msgpack
+    (raw({"type": "ack", "index": 1}) + b"\x00", P.BAD_MESSAGE, "bytes after the msgpack message"),
     (raw([1, 2, 3]), P.BAD_MESSAGE, "is a map"),
-    (raw({"index": 1}), P.UNKNOWN_TYPE, "None"),
+    (raw({"index": 1}), P.UNKNOWN_TYPE, "needs a 'type' field"),
     (raw({"type": "teleport"}), P.UNKNOWN_TYPE, "teleport"),
     (raw({"type": "action", "seq": 1}), P.BAD_FIELD, "'action' is required"),
     (raw({"type": "action", "seq": "1", "action": 2}), P.BAD_FIELD, "'seq' must be an integer"),
@@ -143,3 +143,18 @@ def test_protocol_and_client_import_no_torch():
             "print(extra); sys.exit(1 if extra else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("data, code, says", [
+    (msgpack.packb({"seq": 1}), P.UNKNOWN_TYPE, "needs a 'type' field"),
+    (msgpack.packb({"type": 5}), P.UNKNOWN_TYPE, "unknown message type 5"),
+    (msgpack.packb({"type": "reset"}) + b"\x01", P.BAD_MESSAGE, "bytes after the msgpack message"),
+    (b"\xc1\xc1", P.BAD_MESSAGE, "do not decode as msgpack"),
+    (msgpack.packb({1: 2}), P.BAD_MESSAGE, "a map key that is not a string"),
+])
+def test_a_bad_message_is_said_in_the_clients_terms(data, code, says):
+    """The replies named Python's types and exceptions: "unknown message type 'NoneType'" for a
+    map without a type, "not a msgpack message: ExtraData"."""
+    with pytest.raises(P.ProtocolError) as e:
+        P.unpack(data, P.MAX_CLIENT_MESSAGE, P.CLIENT_TYPES)
+    assert e.value.code == code and says in str(e.value)

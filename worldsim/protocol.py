@@ -335,15 +335,22 @@ def unpack(data: bytes | str, max_bytes: int = MAX_SERVER_MESSAGE,
         d = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True,
                             max_str_len=max_bytes, max_bin_len=max_bytes, max_array_len=4096,
                             max_map_len=4096, max_ext_len=0)
+    except msgpack.ExtraData:
+        raise ProtocolError(BAD_MESSAGE, "bytes after the msgpack message: one message a frame") from None
     except (ValueError, TypeError, msgpack.UnpackException) as e:
-        # msgpack's own errors (ExtraData, FormatError, StackError) subclass ValueError.
-        raise ProtocolError(BAD_MESSAGE, f"not a msgpack message: {type(e).__name__}") from None
+        # msgpack's own errors (FormatError, StackError) subclass ValueError; a map key that is
+        # not a string is refused by strict_map_key with a ValueError too.
+        what = ("a map key that is not a string" if "key" in str(e).lower() else
+                "bytes that do not decode as msgpack")
+        raise ProtocolError(BAD_MESSAGE, f"not a message: {what}") from None
     if not isinstance(d, dict):
         raise ProtocolError(BAD_MESSAGE, f"a message is a map, got {type(d).__name__}")
     kind = d.get("type")
+    if kind is None:
+        raise ProtocolError(UNKNOWN_TYPE, "a message needs a 'type' field")
     if not isinstance(kind, str) or kind not in SCHEMA or (types is not None and kind not in types):
-        shown = kind if isinstance(kind, str) and len(kind) <= 32 else type(kind).__name__
-        raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {shown!r}")
+        shown = repr(kind)[:32] if isinstance(kind, (str, int, float, bool)) else f"a {type(kind).__name__}"
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {shown}")
     cls, spec = SCHEMA[kind]
     unknown = [k for k in d if k != "type" and k not in spec]
     # A server may add fields to its messages within a version (a client skips what it does not
