@@ -105,7 +105,9 @@ class DecoderSettings:
             raise ValueError(f"sampling must be SamplingSettings, got {type(self.sampling).__name__}")
         name = auto_decoder(objective) if self.name == "auto" else self.name
         if name not in DECODERS:
-            raise ValueError(f"unknown decoder {name!r}; choose one of {', '.join(DECODERS)}")
+            # The ones that fit this model: a name of the registry that does not would be refused next.
+            raise ValueError(f"unknown decoder {name!r}; a model trained with {objective!r} decodes with "
+                             f"{' or '.join(valid_decoders(objective))}")
         if DECODERS[name].OBJECTIVE != objective:
             raise ValueError(f"decoder {name!r} does not fit a model trained with {objective!r}; "
                              f"use {' or '.join(valid_decoders(objective))}")
