@@ -302,3 +302,17 @@ def test_the_server_log_says_who_closed_and_an_ipv6_url_dials(bundle, caplog):
             assert wait_until(lambda: any("closed 1009" in r.message for r in caplog.records), 10)
     line = next(r.message for r in caplog.records if "closed 1009" in r.message)
     assert line.endswith("by the server"), line
+
+
+def test_play_stopped_by_ctrl_c_still_prints_its_summary(bundle, tmp_path, monkeypatch, capsys):
+    from worldsim.cli import main
+    from worldsim.client.game import GameWindow
+
+    def run(self, max_frames=None):
+        self.frames_shown = 7
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GameWindow, "run", run)
+    assert main(["play", "--bundle", str(bundle), "--fps", "0", "--device", "cpu", "--out", str(tmp_path)]) == 130
+    captured = capsys.readouterr()
+    assert "worldsim play: 7 frames from ws://" in captured.out and "interrupted" in captured.err

@@ -106,8 +106,11 @@ def play(args: argparse.Namespace, url: str | None) -> int:
                 window = GameWindow(conn, scale=args.scale, out_dir=args.out, autopilot=args.autoplay, gif=args.gif)
             except NoWindow as e:
                 raise WorldsimError(no_window(e)) from None
+            interrupted = False
             try:
                 shown = window.run(max_frames=args.frames or None)
+            except KeyboardInterrupt:  # Ctrl-C ends a game as the window does: the summary still comes
+                interrupted, shown = True, window.frames_shown
             finally:
                 window.close()
         finally:
@@ -115,6 +118,8 @@ def play(args: argparse.Namespace, url: str | None) -> int:
         lat = conn.median_latency()
         print(f"worldsim play: {shown} frame{'' if shown == 1 else 's'} from {url}"
               + (f", median action-to-frame latency {lat:.1f} ms" if lat is not None else ""))
+        if interrupted:
+            raise KeyboardInterrupt
     finally:
         if embedded is not None:
             embedded.stop()
