@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from worldsim.data.store import EpisodeStore, StoreError
+from worldsim.fileio import clean_stale_temps
 from worldsim.envs.crafter import CRAFTER_FPS, CRAFTER_SPACE, CrafterEnv, ExplorerPolicy
 
 
@@ -197,6 +198,8 @@ def collect_crafter(out: str | Path, episodes: int, steps: int, seed: int = 0, s
     finally:
         bar.close()
         summary["seconds"] = time.perf_counter() - t0
+        # Every worker has stopped: what a killed one was writing is a temporary nobody finishes.
+        clean_stale_temps(Path(out) / "episodes")
         info = store.refresh(episodes_requested=episodes, steps=steps)
         summary["store_episodes"] = info.episodes
         summary["store_frames"] = info.frames
