@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         ffmpeg = "no (pip install imageio-ffmpeg)"
     rows.append(("mp4 (ffmpeg)", ffmpeg))
     rows.append(("minerl", _version("minerl") if _available("minerl")
-                 else "no (needs MineRL 1.0 and Java 8; see minerl.readthedocs.io)"))
+                 else "no (needs MineRL 1.0 and Java 8; see minerl.readthedocs.io; "
+                      "`collect --from-vpt` reads VPT recordings without it)"))
     from worldsim.bundle import BundleError, find_bundle
 
     if args.bundle is not None:
