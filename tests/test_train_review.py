@@ -233,3 +233,18 @@ def test_a_run_its_time_budget_ended_is_done_when_run_again(tiny_tokens, tmp_pat
     argv[argv.index("0.02")] = "0.04"
     assert main(argv) == 0
     assert "resuming from step" in capsys.readouterr().out
+
+
+def test_a_resume_with_more_steps_reports_no_warmup_change(tiny_tokens, tmp_path, capsys):
+    """The command line cut --warmup to the run before recording it, so a resume with more
+    --steps said "--warmup 1 -> 2" though the warmup given was the same (the cut is lr_at's)."""
+    from worldsim.cli import main
+
+    tok, shards = tiny_tokens
+    base = ["train", "--shards", str(shards), "--tokenizer", str(tok), "--out", str(tmp_path / "wm"),
+            "--preset", "tiny", "--objective", "block_diffusion", "--no-progress", "--batch", "2",
+            "--val-every", "1000"]
+    assert main(base + ["--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--steps", "4"]) == 0
+    assert "other settings" not in capsys.readouterr().out

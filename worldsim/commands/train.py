@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from worldsim.train import TrainSettings, train
 
     s = TrainSettings(steps=args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
-                      warmup=min(args.warmup, max(1, args.steps // 2)), dtype=args.dtype, val_every=args.val_every,
+                      warmup=args.warmup, dtype=args.dtype, val_every=args.val_every,
                       seed=args.seed, checkpoint_seconds=args.checkpoint_seconds,
                       max_minutes=args.max_minutes, context_noise=args.context_noise,
                       context_dreams=args.context_dreams, context_stalls=args.context_stalls,
