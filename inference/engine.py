@@ -8,6 +8,8 @@
 Each session owns one row of a shared, preallocated KV cache; sessions may open and close at
 any frame, and `Engine.step` runs whichever sessions it is given as one batch. A step includes
 the image decode; `FrameStats` splits its time into model passes, sampling and image decode.
+With `memory` (a `Geometry`, from `memory.geometry_for`), every session keeps the map it has
+dreamed and shows a place it comes back to as it left it (`inference/memory.py`).
 
 Decoders describe themselves: each `decode_*` module exports its `NAME`, the `OBJECTIVE` its
 model must be trained with, whether `auto` picks it (`AUTO`), a frozen `Settings` dataclass
@@ -34,6 +36,7 @@ from worldsim.inference import decode_ar, decode_block_diffusion, decode_diagona
 from worldsim.inference.cache import KVCache
 from worldsim.inference.common import FrameStats, StageClock, prefill
 from worldsim.inference.graphs import PassGraphs
+from worldsim.inference.memory import MOVES, Geometry, TileMemory, geometry_for
 from worldsim.inference.sampling import SamplingSettings
 
 # The decoding strategies, by name; each module states its algorithm, cost and settings.
@@ -147,7 +150,7 @@ def graphs_by_default(decoder: DecoderSettings, device: torch.device) -> bool:
 class Engine:
     def __init__(self, model: WorldModel, image_tokenizer: ImageTokenizer | None,
                  action_tokenizer: ActionTokenizer, decoder: DecoderSettings | None = None,
-                 max_sessions: int = 16, sink: int = 0, seed: int = 0):
+                 max_sessions: int = 16, sink: int = 0, seed: int = 0, memory: Geometry | None = None):
         # Checked here, with a line that names the bad value: a float or negative count would
         # otherwise fail deep in the cache's allocation, or at its first eviction.
         for name, v, least in (("max_sessions", max_sessions, 1), ("sink", sink, 0)):
@@ -180,13 +183,31 @@ class Engine:
         self.free_rows = list(range(max_sessions))
         self.seed_source = torch.Generator().manual_seed(int(seed))  # seeds unseeded sessions
         self._ids = itertools.count()
+        # World memory (inference/memory.py): each session keeps the map it has dreamed, and a
+        # move brings remembered tiles back into view. The keys that move the player, by tokens.
+        self.memory = memory
+        self._moves: dict[tuple[int, ...], tuple[int, int]] = {}
+        if memory is not None:
+            names = action_tokenizer.space.names
+            if action_tokenizer.space.kind != "discrete" or not set(MOVES) <= set(names):
+                raise ValueError("world memory needs a game whose keys move the player a tile "
+                                 f"(move_left/right/up/down); {action_tokenizer.space.name!r} has none")
+            if memory.rows * memory.cols != self.cfg.tokens_per_frame:
+                raise ValueError(f"world memory for a {memory.rows}x{memory.cols} grid, but the model "
+                                 f"draws {self.cfg.tokens_per_frame} tokens a frame")
+            self._moves = {tuple(int(t) for t in action_tokenizer.encode(names.index(k))): v
+                           for k, v in MOVES.items()}
 
     @classmethod
-    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "Engine":
+    def from_bundle(cls, folder: str | Path, device: str | torch.device = "cpu", memory: bool = False,
+                    **kwargs: Any) -> "Engine":
+        """The bundle's engine; with `memory`, world memory where the bundle allows it (a model
+        of Crafter's tiles: `geometry_for`), else none."""
         from worldsim import bundle
 
-        return cls(bundle.load_world_model(folder, device), bundle.load_image_tokenizer(folder, device),
-                   bundle.load_action_tokenizer(folder), **kwargs)
+        image_tok, action_tok = bundle.load_image_tokenizer(folder, device), bundle.load_action_tokenizer(folder)
+        return cls(bundle.load_world_model(folder, device), image_tok, action_tok,
+                   memory=geometry_for(image_tok, action_tok) if memory else None, **kwargs)
 
     # -- sessions ------------------------------------------------------------------------------
     def open(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
@@ -284,6 +305,10 @@ class Engine:
                 images = self.image_tokenizer.decode(frame, **self._light([s.game_step + 1 for s in sessions]))
             clock.add_to(stats)
             images = images.cpu().numpy()
+        if self.memory is not None:  # remembered tiles come back into view before anyone sees them
+            keys = [self._moves.get(tuple(a)) for a in acts.tolist()]
+            host = frame.cpu()
+            frame = torch.stack([s.memory.step(host[i], keys[i]) for i, s in enumerate(sessions)]).to(frame.device)
         out = {}
         for i, s in enumerate(sessions):
             s.last_frame = frame[i:i + 1]
@@ -304,6 +329,7 @@ class Session:
         self.frames = 0
         self.game_step = 0  # the game step of the newest frame (context or dreamed)
         self.closed = False
+        self.memory = TileMemory(engine.memory) if engine.memory is not None else None
 
     @torch.inference_mode()
     def reset(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
@@ -325,6 +351,8 @@ class Session:
         self.generator.manual_seed(int(seed))
         prefill(e.model, e.cache, [self.row], frames[None], acts[None])
         self.last_frame = frames[-1:]
+        if self.memory is not None:
+            self.memory.reset(frames[-1].cpu())
         self.frames = 0
         self.game_step = int(start_step) + frames.shape[0] - 1
 
