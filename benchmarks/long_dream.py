@@ -56,6 +56,7 @@ from worldsim.evaluation import run as ev
 from worldsim.evaluation.ways import MOVES, PLAIN, WayMatcher, facing_before, target_tile, way_counts
 from worldsim.inference.common import prefill
 from worldsim.inference.engine import Engine, Session
+from worldsim.inference.memory import WHERE as MEMORY_WHERE, geometry_for
 
 FIGURES = ("moves", "visible_moves", "open_way_moves", "walks", "open_way_walks", "wall_walks", "open_ways",
            "plain_views", "new_tiles_per_frame", "top_code_share", "grass_do", "grass_do_changed")
@@ -150,6 +151,8 @@ def main() -> None:
     p.add_argument("--exact-window", action="store_true",
                    help="rebuild each session's cache from its own last frames before every step, as "
                         "training reads a window (slow: checks the rolling cache)")
+    p.add_argument("--memory", action="store_true",
+                   help="dream with world memory, as `play` does (inference/memory.py)")
     args = p.parse_args()
     w = load(args, "model to measure", horizon=args.horizon)
     real, B, H, C = w.real, len(w.windows), args.horizon, CONTEXT
@@ -157,7 +160,10 @@ def main() -> None:
         raise SystemExit("this benchmark needs a store that records the daylight")
     t0 = time.perf_counter()
     make = ExactWindowEngine if args.exact_window else Engine
-    engine = make(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed)
+    engine = make(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed,
+                  memory=geometry_for(w.image_tok, w.action_tok) if args.memory else None)
+    if args.memory and engine.memory is None:
+        raise SystemExit(f"{w.bundle}: {MEMORY_WHERE}")
     with tqdm(total=H, desc="dream") as bar:
         dream, dream_codes, _ = ev._rollout(engine, real, w.codec, args.seed, bar)
     seconds = time.perf_counter() - t0
@@ -199,7 +205,8 @@ def main() -> None:
         return f"{fmt(row['dream'][key])} / {fmt(row['real'][key])}"
 
     print(f"{w.bundle}, {B} windows of held-out episodes (seed {args.seed}), {args.decoder} at "
-          f"T={args.temperature}{', exact window' if args.exact_window else ''}: {H} dreamed steps "
+          f"T={args.temperature}{', exact window' if args.exact_window else ''}"
+          f"{', world memory' if args.memory else ''}: {H} dreamed steps "
           f"from 1 real frame in {seconds:.0f} s; "
           f"dream / real, day frames, tile matcher of {len(matcher)} real moves")
     head = ["steps", "day frames", "moves", "moves shown", "walks", "on an open way (moves)", "through a wall",
@@ -221,7 +228,7 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"bundle": w.bundle, "data": args.data, "episodes": B, "seed": args.seed,
                        "decoder": args.decoder, "temperature": args.temperature, "horizon": H,
-                       "exact_window": args.exact_window,
+                       "exact_window": args.exact_window, "memory": args.memory,
                        "seconds": round(seconds, 1), "top_code": top_code, "rows": rows}, f, indent=1)
 
 

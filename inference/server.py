@@ -644,9 +644,11 @@ class FrameServer:
 
 
 def make_server(bundle_dir: str | Path, settings: ServerSettings | None = None, fps: float | None = None,
-                device: str = "cpu", decoder: Any = None, scene: str | None = None) -> FrameServer:
+                device: str = "cpu", decoder: Any = None, scene: str | None = None,
+                memory: bool = True) -> FrameServer:
     """A server for a bundle: its engine (`settings.max_sessions` cache rows), its game, and a
-    started scheduler paced at `fps` (None: the bundle's fps; 0: a frame per input)."""
+    started scheduler paced at `fps` (None: the bundle's fps; 0: a frame per input). With
+    `memory`, its sessions keep world memory where the bundle allows it (inference/memory.py)."""
     from worldsim.inference.engine import Engine
 
     settings = settings or ServerSettings()
@@ -664,7 +666,7 @@ def make_server(bundle_dir: str | Path, settings: ServerSettings | None = None, 
         raise ServeError(f"--temperature must be at most {P.MAX_TEMPERATURE:g} to serve, got {temperature:g}")
     try:
         engine = Engine.from_bundle(bundle_dir, device=device, decoder=decoder,
-                                    max_sessions=settings.max_sessions)
+                                    max_sessions=settings.max_sessions, memory=memory)
     except ValueError as e:  # a decoder that does not fit the model
         raise ServeError(str(e)) from None
     return FrameServer(Scheduler(engine, game.space, rate).start(), game, settings)

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip the one-step-ahead dreams (halves the time)")
     p.add_argument("--no-game", action="store_true",
                    help="skip the game reference (Crafter stores from `worldsim collect`; about 1 s per episode)")
+    p.add_argument("--memory", action="store_true",
+                   help="dream with world memory, as `play` does: a place the dream comes back to shows "
+                        "what it drew there (Crafter models with tile tokens)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | auto (default: auto)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     s = EvalSettings(episodes=args.episodes, context=args.context, horizon=args.horizon,
                      decoders=list(args.decoder), seed=args.seed, draws=args.draws, temperature=temperature,
                      videos=args.videos, teacher_forced=not args.no_teacher_forced, game=not args.no_game,
-                     device=args.device)
+                     memory=args.memory, device=args.device)
     r = evaluate(args.bundle, args.data, s, idm=args.idm, out=args.out, progress=not args.no_progress)
     print(summary_line(r, r["out"]))
     return 0

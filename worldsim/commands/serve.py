@@ -56,6 +56,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                         "shipped model's dreams scroll less with it (default: 0, off)")
     p.add_argument("--scene", default=None,
                    help="start sessions from a recorded episode: STORE[:EPISODE[:FRAME]]")
+    p.add_argument("--no-memory", action="store_true",
+                   help="dream without world memory: by default a Crafter model of tile tokens keeps the "
+                        "map it has drawn, so a place the player comes back to looks as it was left")
 
 
 def find_bundle(bundle: str | None) -> str:
@@ -77,7 +80,7 @@ def build_server(args: argparse.Namespace, settings):
     decoder = DecoderSettings(args.decoder, steps=args.steps, guidance=args.guidance,
                               sampling=SamplingSettings(temperature=play_temperature(bundle, args.temperature)))
     return bundle, dev, make_server(bundle, settings, fps=args.fps, device=str(dev),
-                                    decoder=decoder, scene=args.scene)
+                                    decoder=decoder, scene=args.scene, memory=not args.no_memory)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     n = settings.max_sessions
     print(f"worldsim serve: {bundle} on {dev}, {sched.decoder.name} decoder at temperature "
           f"{sched.decoder.sampling.temperature:g}, "
+          f"{'world memory' if sched.engine.memory is not None else 'no world memory'}, "
           f"{'a frame per input' if sched.fps == 0 else f'{sched.fps:g} fps'}, "
           f"up to {n} session{'s' if n != 1 else ''} (Ctrl-C stops)", flush=True)
     t0 = time.monotonic()

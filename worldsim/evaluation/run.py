@@ -39,6 +39,7 @@ from worldsim.evaluation.game import NotReplayable, game_dreams
 from worldsim.evaluation.sensitivity import action_sensitivity
 from worldsim.evaluation import ways as ways_mod
 from worldsim.inference.engine import DecoderSettings, Engine, valid_decoders
+from worldsim.inference.memory import WHERE as MEMORY_WHERE, geometry_for
 from worldsim.inference.sampling import SamplingSettings
 from worldsim.tokenizers.action import action_tokenizer_from_config
 
@@ -57,6 +58,7 @@ class EvalSettings:
     videos: int = 4  # episodes drawn side by side (real | each decoder)
     teacher_forced: bool = True  # also dream one frame ahead from real context at every step
     game: bool = True  # Crafter stores from `worldsim collect`: the game itself as a reference (game.py)
+    memory: bool = False  # world memory (inference/memory.py): the dream shows again what it drew at a place
     device: str = "auto"
 
 
@@ -515,6 +517,9 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
             raise WorldsimError(f"the inverse dynamics model in {idm} takes {icfg.height}x{icfg.width} frames "
                                 f"but {data} holds {store.info.frame_size[0]}x{store.info.frame_size[1]}")
 
+    geometry = geometry_for(image_tok, action_tok) if s.memory else None
+    if s.memory and geometry is None:
+        raise WorldsimError(f"{bundle_dir}: {MEMORY_WHERE}")
     C, H = s.context, s.horizon
     ids, source_note = held_out_ids(store, cfg, bundle_dir)
     if not ids:  # every episode of the store was trained on
@@ -546,7 +551,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
     dreams: dict[str, np.ndarray] = {}
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for d, label in zip(decoders, labels):
-        engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed)
+        engine = Engine(model, image_tok, action_tok, d, max_sessions=B, seed=s.seed, memory=geometry)
         images, toks, speed[label] = _rollout(engine, real, codec, s.seed, bar)
         drawn = [(images, toks)] + [_rollout(engine, real, codec, draw_seed(s.seed, k, B), bar)[:2]
                                     for k in range(1, s.draws)]
