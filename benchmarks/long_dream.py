@@ -161,7 +161,7 @@ def main() -> None:
     t0 = time.perf_counter()
     make = ExactWindowEngine if args.exact_window else Engine
     engine = make(w.model, w.image_tok, w.action_tok, w.decoder, max_sessions=B, seed=args.seed,
-                  memory=geometry_for(w.image_tok, w.action_tok) if args.memory else None)
+                  memory=geometry_for(w.image_tok, w.action_tok, w.model.cfg.objective) if args.memory else None)
     if args.memory and engine.memory is None:
         raise SystemExit(f"{w.bundle}: {MEMORY_WHERE}")
     with tqdm(total=H, desc="dream") as bar:

@@ -188,6 +188,11 @@ class Engine:
         self.memory = memory
         self._moves: dict[tuple[int, ...], tuple[int, int]] = {}
         if memory is not None:
+            # Next-token decoders write a frame's tokens into the cache as they draw them, before
+            # memory could set any back; block diffusion writes the frame as shown, next step.
+            if self.cfg.objective != "block_diffusion":
+                raise ValueError("world memory needs a block-diffusion model (an ar model caches a "
+                                 "frame's tokens as it draws them)")
             names = action_tokenizer.space.names
             if action_tokenizer.space.kind != "discrete" or not set(MOVES) <= set(names):
                 raise ValueError("world memory needs a game whose keys move the player a tile "
@@ -205,9 +210,10 @@ class Engine:
         of Crafter's tiles: `geometry_for`), else none."""
         from worldsim import bundle
 
+        model = bundle.load_world_model(folder, device)
         image_tok, action_tok = bundle.load_image_tokenizer(folder, device), bundle.load_action_tokenizer(folder)
-        return cls(bundle.load_world_model(folder, device), image_tok, action_tok,
-                   memory=geometry_for(image_tok, action_tok) if memory else None, **kwargs)
+        return cls(model, image_tok, action_tok,
+                   memory=geometry_for(image_tok, action_tok, model.cfg.objective) if memory else None, **kwargs)
 
     # -- sessions ------------------------------------------------------------------------------
     def open(self, context: np.ndarray | torch.Tensor, actions: list[Any] | torch.Tensor,
@@ -298,6 +304,11 @@ class Engine:
             extra["guide"] = ([r + self.max_sessions for r in rows], self.null_action)
         frame, stats = d.module.decode(self.model, self.cache, rows, last, acts, d.sampling, gen,
                                        self._own[1], self.graphs if replay else None, **extra)
+        if self.memory is not None:  # remembered tiles come back into view before anyone sees them:
+            # the image, the cache (the next step writes last_frame) and the caller
+            keys = [self._moves.get(tuple(a)) for a in acts.tolist()]
+            host = frame.cpu()
+            frame = torch.stack([s.memory.step(host[i], keys[i]) for i, s in enumerate(sessions)]).to(frame.device)
         images = None
         if decode_images and self.image_tokenizer is not None:
             clock = StageClock(self.device)
@@ -305,10 +316,6 @@ class Engine:
                 images = self.image_tokenizer.decode(frame, **self._light([s.game_step + 1 for s in sessions]))
             clock.add_to(stats)
             images = images.cpu().numpy()
-        if self.memory is not None:  # remembered tiles come back into view before anyone sees them
-            keys = [self._moves.get(tuple(a)) for a in acts.tolist()]
-            host = frame.cpu()
-            frame = torch.stack([s.memory.step(host[i], keys[i]) for i, s in enumerate(sessions)]).to(frame.device)
         out = {}
         for i, s in enumerate(sessions):
             s.last_frame = frame[i:i + 1]
@@ -351,8 +358,14 @@ class Session:
         self.generator.manual_seed(int(seed))
         prefill(e.model, e.cache, [self.row], frames[None], acts[None])
         self.last_frame = frames[-1:]
-        if self.memory is not None:
-            self.memory.reset(frames[-1].cpu())
+        if self.memory is not None:  # the map of every context frame, the view at the last
+            host = frames.cpu()
+            self.memory.reset(host[0])
+            recall, self.memory.recall = self.memory.recall, False  # real frames: nothing to set back
+            for f, a in zip(host[1:], acts.tolist()):
+                self.memory.step(f, e._moves.get(tuple(a)))
+            self.memory.recall = recall
+            self.memory.known = self.memory.redrawn = self.memory.lost = 0
         self.frames = 0
         self.game_step = int(start_step) + frames.shape[0] - 1
 

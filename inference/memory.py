@@ -62,19 +62,20 @@ class Geometry:
         return self.map_rows // 2, self.cols // 2
 
 
-def geometry_for(image_tokenizer: Any, action_tokenizer: Any) -> Geometry | None:
-    """The map's place in the token grid where world memory applies (a tile tokenizer, one token
-    per tile, on Crafter, whose keys move the player a tile), else None."""
+def geometry_for(image_tokenizer: Any, action_tokenizer: Any, objective: str = "block_diffusion"
+                 ) -> Geometry | None:
+    """The map's place in the token grid where world memory applies (a block-diffusion model of
+    tile tokens, one per tile, on Crafter, whose keys move the player a tile), else None."""
     cfg = getattr(image_tokenizer, "cfg", None)
     space = getattr(action_tokenizer, "space", None)
-    if getattr(cfg, "kind", None) != "tile" or space is None or space.name != "crafter" \
-            or space.kind != "discrete" or not set(MOVES) <= set(space.names):
+    if objective != "block_diffusion" or getattr(cfg, "kind", None) != "tile" or space is None \
+            or space.name != "crafter" or space.kind != "discrete" or not set(MOVES) <= set(space.names):
         return None
     return Geometry(cfg.grid[0], cfg.grid[1], cfg.lit_rows)
 
 
-WHERE = ("world memory needs a model whose tokens are Crafter's tiles (the tile tokenizer) and "
-         "whose keys move the player a tile")
+WHERE = ("world memory needs a block-diffusion model whose tokens are Crafter's tiles (the tile "
+         "tokenizer) and whose keys move the player a tile")
 
 
 class TileMemory:

@@ -517,7 +517,7 @@ def evaluate(bundle_dir: str | Path, data: str | Path, settings: EvalSettings | 
             raise WorldsimError(f"the inverse dynamics model in {idm} takes {icfg.height}x{icfg.width} frames "
                                 f"but {data} holds {store.info.frame_size[0]}x{store.info.frame_size[1]}")
 
-    geometry = geometry_for(image_tok, action_tok) if s.memory else None
+    geometry = geometry_for(image_tok, action_tok, model.cfg.objective) if s.memory else None
     if s.memory and geometry is None:
         raise WorldsimError(f"{bundle_dir}: {MEMORY_WHERE}")
     C, H = s.context, s.horizon
