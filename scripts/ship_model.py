@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ from worldsim.errors import WorldsimError
 from worldsim.fileio import file_sha256
 
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
+VIDEO_LINK = re.compile(r"- \[rollout_\d+\.mp4\]\(rollout_\d+\.mp4\)")  # report.md's links to its mp4s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +150,11 @@ def write(src: Path, out: Path, sd: dict[str, torch.Tensor], metrics: dict | Non
                 shutil.copy(eval_dir / name, out / name)
         else:
             (out / name).unlink(missing_ok=True)
+    if (out / "report.md").exists():  # the videos stay behind (assets/ has a size budget): no links to them
+        text = (out / "report.md").read_text(encoding="utf-8")
+        kept = "".join(line for line in text.splitlines(keepends=True) if not VIDEO_LINK.fullmatch(line.strip()))
+        if kept != text:
+            (out / "report.md").write_text(kept, encoding="utf-8")
     for f in out.iterdir():
         if f.is_file():
             f.chmod(0o644)  # safetensors writes 0600; a shipped file is for everyone to read

@@ -305,3 +305,21 @@ def test_pick_temperature_out_on_a_read_only_filesystem_is_one_line(pick_args, t
 
 def test_pick_temperature_help_describes_every_option():
     assert _undocumented(_parser(load_script("pick_temperature"), [])) == []
+
+
+def test_ship_model_report_links_no_video_it_leaves_behind(tmp_path):
+    """The mp4s stay behind (only the reports, plots and GIF are shipped): the shipped report.md
+    linked four files that were not there."""
+    ship = load_script("ship_model")
+    src, ev, out = tmp_path / "run", tmp_path / "run-eval", tmp_path / "shipped"
+    tiny_bundle(src)
+    ev.mkdir()
+    for name in EVAL:
+        (ev / name).write_text(f"the run's {name}")
+    (ev / "report.md").write_text("# report\n\n![rollouts](rollouts.gif)\n\n- [rollout_00.mp4](rollout_00.mp4)\n"
+                                  "- [rollout_01.mp4](rollout_01.mp4)\n", encoding="utf-8")
+    (ev / "rollout_00.mp4").write_bytes(b"video")
+    assert ship.main([str(src), "--eval", str(ev), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == "# report\n\n![rollouts](rollouts.gif)\n\n"
+    assert not (out / "rollout_00.mp4").exists()
+    assert "rollout_00.mp4" in (ev / "report.md").read_text()  # the eval folder's own report is left as it was
