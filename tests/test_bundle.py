@@ -208,6 +208,7 @@ def test_info_describes_a_bundle_and_the_temperature_it_plays_at(tiny_bundle, ca
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("bundle "))
     assert f"{folder}: block_diffusion on crafter" in row and f"{model.cfg.frames}-frame window" in row
     assert "records no temperature (plays at 0.8)" in row
+    assert "world memory" not in row  # its tokens are a VQ tokenizer's, not Crafter's tiles
     bundle.update_config(folder, decoding={"temperature": 1.1},
                          model_metrics={"params": 2_500_000, "steps": 1234, "val_loss": 0.0441})
     assert main(["info", "--bundle", str(folder)]) == 0

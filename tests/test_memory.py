@@ -327,3 +327,13 @@ def test_creatures_walking_in_a_field_do_not_hide_the_keys_move():
     assert strict.find_shift(view, MOVES["move_up"]) == STILL
     with pytest.raises(ValueError, match="margin"):
         TileMemory(GEO, margin=-0.1)
+
+
+def test_info_says_which_bundles_play_with_world_memory():
+    from worldsim import bundle
+    from worldsim.commands.info import describe_bundle
+
+    assert describe_bundle(str(SHIPPED)).endswith("with world memory")
+    # what info says from the config alone is what the engine decides from the loaded bundle
+    assert geometry_for(bundle.load_image_tokenizer(SHIPPED), bundle.load_action_tokenizer(SHIPPED),
+                        bundle.read_config(SHIPPED)["model"]["objective"]) == GEO

@@ -307,15 +307,11 @@ def test_pick_temperature_help_describes_every_option():
     assert _undocumented(_parser(load_script("pick_temperature"), [])) == []
 
 
-def test_ship_model_report_links_no_video_it_leaves_behind(tmp_path):
+def test_ship_model_report_links_no_video_it_leaves_behind(shipped):
     """The mp4s stay behind (only the reports, plots and GIF are shipped): the shipped report.md
     linked four files that were not there."""
     ship = load_script("ship_model")
-    src, ev, out = tmp_path / "run", tmp_path / "run-eval", tmp_path / "shipped"
-    tiny_bundle(src)
-    ev.mkdir()
-    for name in EVAL:
-        (ev / name).write_text(f"the run's {name}")
+    src, ev, out = shipped
     (ev / "report.md").write_text("# report\n\n![rollouts](rollouts.gif)\n\n- [rollout_00.mp4](rollout_00.mp4)\n"
                                   "- [rollout_01.mp4](rollout_01.mp4)\n", encoding="utf-8")
     (ev / "rollout_00.mp4").write_bytes(b"video")

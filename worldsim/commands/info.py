@@ -69,6 +69,11 @@ def describe_bundle(folder: str) -> str:
     t = recorded_temperature(folder)
     parts.append(f"plays at temperature {t:g}" if t is not None
                  else f"records no temperature (plays at {PLAY_TEMPERATURE:g})")
+    # As inference.memory.geometry_for decides it, from the config alone (no torch here).
+    tokenizer = cfg.get("image_tokenizer")
+    if model["objective"] == "block_diffusion" and game == "crafter" \
+            and isinstance(tokenizer, dict) and tokenizer.get("kind") == "tile":
+        parts.append("with world memory")
     return f"{folder}: " + ", ".join(parts)
 
 
