@@ -115,7 +115,7 @@ def markdown(r: dict[str, Any]) -> str:
            f"{ep['count']} episodes ({ep['source']}) of `{r['data']}`, {s['context']} context frame(s), "
            f"{s['horizon']} dreamed frames under the recorded actions; {ep['day_frames']} day and "
            f"{ep['night_frames']} night target frames. Objective `{r['objective']}`, temperature "
-           f"{s['temperature']}, seed {s['seed']}. Bundle sha256 `{r['bundle_hash'][:16]}`, code "
+           f"{s['temperature']}, seed {s['seed']}{', with world memory' if s.get('memory') else ''}. Bundle sha256 `{r['bundle_hash'][:16]}`, code "
            f"{r['code'].get('commit', r['code']['worldsim'])[:12]}{' (dirty)' if r['code'].get('dirty') else ''}.",
            "",
            "Changed-tile accuracy: among tiles whose real pixels change visibly from t to t+1 (mean "
@@ -361,6 +361,7 @@ _COMPARED_SETTINGS = (
     ("temperature", lambda r: _get(r, "settings", "temperature")),
     ("draws", lambda r: _get(r, "settings", "draws") or 1),
     ("seed", lambda r: _get(r, "settings", "seed")),
+    ("memory", lambda r: bool(_get(r, "settings", "memory"))),  # reports from before --memory: without
 )
 
 
