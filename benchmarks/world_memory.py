@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from _windows import CONTEXT, add_options, load
 from worldsim.commands._args import nonneg_int, out_file, positive_int
-from worldsim.evaluation.game import replay
+from worldsim.evaluation.game import NotReplayable, check_store, replay
 from worldsim.inference.engine import Engine
-from worldsim.inference.memory import MOVES, Geometry, TileMemory
+from worldsim.inference.memory import MOVES, WHERE, Geometry, TileMemory, geometry_for
 
 WAYS = ("move_right", "move_left", "move_down", "move_up")
 BACK = {"move_right": "move_left", "move_left": "move_right", "move_down": "move_up", "move_up": "move_down"}
@@ -76,7 +76,8 @@ def check_tracker(w, geo: Geometry, n: int) -> dict:
     from worldsim.inference.memory import MARGIN
 
     ids = w.store.episode_ids()
-    ids = [ids[round(i * (len(ids) - 1) / max(n - 1, 1))] for i in range(min(n, len(ids)))]
+    n = min(n, len(ids))
+    ids = [ids[round(i * (len(ids) - 1) / max(n - 1, 1))] for i in range(n)]
     names = w.store.info.action_space.names
     right = {MARGIN: 0, 0.0: 0}
     steps = 0
@@ -133,8 +134,13 @@ def main() -> None:
     w = load(args, "model to measure", horizon=2 * args.out_steps)
     B, names = len(w.windows), w.action_tok.space.names
     tok = w.image_tok
-    grid = tok.cfg.grid
-    geo = Geometry(grid[0], grid[1], w.real.map_rows)
+    geo = geometry_for(tok, w.action_tok, w.model.cfg.objective)
+    if geo is None:
+        raise SystemExit(f"{w.bundle}: {WHERE}")
+    try:
+        check_store(w.store)  # the real game's column replays the store's episodes
+    except NotReplayable as e:
+        raise SystemExit(str(e)) from None
     keys = [keys_for(i, args.out_steps, names) for i in range(B)]
     T = 2 * args.out_steps
 
