@@ -31,6 +31,7 @@ lesson and lost none of the scroll that the fine-tune lost, as far as eight samp
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -45,7 +46,7 @@ from worldsim.bundle import read_config, recorded_path, update_config
 from worldsim.checkpoint import checkpoint_weights
 from worldsim.commands._args import out_dir
 from worldsim.errors import WorldsimError
-from worldsim.fileio import file_sha256
+from worldsim.fileio import atomic_write_json, file_sha256
 
 EVAL_FILES = ("report.md", "report.json", "psnr.png", "ssim.png", "changed_tiles.png", "rollouts.gif")
 VIDEO_LINK = re.compile(r"- \[rollout_\d+\.mp4\]\(rollout_\d+\.mp4\)")  # report.md's links to its mp4s
@@ -150,14 +151,29 @@ def write(src: Path, out: Path, sd: dict[str, torch.Tensor], metrics: dict | Non
                 shutil.copy(eval_dir / name, out / name)
         else:
             (out / name).unlink(missing_ok=True)
-    if (out / "report.md").exists():  # the videos stay behind (assets/ has a size budget): no links to them
-        text = (out / "report.md").read_text(encoding="utf-8")
-        kept = "".join(line for line in text.splitlines(keepends=True) if not VIDEO_LINK.fullmatch(line.strip()))
-        if kept != text:
-            (out / "report.md").write_text(kept, encoding="utf-8")
+    if not same:  # the videos stay behind (assets/ has a size budget): no links to them
+        drop_videos(out)
     for f in out.iterdir():
         if f.is_file():
             f.chmod(0o644)  # safetensors writes 0600; a shipped file is for everyone to read
+
+
+def drop_videos(out: Path) -> None:
+    """report.md's links to its mp4s, and report.json's entries for them, removed."""
+    if (out / "report.md").exists():
+        text = (out / "report.md").read_bytes().decode("utf-8")
+        kept = "".join(line for line in text.splitlines(keepends=True) if not VIDEO_LINK.fullmatch(line.strip()))
+        if kept != text:
+            (out / "report.md").write_bytes(kept.encode("utf-8"))
+    if (out / "report.json").exists():
+        try:
+            report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        except ValueError:
+            return  # not a report this script can read: left as it is
+        files = report.get("files") if isinstance(report, dict) else None
+        if isinstance(files, dict) and any(str(k).endswith(".mp4") for k in files):
+            report["files"] = {k: v for k, v in files.items() if not str(k).endswith(".mp4")}
+            atomic_write_json(out / "report.json", report)
 
 
 def last_weights(run: Path) -> tuple[dict[str, torch.Tensor] | None, dict | str]:

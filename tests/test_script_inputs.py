@@ -3,6 +3,7 @@ time where it can be, and nothing the user had is deleted or overwritten."""
 
 import argparse
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -319,3 +320,11 @@ def test_ship_model_report_links_no_video_it_leaves_behind(shipped):
     assert (out / "report.md").read_text() == "# report\n\n![rollouts](rollouts.gif)\n\n"
     assert not (out / "rollout_00.mp4").exists()
     assert "rollout_00.mp4" in (ev / "report.md").read_text()  # the eval folder's own report is left as it was
+    # report.json's list of files drops them too; an eval folder that is --out keeps its videos' links
+    (ev / "report.json").write_text('{"files": {"report.md": "tables", "rollout_00.mp4": "video"}}')
+    assert ship.main([str(src), "--eval", str(ev), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text()) == {"files": {"report.md": "tables"}}
+    (out / "rollout_00.mp4").write_bytes(b"video")
+    (out / "report.md").write_text("- [rollout_00.mp4](rollout_00.mp4)\n")
+    assert ship.main([str(src), "--eval", str(out), "--out", str(out)]) == 0
+    assert (out / "report.md").read_text() == "- [rollout_00.mp4](rollout_00.mp4)\n"
