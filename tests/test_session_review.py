@@ -110,6 +110,7 @@ def _run_world_memory(monkeypatch, *argv):
     return str(e.value.code)
 
 
+@pytest.mark.filterwarnings("ignore:cannot read .*index.json")  # a checkout without the training shards
 @pytest.mark.parametrize("shape", ["vq", "ar"])
 def test_world_memory_benchmark_refuses_a_bundle_without_memory_in_one_line(shape, crafter_store, tmp_path,
                                                                           monkeypatch):
@@ -122,6 +123,7 @@ def test_world_memory_benchmark_refuses_a_bundle_without_memory_in_one_line(shap
     assert "world memory needs" in msg and "\n" not in msg
 
 
+@pytest.mark.filterwarnings("ignore:cannot read .*index.json")  # a checkout without the training shards
 def test_world_memory_benchmark_on_a_store_that_does_not_replay_is_one_line(crafter_store, tmp_path, monkeypatch):
     """Its real-game column needs a store from `worldsim collect`; any other raised NotReplayable
     with a traceback."""
