@@ -80,8 +80,9 @@ WHERE = ("world memory needs a block-diffusion model whose tokens are Crafter's 
 
 
 class TileMemory:
-    """One session's map: `reset(frame_N)` with the context's last frame, then
-    `step(frame_N, key) -> frame_N` for every dreamed frame (the frame with remembered tiles
+    """One session's map: `reset(frame_N)` with the first frame, then `step(frame_N, key) ->
+    frame_N` for every later one (the engine steps through the context without recall, then
+    every dreamed frame) (the frame with remembered tiles
     set where they come into view). `key` is the move the player's key asked for (one of
     `SHIFTS`), or None for a key that does not move."""
 
@@ -164,7 +165,7 @@ class TileMemory:
 
     def step(self, frame_N: torch.Tensor, key: tuple[int, int] | None = None) -> torch.Tensor:
         if self.last is None:
-            raise RuntimeError("reset the memory with the context's last frame first")
+            raise RuntimeError("reset the memory with a first frame before stepping it")
         frame_N = frame_N.clone()
         view = self._map(frame_N)  # a view into frame_N: setting it sets the frame
         shift = self.find_shift(view, key)
